@@ -1,0 +1,197 @@
+// Body of the CPU row kernels. Included by exactly one .cpp per instruction
+// set, which defines CPU_CAPABILITY (DEFAULT or AVX2) first: everything here
+// lands in namespace fusedrnn::cpu::CPU_CAPABILITY, as ATen does for its own
+// kernels, so the two builds never share a symbol.
+//
+// Each row is walked in SIMD chunks; the last chunk is a partial load/store,
+// so any hidden size works without a scalar tail.
+#pragma once
+
+#include <algorithm>
+
+#include "cpu/row_kernels.h"
+#include "cpu/vec_math.h"
+
+namespace fusedrnn::cpu::CPU_CAPABILITY {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> load(const T* ptr, int64_t n) {
+  return Vec<T>::loadu(ptr, n);
+}
+
+template <typename T>
+inline void store(const Vec<T>& v, T* ptr, int64_t n) {
+  v.store(ptr, static_cast<int>(n));
+}
+
+// Calls f(j, n) for the chunks [j, j + n) covering [0, width).
+template <typename T, typename F>
+inline void for_each_chunk(int64_t width, F&& f) {
+  constexpr int64_t lanes = Vec<T>::size();
+  for (int64_t j = 0; j < width; j += lanes) {
+    f(j, std::min<int64_t>(lanes, width - j));
+  }
+}
+
+template <typename T>
+void lstm_forward_row(const LstmForwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden;
+  const T* x = p.xproj + b * 4 * H;
+  const T* hh = p.hh + b * 4 * H;
+  T* c = p.c + b * H;
+  T* gates = p.gates + b * 4 * H;
+  T* cells = p.cells + b * H;
+  T* h_out = p.h_out + b * H;
+  T* h_state = p.h_state ? p.h_state + b * H : nullptr;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::fill_n(gates, 4 * H, T(0));
+    std::copy_n(c, H, cells);
+    std::fill_n(h_out, H, T(0));
+    return;
+  }
+  for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+    auto pre = [&](int gate) { return load(x + gate * H + j, n) + load(hh + gate * H + j, n); };
+    const auto s = lstm_cell_forward(pre(0), pre(1), pre(2), pre(3), load(c + j, n));
+    store(s.i, gates + j, n);
+    store(s.f, gates + H + j, n);
+    store(s.g, gates + 2 * H + j, n);
+    store(s.o, gates + 3 * H + j, n);
+    store(s.c, c + j, n);
+    store(s.c, cells + j, n);
+    store(s.h, h_out + j, n);
+    if (h_state) store(s.h, h_state + j, n);
+  });
+}
+
+template <typename T>
+void lstm_backward_row(const LstmBackwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden;
+  const T* gates = p.gates + b * 4 * H;
+  const T* cells = p.cells + b * H;
+  const T* c_prev = p.c_prev + b * H;
+  const T* dh = p.dh + b * H;
+  T* dc = p.dc + b * H;
+  T* d_gates = p.d_gates + b * 4 * H;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::fill_n(d_gates, 4 * H, T(0));  // dc passes through unchanged
+    return;
+  }
+  for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+    auto gate = [&](int g) { return load(gates + g * H + j, n); };
+    const auto d = lstm_cell_backward(gate(0), gate(1), gate(2), gate(3), load(cells + j, n),
+                                      load(c_prev + j, n), load(dh + j, n), load(dc + j, n));
+    store(d.d_i, d_gates + j, n);
+    store(d.d_f, d_gates + H + j, n);
+    store(d.d_g, d_gates + 2 * H + j, n);
+    store(d.d_o, d_gates + 3 * H + j, n);
+    store(d.d_c_prev, dc + j, n);
+  });
+}
+
+template <typename T>
+void masked_commit_row(const MaskedCommit<T>& p, int64_t b) {
+  const int64_t W = p.width;
+  T* out = p.out + b * W;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::fill_n(out, W, T(0));
+    return;
+  }
+  std::copy_n(p.h_new + b * W, W, out);
+  std::copy_n(p.h_new + b * W, W, p.h_state + b * W);
+}
+
+template <typename T>
+void grad_h_accumulate_row(const GradHStep<T>& p, int64_t b) {
+  const int64_t W = p.width;
+  const T* state = p.dh_state + b * W;
+  T* total = p.dh_total + b * W;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::copy_n(state, W, total);  // the output here is padding: no gradient enters
+    return;
+  }
+  const T* g = p.grad_out + b * W;
+  for_each_chunk<T>(W, [&](int64_t j, int64_t n) {
+    store(load(state + j, n) + load(g + j, n), total + j, n);
+  });
+}
+
+template <typename T>
+void grad_h_carry_row(const GradHStep<T>& p, int64_t b) {
+  const int64_t W = p.width;
+  T* state = p.dh_state + b * W;
+  if (row_active(p.lengths, p.t, b)) {
+    std::fill_n(state, W, T(0));
+  } else {
+    std::copy_n(p.dh_total + b * W, W, state);
+  }
+}
+
+template <typename T>
+void gru_forward_row(const GruForwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden;
+  const T* x = p.xproj + b * 3 * H;
+  const T* hh = p.hh + b * 3 * H;
+  T* h = p.h_state + b * H;
+  T* gates = p.gates + b * 4 * H;
+  T* h_out = p.h_out + b * H;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::fill_n(gates, 4 * H, T(0));
+    std::fill_n(h_out, H, T(0));
+    return;
+  }
+  for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+    const auto hh_n = load(hh + 2 * H + j, n);
+    const auto s = gru_cell_forward(load(x + j, n), load(x + H + j, n), load(x + 2 * H + j, n),
+                                    load(hh + j, n), load(hh + H + j, n), hh_n, load(h + j, n));
+    store(s.r, gates + j, n);
+    store(s.z, gates + H + j, n);
+    store(s.n, gates + 2 * H + j, n);
+    store(hh_n, gates + 3 * H + j, n);
+    store(s.h, h + j, n);
+    store(s.h, h_out + j, n);
+  });
+}
+
+template <typename T>
+void gru_backward_row(const GruBackwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden;
+  const T* gates = p.gates + b * 4 * H;
+  const T* h_prev = p.h_prev + b * H;
+  const T* dh = p.dh + b * H;
+  T* dx = p.d_xproj + b * 3 * H;
+  T* dhh = p.d_hh + b * 3 * H;
+  T* dh_state = p.dh_state + b * H;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::fill_n(dx, 3 * H, T(0));
+    std::fill_n(dhh, 3 * H, T(0));
+    std::copy_n(dh, H, dh_state);
+    return;
+  }
+  for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
+    auto gate = [&](int g) { return load(gates + g * H + j, n); };
+    const auto d = gru_cell_backward(gate(0), gate(1), gate(2), gate(3), load(h_prev + j, n),
+                                     load(dh + j, n));
+    store(d.dx_r, dx + j, n);
+    store(d.dx_z, dx + H + j, n);
+    store(d.dx_n, dx + 2 * H + j, n);
+    store(d.dx_r, dhh + j, n);
+    store(d.dx_z, dhh + H + j, n);
+    store(d.dh_n, dhh + 2 * H + j, n);
+    store(d.dh_prev, dh_state + j, n);
+  });
+}
+
+template <typename T>
+RowKernels<T> row_kernels() {
+  return {&lstm_forward_row<T>,        &lstm_backward_row<T>, &masked_commit_row<T>,
+          &grad_h_accumulate_row<T>,   &grad_h_carry_row<T>,  &gru_forward_row<T>,
+          &gru_backward_row<T>};
+}
+
+template RowKernels<float> row_kernels<float>();
+template RowKernels<double> row_kernels<double>();
+
+}  // namespace fusedrnn::cpu::CPU_CAPABILITY

@@ -1,0 +1,400 @@
+// Persistent LSTM / GRU forward: the whole sequence in one cooperative launch.
+//
+// Design (after Diamos et al. 2016 and FlashRNN; written from scratch):
+//
+// * Ownership. Block k owns hidden units j in [k*U, k*U + U) and all the
+//   gates of those units (rows g*H + j of W_hh, g < G; G = 4 for LSTM, 3 for
+//   GRU). The pointwise cell math of unit j therefore runs in the block that
+//   computed its gate pre-activations: no gate values cross blocks, only h.
+//   U = ceil(H / #SMs), so the grid has at most one block per SM.
+//
+// * Where W lives. The block copies its G*U rows of W_hh into shared memory
+//   once, before the first step, and reads them from there at every step.
+//   This is what bounds H (max_hidden): G*U*H values plus one tile of h
+//   must fit in the 227 KB a block may use on an H100.
+//
+// * One step. Each block stages h_prev (all B rows, or a tile of rows when B
+//   is large) from global memory into shared memory, computes
+//   hh = W_slice . h_prev, adds xproj[t], applies lstm_cell_forward /
+//   gru_cell_forward from cells.h, and writes output[t], gates[t], cells[t]
+//   and its units of h_next. A warp task is (unit u, group of kBatchGroup
+//   rows): the 32 lanes split the reduction over k and a shuffle butterfly
+//   sums it, so every lane ends with all G pre-activations of its rows and
+//   lanes 0..kBatchGroup-1 each finish one (row, unit) element.
+//
+// * The barrier. Every block needs the complete h of step t-1 before step t,
+//   so steps are separated by cooperative_groups grid.sync(), which needs
+//   every block to be resident at once: the host checks occupancy and
+//   launches with cudaLaunchCooperativeKernel, which refuses (instead of
+//   hanging) when the grid does not fit.
+//
+// * Why double buffering. h lives in a (2, B, H) global workspace: step s
+//   reads buffer (s-1)&1 (h0 at s = 0) and writes buffer s&1. With a single
+//   buffer a fast block could overwrite h while a slow block is still reading
+//   it, which would need a second barrier per step. With two buffers, the
+//   buffer written at step s was last read at step s-1, and the barrier that
+//   ends step s-1 orders those reads before these writes.
+//
+// * Other state. The LSTM cell state of (b, j) is only ever touched by the
+//   block owning j, so it needs no barrier: it is kept in c_n (read from c0
+//   at the first step). h_prev is read with __ldcg (L2, not the SM's L1),
+//   since other SMs wrote it.
+//
+// Arithmetic is plain T (float or double) with fma, no TF32: the same math as
+// the standard kernels up to the summation order of the dot products.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fusedrnn/cells.h"
+#include "fusedrnn/params.h"
+#include "fusedrnn/persistent.h"
+
+namespace fusedrnn::cuda::persistent {
+
+constexpr int kThreads = 512;    // per block; 16 warps share the block's tasks
+constexpr int kWarp = 32;
+constexpr int kBatchGroup = 4;   // rows per warp task: each W value loaded
+                                 // from shared memory feeds 4 FMAs
+
+// How the work is cut, chosen on the host (plan_tiling) and passed by value.
+struct Tiling {
+  int units;       // hidden units per block (U); the last block may own fewer
+  int batch_tile;  // rows of h staged in shared memory at once, a multiple of
+                   // kBatchGroup
+};
+
+__device__ __forceinline__ float fma_t(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double fma_t(double a, double b, double c) { return fma(a, b, c); }
+
+// ------------------------------------------------------------ cell policies
+// Each policy says how many gates a unit has, what to read before the dot
+// product (so its global latency hides behind the FMA loop) and how to finish
+// one (row, unit) element once its recurrent products hh[g] are known.
+
+template <typename T>
+struct LstmPolicy {
+  using Value = T;
+  using Params = LstmSequence<T>;
+  static constexpr int kGates = 4;
+
+  struct Input {
+    T x[4];    // xproj of gates i, f, g, o (both biases included)
+    T c_prev;  // cell state before this step
+    bool active;
+  };
+
+  __device__ static Input load(const Params& p, int64_t t, bool first, int64_t b, int64_t j) {
+    const int64_t H = p.hidden;
+    Input in;
+    in.active = row_active(p.lengths, t, b);
+    in.c_prev = first ? p.c0[b * H + j] : p.c_n[b * H + j];
+    const T* x = p.xproj + (t * p.batch + b) * 4 * H;
+#pragma unroll
+    for (int g = 0; g < 4; ++g) in.x[g] = in.active ? x[g * H + j] : T(0);
+    return in;
+  }
+
+  // Writes output[t], gates[t], cells[t] and the running c; returns the new h
+  // (the carried one for an inactive row).
+  __device__ static T finish(const Params& p, const Input& in, const T (&hh)[4], T h_prev,
+                             int64_t t, int64_t b, int64_t j) {
+    const int64_t H = p.hidden;
+    const int64_t row = t * p.batch + b;  // row of this step in (T, B, *) buffers
+    T h = h_prev, c = in.c_prev;
+    T act[4] = {T(0), T(0), T(0), T(0)};  // saved gates: zero where inactive
+    if (in.active) {
+      const LstmGates<T> r = lstm_cell_forward(in.x[0] + hh[0], in.x[1] + hh[1],
+                                               in.x[2] + hh[2], in.x[3] + hh[3], in.c_prev);
+      h = r.h;
+      c = r.c;
+      act[0] = r.i;
+      act[1] = r.f;
+      act[2] = r.g;
+      act[3] = r.o;
+    }
+    p.output[row * H + j] = in.active ? h : T(0);
+    p.c_n[b * H + j] = c;
+    if (p.cells != nullptr) p.cells[row * H + j] = c;
+    if (p.gates != nullptr) {
+#pragma unroll
+      for (int g = 0; g < 4; ++g) p.gates[row * 4 * H + g * H + j] = act[g];
+    }
+    return h;
+  }
+};
+
+template <typename T>
+struct GruPolicy {
+  using Value = T;
+  using Params = GruSequence<T>;
+  static constexpr int kGates = 3;
+
+  struct Input {
+    T x[3];     // xproj of gates r, z, n (b_ih included)
+    T bias[3];  // b_hh of r, z, n (zero without bias)
+    bool active;
+  };
+
+  __device__ static Input load(const Params& p, int64_t t, bool /*first*/, int64_t b,
+                               int64_t j) {
+    const int64_t H = p.hidden;
+    Input in;
+    in.active = row_active(p.lengths, t, b);
+    const T* x = p.xproj + (t * p.batch + b) * 3 * H;
+#pragma unroll
+    for (int g = 0; g < 3; ++g) {
+      in.x[g] = in.active ? x[g * H + j] : T(0);
+      in.bias[g] = p.b_hh != nullptr ? p.b_hh[g * H + j] : T(0);
+    }
+    return in;
+  }
+
+  // Writes output[t] and gates[t] (r | z | n | hh_n); returns the new h.
+  __device__ static T finish(const Params& p, const Input& in, const T (&hh)[3], T h_prev,
+                             int64_t t, int64_t b, int64_t j) {
+    const int64_t H = p.hidden;
+    const int64_t row = t * p.batch + b;
+    T h = h_prev;
+    T saved[4] = {T(0), T(0), T(0), T(0)};
+    if (in.active) {
+      const T hh_n = hh[2] + in.bias[2];
+      const GruGates<T> r = gru_cell_forward(in.x[0], in.x[1], in.x[2], hh[0] + in.bias[0],
+                                             hh[1] + in.bias[1], hh_n, h_prev);
+      h = r.h;
+      saved[0] = r.r;
+      saved[1] = r.z;
+      saved[2] = r.n;
+      saved[3] = hh_n;
+    }
+    p.output[row * H + j] = in.active ? h : T(0);
+    if (p.gates != nullptr) {
+#pragma unroll
+      for (int g = 0; g < 4; ++g) p.gates[row * 4 * H + g * H + j] = saved[g];
+    }
+    return h;
+  }
+};
+
+// ------------------------------------------------------------ device pieces
+
+// Copies rows g*H + j0 + u (u < units, g < G) of W_hh into w_s, unit-major:
+// w_s[(u*G + g)*H + k], so the G rows of one unit are adjacent.
+template <int G, typename T>
+__device__ void load_weight_slice(T* w_s, const T* w_hh, int H, int j0, int units) {
+  const int n = units * G * H;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int local_row = i / H, k = i % H;
+    const int u = local_row / G, g = local_row % G;
+    w_s[i] = w_hh[(static_cast<int64_t>(g) * H + j0 + u) * H + k];
+  }
+}
+
+// Copies `rows` rows of h_prev starting at row b0 into h_s, then zero-fills up
+// to `padded_rows` so that a partial batch group computes on zeros.
+template <typename T>
+__device__ void stage_h(T* h_s, const T* h_prev, int64_t b0, int rows, int padded_rows, int H) {
+  const T* src = h_prev + b0 * H;
+  const int n = rows * H, n_padded = padded_rows * H;
+  for (int i = threadIdx.x; i < n_padded; i += blockDim.x) {
+    // __ldcg: h_prev was written by other SMs; read it from L2, never from a
+    // possibly stale line in this SM's L1.
+    h_s[i] = i < n ? __ldcg(src + i) : T(0);
+  }
+}
+
+// hh[g][r] = sum_k w_u[g*H + k] * h_g[r*H + k] for G gates of one unit and
+// kBatchGroup rows. Lanes take k = lane, lane+32, ... (consecutive addresses:
+// no bank conflicts); the butterfly leaves the full sums in every lane.
+template <int G, typename T>
+__device__ void gate_dot(const T* w_u, const T* h_g, int H, int lane,
+                         T (&acc)[G][kBatchGroup]) {
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int r = 0; r < kBatchGroup; ++r) acc[g][r] = T(0);
+
+  for (int k = lane; k < H; k += kWarp) {
+    T w[G], h[kBatchGroup];
+#pragma unroll
+    for (int g = 0; g < G; ++g) w[g] = w_u[g * H + k];
+#pragma unroll
+    for (int r = 0; r < kBatchGroup; ++r) h[r] = h_g[r * H + k];
+#pragma unroll
+    for (int g = 0; g < G; ++g)
+#pragma unroll
+      for (int r = 0; r < kBatchGroup; ++r) acc[g][r] = fma_t(w[g], h[r], acc[g][r]);
+  }
+
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int r = 0; r < kBatchGroup; ++r)
+#pragma unroll
+      for (int offset = kWarp / 2; offset > 0; offset /= 2)
+        acc[g][r] += __shfl_xor_sync(0xffffffffu, acc[g][r], offset);
+}
+
+// ------------------------------------------------------------------ kernel
+
+template <typename Policy>
+__global__ void __launch_bounds__(kThreads, 1)
+    persistent_forward_kernel(const typename Policy::Params p, const Tiling tiling,
+                              typename Policy::Value* __restrict__ h_work) {
+  using T = typename Policy::Value;
+  constexpr int G = Policy::kGates;
+  namespace cg = cooperative_groups;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int H = static_cast<int>(p.hidden);  // the host checked it is small
+  const int64_t B = p.batch;
+  T* w_s = reinterpret_cast<T*>(smem_raw);  // (U*G, H) weight slice
+  T* h_s = w_s + tiling.units * G * H;      // (batch_tile, H) staged h_prev
+
+  const int j0 = blockIdx.x * tiling.units;
+  const int units = min(tiling.units, H - j0);  // >= 1 by the grid size
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int num_warps = blockDim.x / kWarp;
+
+  // Once per sequence. The __syncthreads after the first stage_h makes the
+  // slice visible to the whole block before its first use.
+  load_weight_slice<G>(w_s, p.w_hh, H, j0, units);
+
+  cg::grid_group grid = cg::this_grid();
+  for (int64_t s = 0; s < p.steps; ++s) {
+    const int64_t t = p.reverse ? p.steps - 1 - s : s;
+    const bool first = s == 0, last = s == p.steps - 1;
+    const T* h_prev = first ? p.h0 : h_work + ((s - 1) & 1) * B * H;
+    T* h_next = h_work + (s & 1) * B * H;
+
+    for (int64_t b0 = 0; b0 < B; b0 += tiling.batch_tile) {
+      const int rows = static_cast<int>(B - b0 < tiling.batch_tile ? B - b0 : tiling.batch_tile);
+      const int groups = (rows + kBatchGroup - 1) / kBatchGroup;
+      __syncthreads();  // the previous tile's readers of h_s are done
+      stage_h(h_s, h_prev, b0, rows, groups * kBatchGroup, H);
+      __syncthreads();
+
+      for (int task = warp; task < units * groups; task += num_warps) {
+        const int u = task % units, group = task / units;
+        const int r = group * kBatchGroup + lane;  // this lane's row in the tile
+        const bool owner = lane < kBatchGroup && r < rows;
+        const int64_t b = b0 + r, j = j0 + u;
+
+        typename Policy::Input in{};
+        if (owner) in = Policy::load(p, t, first, b, j);
+
+        T acc[G][kBatchGroup];
+        gate_dot<G>(w_s + u * G * H, h_s + group * kBatchGroup * H, H, lane, acc);
+
+        // Lane r keeps column r of acc. Unrolled selects, not acc[g][lane],
+        // so acc stays in registers.
+        T hh[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) hh[g] = acc[g][0];
+#pragma unroll
+        for (int rr = 1; rr < kBatchGroup; ++rr)
+          if (lane == rr)
+#pragma unroll
+            for (int g = 0; g < G; ++g) hh[g] = acc[g][rr];
+
+        if (owner) {
+          const T h = Policy::finish(p, in, hh, h_s[r * H + j], t, b, j);
+          h_next[b * H + j] = h;
+          if (last) p.h_n[b * H + j] = h;
+        }
+      }
+    }
+    // Every block must see the whole h_next before the next step stages it.
+    if (!last) grid.sync();
+  }
+}
+
+// -------------------------------------------------------------------- host
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Cuts H over at most `sm_count` blocks and sizes the h tile to the shared
+// memory left after the weight slice. Returns false when even one group of
+// rows does not fit next to the slice.
+inline bool plan_tiling(int64_t hidden, int64_t batch, int gates, int64_t elem_bytes,
+                        int64_t sm_count, int64_t smem_per_block, Tiling* tiling,
+                        int64_t* smem_bytes) {
+  if (hidden <= 0 || batch <= 0 || sm_count <= 0) return false;
+  const int64_t row_bytes = hidden * elem_bytes;
+  if (row_bytes > smem_per_block) return false;  // also keeps the products below small
+  const int64_t units = ceil_div(hidden, sm_count);
+  const int64_t w_bytes = gates * units * row_bytes;
+  if (w_bytes + kBatchGroup * row_bytes > smem_per_block) return false;
+
+  // Largest tile that fits, then spread the rows evenly over the tiles so a
+  // batch slightly above the maximum does not leave a tiny last tile.
+  const int64_t max_tile = (smem_per_block - w_bytes) / row_bytes / kBatchGroup * kBatchGroup;
+  const int64_t tiles = ceil_div(batch, max_tile);
+  const int64_t tile = ceil_div(ceil_div(batch, tiles), kBatchGroup) * kBatchGroup;
+
+  tiling->units = static_cast<int>(units);
+  tiling->batch_tile = static_cast<int>(tile);
+  *smem_bytes = w_bytes + tile * row_bytes;
+  return true;
+}
+
+// Launches persistent_forward_kernel<Policy> if it fits; see persistent.h.
+template <typename Policy>
+bool launch_persistent(const typename Policy::Params& params) {
+  using T = typename Policy::Value;
+  if (params.steps <= 0 || params.batch <= 0 || params.hidden <= 0) return false;
+
+  const int device = c10::cuda::current_device();
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);  // cached by ATen
+  if (!prop->cooperativeLaunch) return false;
+
+  Tiling tiling;
+  int64_t smem_bytes = 0;
+  if (!plan_tiling(params.hidden, params.batch, Policy::kGates, sizeof(T),
+                   prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+                   &tiling, &smem_bytes))
+    return false;
+
+  auto kernel = persistent_forward_kernel<Policy>;
+  if (smem_bytes > 48 * 1024) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem_bytes)));
+  }
+  int blocks_per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads,
+                                                               static_cast<size_t>(smem_bytes)));
+  const int64_t blocks = ceil_div(params.hidden, tiling.units);
+  if (blocks_per_sm < 1 || blocks > int64_t{blocks_per_sm} * prop->multiProcessorCount)
+    return false;
+
+  // Double-buffered h (see the top of this file). The caching allocator is
+  // stream-ordered: freeing it when this function returns is safe, later
+  // users on this stream run after the kernel.
+  const int64_t work_elems = 2 * params.batch * params.hidden;
+  c10::DataPtr work = c10::cuda::CUDACachingAllocator::get()->allocate(work_elems * sizeof(T));
+
+  typename Policy::Params p = params;
+  T* h_work = static_cast<T*>(work.get());
+  void* args[] = {&p, &tiling, &h_work};
+  const cudaError_t err = cudaLaunchCooperativeKernel(
+      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+      args, static_cast<size_t>(smem_bytes), at::cuda::getCurrentCUDAStream());
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    (void)cudaGetLastError();  // not sticky; clear it and let the caller fall back
+    return false;
+  }
+  C10_CUDA_CHECK(err);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
+}  // namespace fusedrnn::cuda::persistent

@@ -1,0 +1,266 @@
+// CUDA versions of the per-step pointwise kernels declared in kernels.h.
+//
+// One small kernel per job. Each thread owns element (b, j) of a (B, W)
+// buffer and walks the batch with a grid-stride loop; the gate arithmetic is
+// the cells.h code the CPU path runs, so the CPU tests cover it.
+//
+// Launches go on the current stream with no allocation, no host
+// synchronisation and no atomics, so a step is deterministic and can be
+// captured into a CUDA graph. The params structs are plain sizes and
+// pointers: they are passed to the kernels by value.
+//
+// Included only by step_kernels_{float,double}.cu, each of which explicitly
+// instantiates step_kernels<T>() for its dtype.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "fusedrnn/cells.h"
+#include "fusedrnn/kernels.h"
+#include "fusedrnn/params.h"
+
+namespace fusedrnn {
+namespace cuda {
+namespace step {
+
+constexpr int kThreads = 256;
+// The grid-stride loops cover anything past this many blocks; 65535 blocks of
+// 256 threads is many full waves on any GPU.
+constexpr int64_t kMaxBlocks = 65535;
+
+inline unsigned blocks_for(int64_t n) {
+  return static_cast<unsigned>(std::min((n + kThreads - 1) / kThreads, kMaxBlocks));
+}
+
+// 64-bit grid-stride loop bounds: B * 4H can pass 2^31 on large batches.
+__device__ __forceinline__ int64_t first_index() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t grid_stride() {
+  return static_cast<int64_t>(gridDim.x) * blockDim.x;
+}
+
+// ---------------------------------------------------------------- LSTM
+
+template <typename T>
+__global__ void lstm_forward_kernel(const LstmForwardStep<T> p) {
+  const int64_t H = p.hidden, n = p.batch * H;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    const int64_t b = idx / H, j = idx - b * H;
+    const int64_t g0 = b * 4 * H + j;  // gate i of this element; f, g, o follow H apart
+    if (row_active(p.lengths, p.t, b)) {
+      const LstmGates<T> s = lstm_cell_forward<T>(
+          p.xproj[g0] + p.hh[g0], p.xproj[g0 + H] + p.hh[g0 + H],
+          p.xproj[g0 + 2 * H] + p.hh[g0 + 2 * H], p.xproj[g0 + 3 * H] + p.hh[g0 + 3 * H],
+          p.c[idx]);
+      p.gates[g0] = s.i;
+      p.gates[g0 + H] = s.f;
+      p.gates[g0 + 2 * H] = s.g;
+      p.gates[g0 + 3 * H] = s.o;
+      p.c[idx] = s.c;
+      p.cells[idx] = s.c;
+      p.h_out[idx] = s.h;
+      if (p.h_state != nullptr) p.h_state[idx] = s.h;
+    } else {
+      // Finished sequence: state carried, zero output and zero saved gates.
+      p.gates[g0] = T(0);
+      p.gates[g0 + H] = T(0);
+      p.gates[g0 + 2 * H] = T(0);
+      p.gates[g0 + 3 * H] = T(0);
+      p.cells[idx] = p.c[idx];
+      p.h_out[idx] = T(0);
+    }
+  }
+}
+
+template <typename T>
+__global__ void lstm_backward_kernel(const LstmBackwardStep<T> p) {
+  const int64_t H = p.hidden, n = p.batch * H;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    const int64_t b = idx / H, j = idx - b * H;
+    const int64_t g0 = b * 4 * H + j;
+    if (row_active(p.lengths, p.t, b)) {
+      const LstmGrads<T> d = lstm_cell_backward<T>(
+          p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H], p.gates[g0 + 3 * H], p.cells[idx],
+          p.c_prev[idx], p.dh[idx], p.dc[idx]);
+      p.d_gates[g0] = d.d_i;
+      p.d_gates[g0 + H] = d.d_f;
+      p.d_gates[g0 + 2 * H] = d.d_g;
+      p.d_gates[g0 + 3 * H] = d.d_o;
+      p.dc[idx] = d.d_c_prev;
+    } else {
+      // dc passes straight through; zero d_gates keep dh_state += dG @ W a no-op.
+      p.d_gates[g0] = T(0);
+      p.d_gates[g0 + H] = T(0);
+      p.d_gates[g0 + 2 * H] = T(0);
+      p.d_gates[g0 + 3 * H] = T(0);
+    }
+  }
+}
+
+// ------------------------------------------- projection and dh bookkeeping
+
+template <typename T>
+__global__ void masked_commit_kernel(const MaskedCommit<T> p) {
+  const int64_t W = p.width, n = p.batch * W;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    if (row_active(p.lengths, p.t, idx / W)) {
+      const T h = p.h_new[idx];
+      p.out[idx] = h;
+      p.h_state[idx] = h;
+    } else {
+      p.out[idx] = T(0);  // h_state keeps the last active value
+    }
+  }
+}
+
+template <typename T>
+__global__ void grad_h_accumulate_kernel(const GradHStep<T> p) {
+  const int64_t W = p.width, n = p.batch * W;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    // An inactive step's output is a constant zero: its gradient goes nowhere.
+    const T g = row_active(p.lengths, p.t, idx / W) ? p.grad_out[idx] : T(0);
+    p.dh_total[idx] = p.dh_state[idx] + g;
+  }
+}
+
+template <typename T>
+__global__ void grad_h_carry_kernel(const GradHStep<T> p) {
+  const int64_t W = p.width, n = p.batch * W;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    // Active rows restart from zero before the caller adds dG @ W_hh; inactive
+    // rows carry the gradient to the earlier step unchanged.
+    p.dh_state[idx] = row_active(p.lengths, p.t, idx / W) ? T(0) : p.dh_total[idx];
+  }
+}
+
+// ----------------------------------------------------------------- GRU
+
+template <typename T>
+__global__ void gru_forward_kernel(const GruForwardStep<T> p) {
+  const int64_t H = p.hidden, n = p.batch * H;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    const int64_t b = idx / H, j = idx - b * H;
+    const int64_t x0 = b * 3 * H + j;  // r column of xproj / hh; z, n follow H apart
+    const int64_t g0 = b * 4 * H + j;  // r column of gates; z, n, hh_n follow
+    if (row_active(p.lengths, p.t, b)) {
+      const T hh_n = p.hh[x0 + 2 * H];
+      const GruGates<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
+                                                p.hh[x0], p.hh[x0 + H], hh_n, p.h_state[idx]);
+      p.gates[g0] = s.r;
+      p.gates[g0 + H] = s.z;
+      p.gates[g0 + 2 * H] = s.n;
+      p.gates[g0 + 3 * H] = hh_n;  // the backward needs W_hn h + b_hn for dr
+      p.h_state[idx] = s.h;
+      p.h_out[idx] = s.h;
+    } else {
+      p.gates[g0] = T(0);
+      p.gates[g0 + H] = T(0);
+      p.gates[g0 + 2 * H] = T(0);
+      p.gates[g0 + 3 * H] = T(0);
+      p.h_out[idx] = T(0);  // h_state carried
+    }
+  }
+}
+
+template <typename T>
+__global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
+  const int64_t H = p.hidden, n = p.batch * H;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    const int64_t b = idx / H, j = idx - b * H;
+    const int64_t x0 = b * 3 * H + j;
+    const int64_t g0 = b * 4 * H + j;
+    const T dh = p.dh[idx];  // read before dh_state is written: they may alias
+    if (row_active(p.lengths, p.t, b)) {
+      const GruGrads<T> d = gru_cell_backward<T>(p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H],
+                                                 p.gates[g0 + 3 * H], p.h_prev[idx], dh);
+      // r and z enter as x + hh, so both products get the same gradient; the
+      // n gate's recurrent product sits inside r * (.), hence dh_n.
+      p.d_xproj[x0] = d.dx_r;
+      p.d_xproj[x0 + H] = d.dx_z;
+      p.d_xproj[x0 + 2 * H] = d.dx_n;
+      p.d_hh[x0] = d.dx_r;
+      p.d_hh[x0 + H] = d.dx_z;
+      p.d_hh[x0 + 2 * H] = d.dh_n;
+      p.dh_state[idx] = d.dh_prev;
+    } else {
+      p.d_xproj[x0] = T(0);
+      p.d_xproj[x0 + H] = T(0);
+      p.d_xproj[x0 + 2 * H] = T(0);
+      p.d_hh[x0] = T(0);
+      p.d_hh[x0 + H] = T(0);
+      p.d_hh[x0 + 2 * H] = T(0);
+      p.dh_state[idx] = dh;  // passes straight through
+    }
+  }
+}
+
+// ------------------------------------------------------ host launchers
+
+// Launches `kernel` over n elements on the current stream; n == 0 (batch 0)
+// is a no-op rather than an invalid zero-block launch.
+template <typename Params>
+void launch(void (*kernel)(const Params), const Params& p, int64_t n) {
+  if (n <= 0) return;
+  kernel<<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void lstm_forward(const LstmForwardStep<T>& p) {
+  launch(lstm_forward_kernel<T>, p, p.batch * p.hidden);
+}
+
+template <typename T>
+void lstm_backward(const LstmBackwardStep<T>& p) {
+  launch(lstm_backward_kernel<T>, p, p.batch * p.hidden);
+}
+
+template <typename T>
+void masked_commit(const MaskedCommit<T>& p) {
+  launch(masked_commit_kernel<T>, p, p.batch * p.width);
+}
+
+template <typename T>
+void grad_h_accumulate(const GradHStep<T>& p) {
+  launch(grad_h_accumulate_kernel<T>, p, p.batch * p.width);
+}
+
+template <typename T>
+void grad_h_carry(const GradHStep<T>& p) {
+  launch(grad_h_carry_kernel<T>, p, p.batch * p.width);
+}
+
+template <typename T>
+void gru_forward(const GruForwardStep<T>& p) {
+  launch(gru_forward_kernel<T>, p, p.batch * p.hidden);
+}
+
+template <typename T>
+void gru_backward(const GruBackwardStep<T>& p) {
+  launch(gru_backward_kernel<T>, p, p.batch * p.hidden);
+}
+
+}  // namespace step
+
+// The definition behind the declaration in kernels.h; each
+// step_kernels_<dtype>.cu explicitly instantiates it for one T.
+template <typename T>
+StepKernels<T> step_kernels() {
+  StepKernels<T> k;
+  k.lstm_forward = &step::lstm_forward<T>;
+  k.lstm_backward = &step::lstm_backward<T>;
+  k.masked_commit = &step::masked_commit<T>;
+  k.grad_h_accumulate = &step::grad_h_accumulate<T>;
+  k.grad_h_carry = &step::grad_h_carry<T>;
+  k.gru_forward = &step::gru_forward<T>;
+  k.gru_backward = &step::gru_backward<T>;
+  return k;
+}
+
+}  // namespace cuda
+}  // namespace fusedrnn

@@ -1,0 +1,35 @@
+// The pointwise step kernels, one declaration per job, implemented once for
+// the CPU (cpu/) and once for CUDA (cuda/). The orchestration in
+// recurrence.cpp picks the set that matches the tensors' device, so the step
+// loop itself is the same code on both.
+//
+// Instantiated for float and double; fp16/bf16 tensors are computed in fp32.
+#pragma once
+
+#include "fusedrnn/params.h"
+
+namespace fusedrnn {
+
+template <typename T>
+struct StepKernels {
+  void (*lstm_forward)(const LstmForwardStep<T>&);
+  void (*lstm_backward)(const LstmBackwardStep<T>&);
+  void (*masked_commit)(const MaskedCommit<T>&);
+  void (*grad_h_accumulate)(const GradHStep<T>&);
+  void (*grad_h_carry)(const GradHStep<T>&);
+  void (*gru_forward)(const GruForwardStep<T>&);
+  void (*gru_backward)(const GruBackwardStep<T>&);
+};
+
+namespace cpu {
+template <typename T>
+StepKernels<T> step_kernels();  // picks the widest SIMD the CPU supports
+const char* simd_name();        // "avx2" or "default"
+}  // namespace cpu
+
+namespace cuda {
+template <typename T>
+StepKernels<T> step_kernels();  // launches on the current CUDA stream
+}  // namespace cuda
+
+}  // namespace fusedrnn

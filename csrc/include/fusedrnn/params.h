@@ -1,0 +1,144 @@
+// Plain structs handed from the orchestration (recurrence.cpp) to the
+// kernels: sizes and raw pointers only, no ATen types, so the same struct
+// travels to a CPU loop, a CUDA launch or a persistent kernel.
+//
+// All buffers are dense, row-major, batch-major within a step: element
+// (b, j) of a (B, W) buffer is at b * W + j. Gate blocks follow torch.nn's
+// weight layout (i|f|g|o for LSTM, r|z|n for GRU), each `hidden` wide.
+//
+// A row b is active at step t when lengths == nullptr or t < lengths[b].
+// Inactive rows carry their state unchanged, output zero, save zero gates
+// and pass gradients straight through.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/cells.h"
+
+namespace fusedrnn {
+
+FUSEDRNN_HD bool row_active(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// ---------------------------------------------------------------- LSTM
+
+// One forward step after the recurrent product hh = h_prev @ W_hh^T.
+template <typename T>
+struct LstmForwardStep {
+  int64_t batch, hidden;
+  const T* xproj;  // (B, 4H) input projection of this step, both biases in
+  const T* hh;     // (B, 4H) recurrent product
+  T* c;            // (B, H) cell state, updated in place
+  T* gates;        // (B, 4H) saved activated gates
+  T* cells;        // (B, H) saved cell state after the step (carried if inactive)
+  T* h_out;        // (B, H) new hidden state, zero where inactive (the output
+                   //        slot, or the input of the projection GEMM)
+  T* h_state;      // (B, H) running hidden state, updated where active;
+                   //        nullptr when a projection follows (see MaskedCommit)
+  const int64_t* lengths;
+  int64_t t;
+};
+
+// After the projection GEMM of a proj_size LSTM: out = active ? h_new : 0,
+// h_state = active ? h_new : h_state.
+template <typename T>
+struct MaskedCommit {
+  int64_t batch, width;
+  const T* h_new;  // (B, P)
+  T* out;          // (B, P) output slot of this step
+  T* h_state;      // (B, P)
+  const int64_t* lengths;
+  int64_t t;
+};
+
+// One backward step. The caller then forms dh_state += d_gates @ W_hh.
+template <typename T>
+struct LstmBackwardStep {
+  int64_t batch, hidden;
+  const T* gates;   // (B, 4H) saved activated gates
+  const T* cells;   // (B, H) saved cell state of this step
+  const T* c_prev;  // (B, H) cell state before this step
+  const T* dh;      // (B, H) gradient reaching the unprojected hidden state
+  T* dc;            // (B, H) in: from the later step; out: to the earlier one
+  T* d_gates;       // (B, 4H) gradient of the pre-activations (0 if inactive)
+  const int64_t* lengths;
+  int64_t t;
+};
+
+// Gradient bookkeeping of the hidden state around one backward step:
+//   accumulate: dh_total = dh_state + (active ? grad_out : 0)
+//   carry:      dh_state = active ? 0 : dh_total   (before dh_state += dG @ W)
+template <typename T>
+struct GradHStep {
+  int64_t batch, width;
+  const T* grad_out;  // (B, P) gradient of this step's output
+  T* dh_state;        // (B, P)
+  T* dh_total;        // (B, P)
+  const int64_t* lengths;
+  int64_t t;
+};
+
+// ----------------------------------------------------------------- GRU
+
+template <typename T>
+struct GruForwardStep {
+  int64_t batch, hidden;
+  const T* xproj;  // (B, 3H) input projection, b_ih in
+  const T* hh;     // (B, 3H) recurrent product, b_hh in
+  T* h_state;      // (B, H) hidden state, updated in place where active
+  T* gates;        // (B, 4H) saved r | z | n | hh_n (zero where inactive)
+  T* h_out;        // (B, H) output slot, zero where inactive
+  const int64_t* lengths;
+  int64_t t;
+};
+
+// One backward step. The caller then forms dh_state += d_hh @ W_hh.
+template <typename T>
+struct GruBackwardStep {
+  int64_t batch, hidden;
+  const T* gates;   // (B, 4H) saved r | z | n | hh_n
+  const T* h_prev;  // (B, H) hidden state before this step
+  const T* dh;      // (B, H) total gradient reaching this step's hidden state
+  T* d_xproj;       // (B, 3H) gradient of the input projection
+  T* d_hh;          // (B, 3H) gradient of the recurrent product (b_hh included)
+  T* dh_state;      // (B, H) out: z * dh where active, dh where inactive
+  const int64_t* lengths;
+  int64_t t;
+};
+
+// ------------------------------------------------- whole sequences
+// For kernels that run every step in one launch (cuda/persistent). The
+// recurrent product is inside the kernel, so it sees the weights.
+
+template <typename T>
+struct LstmSequence {
+  int64_t steps, batch, hidden;  // no projection (proj_size = 0)
+  bool reverse;
+  const T* xproj;  // (T, B, 4H)
+  const T* w_hh;   // (4H, H)
+  const T* h0;     // (B, H)
+  const T* c0;     // (B, H)
+  T* output;       // (T, B, H)
+  T* h_n;          // (B, H)
+  T* c_n;          // (B, H)
+  T* gates;        // (T, B, 4H)
+  T* cells;        // (T, B, H)
+  const int64_t* lengths;
+};
+
+template <typename T>
+struct GruSequence {
+  int64_t steps, batch, hidden;
+  bool reverse;
+  const T* xproj;  // (T, B, 3H)
+  const T* w_hh;   // (3H, H)
+  const T* b_hh;   // (3H) or nullptr
+  const T* h0;     // (B, H)
+  T* output;       // (T, B, H)
+  T* h_n;          // (B, H)
+  T* gates;        // (T, B, 4H)
+  const int64_t* lengths;
+};
+
+}  // namespace fusedrnn

@@ -1,0 +1,51 @@
+// Persistent forward kernels: one cooperative launch runs every time step of
+// one layer in one direction, with the recurrent weights held in shared
+// memory for the whole sequence (see cuda/persistent.cuh for the design).
+//
+// Plain declarations, no CUDA headers, so the orchestration (recurrence.cpp)
+// can include this file. Implemented in cuda/persistent_*.cu for float and
+// double (fp16/bf16 tensors are computed in fp32 by the caller).
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/params.h"
+
+namespace fusedrnn::cuda::persistent {
+
+// Runs the whole sequence in one cooperative launch on the current stream of
+// the current device. Returns false, having launched nothing, when it cannot:
+//   - steps, batch or hidden is 0 (the standard path handles empty sizes);
+//   - the device has no cooperative launch;
+//   - the W_hh slices do not fit in shared memory (hidden > max_hidden);
+//   - the grid cannot be co-resident (occupancy query x SM count).
+// Never hangs: the grid is at most one block per SM and is checked before
+// launching. No host synchronisation.
+//
+// Requirements on the struct (unchecked): all tensors on the current device,
+// dense in the layout documented in params.h; `lengths` is a device pointer
+// to `batch` int64 values or nullptr; `gates` (and LSTM `cells`) may be
+// nullptr to skip saving them (inference); `h_n` must not alias `h0` (other
+// blocks may still be reading h0 when h_n is written if steps == 1);
+// `c_n` may alias `c0`.
+template <typename T>
+bool lstm_forward(const LstmSequence<T>& p);
+template <typename T>
+bool gru_forward(const GruSequence<T>& p);
+
+// Largest hidden size the persistent path accepts on `device` for this dtype:
+// num_gates = 4 for LSTM (the default, and the stricter bound), 3 for GRU.
+// From shared memory and SM count only; the launch also checks occupancy.
+// On an H100 (132 SMs, 227 KB): LSTM 1320 (float) / 908 (double),
+// GRU 1452 (float) / 1037 (double).
+template <typename T>
+int64_t max_hidden(int device, int num_gates = 4);
+
+// Micro-benchmark: runs `steps` grid barriers with no work on `blocks` blocks
+// (of the persistent kernels' block size) and returns the elapsed
+// microseconds of the whole launch, measured with CUDA events on the current
+// stream (this one does synchronise: it waits for the stop event).
+// Throws when `blocks` cannot be co-resident.
+double barrier_microbench(int64_t steps, int64_t blocks);
+
+}  // namespace fusedrnn::cuda::persistent

@@ -1,0 +1,14 @@
+"""fusedrnn: fused LSTM/GRU kernels for PyTorch, as drop-ins for torch.nn.
+
+    import fusedrnn
+    rnn = fusedrnn.LSTM(input_size, hidden_size, num_layers=2, batch_first=True)
+    rnn.load_state_dict(torch_lstm.state_dict())
+    out, (h_n, c_n) = rnn(x, (h0, c0))
+"""
+
+from . import reference
+from .modules import GRU, LSTM, GRUCell, LSTMCell
+from .ops import backend, build_info
+
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "backend", "build_info", "reference"]
+__version__ = "0.1.0"

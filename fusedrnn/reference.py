@@ -1,0 +1,141 @@
+"""Pure-PyTorch oracle for fusedrnn.
+
+Written with plain torch ops, one time step at a time, so that autograd
+differentiates it and nobody has to trust our kernels to check our kernels.
+The layer functions have exactly the contract of the fused ops
+(``fusedrnn.ops``): one layer, one direction, the input projection already
+computed for all steps.
+
+Conventions shared with the kernels:
+  * gate order ``i, f, g, o`` (LSTM) and ``r, z, n`` (GRU), as in torch.nn;
+  * ``xproj`` is ``(T, B, G*H)``; for LSTM it holds both biases, for GRU
+    only ``b_ih`` (``b_hh`` enters inside ``r * (W_hn h + b_hn)``);
+  * ``lengths`` (``(B,)`` integers) marks steps ``t >= lengths[b]`` inactive:
+    the state is carried through unchanged and the output there is zero;
+  * ``reverse`` runs the steps from ``T - 1`` down to ``0``; with lengths a
+    sequence starts at its own last step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def lstm_cell(xproj_t: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Tensor | None):
+    """One LSTM step. ``xproj_t`` is ``(B, 4H)``; returns ``(h', c')``."""
+    gates = xproj_t + h @ w_hh.t()
+    i, f, g, o = gates.chunk(4, dim=-1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c_new = f * c + i * g
+    h_new = o * c_new.tanh()
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return h_new, c_new
+
+
+def gru_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None):
+    """One GRU step. ``xproj_t`` is ``(B, 3H)`` including ``b_ih``; returns ``h'``."""
+    hh = h @ w_hh.t()
+    if b_hh is not None:
+        hh = hh + b_hh
+    x_r, x_z, x_n = xproj_t.chunk(3, dim=-1)
+    h_r, h_z, h_n = hh.chunk(3, dim=-1)
+    r = (x_r + h_r).sigmoid()
+    z = (x_z + h_z).sigmoid()
+    n = (x_n + r * h_n).tanh()
+    return n + z * (h - n)
+
+
+def _steps(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _active_rows(lengths: Tensor | None, t: int, like: Tensor) -> Tensor | None:
+    if lengths is None:
+        return None
+    return (lengths.to(like.device) > t).unsqueeze(-1)
+
+
+def lstm_layer(xproj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+    """One LSTM layer in one direction: ``(output, h_n, c_n)``."""
+    h, c = h0, c0
+    outputs = [None] * xproj.shape[0]
+    for t in _steps(xproj.shape[0], reverse):
+        h_new, c_new = lstm_cell(xproj[t], h, c, w_hh, w_hr)
+        active = _active_rows(lengths, t, h)
+        if active is None:
+            h, c, outputs[t] = h_new, c_new, h_new
+        else:
+            h = torch.where(active, h_new, h)
+            c = torch.where(active, c_new, c)
+            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+    if not outputs:
+        return xproj.new_zeros(0, h0.shape[0], h0.shape[1]), h, c
+    return torch.stack(outputs), h, c
+
+
+def gru_layer(xproj, w_hh, b_hh, h0, lengths=None, reverse=False):
+    """One GRU layer in one direction: ``(output, h_n)``."""
+    h = h0
+    outputs = [None] * xproj.shape[0]
+    for t in _steps(xproj.shape[0], reverse):
+        h_new = gru_cell(xproj[t], h, w_hh, b_hh)
+        active = _active_rows(lengths, t, h)
+        if active is None:
+            h, outputs[t] = h_new, h_new
+        else:
+            h = torch.where(active, h_new, h)
+            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+    if not outputs:
+        return xproj.new_zeros(0, h0.shape[0], h0.shape[1]), h
+    return torch.stack(outputs), h
+
+
+def rnn(mode, input, hx, weights, *, num_layers, bidirectional, lengths=None,
+        dropout=0.0, training=False):
+    """Whole multi-layer RNN on time-major ``input`` ``(T, B, I)``.
+
+    ``weights`` is the per-(layer, direction) list of parameter lists in
+    torch.nn's order (``module._all_weights``). ``hx`` is ``h0`` (GRU) or
+    ``(h0, c0)`` (LSTM), each ``(num_layers * D, B, *)``. Returns
+    ``(output, h_n)`` or ``(output, (h_n, c_n))`` like torch.nn.
+    """
+    D = 2 if bidirectional else 1
+    h0, c0 = hx if mode == "LSTM" else (hx, None)
+    layer_input = input
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, *rest = weights[k]
+            b_ih, b_hh, w_hr = _split_rest(rest)
+            if mode == "LSTM":
+                b = None if b_ih is None else b_ih + b_hh
+                xproj = torch.nn.functional.linear(layer_input, w_ih, b)
+                out, h, c = lstm_layer(xproj, w_hh, w_hr, h0[k], c0[k], lengths, d == 1)
+                c_n.append(c)
+            else:
+                xproj = torch.nn.functional.linear(layer_input, w_ih, b_ih)
+                out, h = gru_layer(xproj, w_hh, b_hh, h0[k], lengths, d == 1)
+            outs.append(out)
+            h_n.append(h)
+        layer_input = torch.cat(outs, dim=-1)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = torch.nn.functional.dropout(layer_input, dropout, True)
+    h_n = torch.stack(h_n)
+    if mode == "LSTM":
+        return layer_input, (h_n, torch.stack(c_n))
+    return layer_input, h_n
+
+
+def _split_rest(rest):
+    """Split the parameters after ``w_ih, w_hh`` into ``(b_ih, b_hh, w_hr)``."""
+    b_ih = b_hh = w_hr = None
+    if len(rest) in (2, 3):
+        b_ih, b_hh = rest[0], rest[1]
+        rest = rest[2:]
+    if rest:
+        w_hr = rest[0]
+    return b_ih, b_hh, w_hr

@@ -1,0 +1,99 @@
+"""Build fusedrnn._C: the CPU kernels always, the CUDA kernels whenever a CUDA
+toolkit is found and torch is a CUDA build (GPU present or not).
+
+Environment:
+  FUSEDRNN_SKIP_CUDA_BUILD=1   build the CPU kernels only
+  TORCH_CUDA_ARCH_LIST         CUDA archs; default: the visible GPUs', else 9.0
+  FUSEDRNN_PTXAS_VERBOSE=1     print ptxas register/spill reports
+  MAX_JOBS                     parallel compile jobs (ninja)
+
+Build with `pip install --no-build-isolation .` so the extension compiles
+against the torch already installed.
+"""
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _find_cuda_home():
+    """CUDA_HOME as torch should see it; the nvcc on PATH may be a wrapper."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var) and os.path.exists(os.path.join(os.environ[var], "bin", "nvcc")):
+            return os.environ[var]
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        if os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return None
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported.
+_cuda_home = _find_cuda_home()
+if _cuda_home:
+    os.environ["CUDA_HOME"] = _cuda_home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _with_cuda():
+    if os.environ.get("FUSEDRNN_SKIP_CUDA_BUILD", "0") == "1":
+        return False
+    return _cuda_home is not None and torch.version.cuda is not None
+
+
+def _extra_include_dirs():
+    """The cuBLAS/cuSPARSE headers that ATen/cuda needs ship in the wheel's nvidia/ deps."""
+    dirs = []
+    for site in sys.path:
+        cand = os.path.join(site, "nvidia", "cu13", "include")
+        if os.path.isdir(cand) and cand not in dirs:
+            dirs.append(cand)
+    return dirs
+
+
+def _default_arch_list():
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    if torch.cuda.is_available():
+        return  # torch builds for the visible GPUs
+    os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"  # never torch's "every arch"
+
+
+def make_extension():
+    with_cuda = _with_cuda()
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    cxx = ["-O3", "-fvisibility=hidden"]
+    if not with_cuda:
+        return CppExtension(
+            "fusedrnn._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+        )
+    _default_arch_list()
+    sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+    if os.environ.get("FUSEDRNN_PTXAS_VERBOSE") == "1":
+        nvcc.append("-Xptxas=-v")
+    return CUDAExtension(
+        "fusedrnn._C",
+        sources,
+        include_dirs=include_dirs + _extra_include_dirs(),
+        define_macros=[("FUSEDRNN_WITH_CUDA", "1")],
+        extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+    )
+
+
+setup(
+    packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
