@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include "fusedrnn/kernels.h"
+#include "fusedrnn/persistent.h"
 #include "recurrence.h"
 
 #ifdef FUSEDRNN_WITH_CUDA
@@ -36,6 +37,16 @@ std::string build_info() {
   info += " cuda:" + std::to_string(CUDART_VERSION);
 #endif
   return info;
+}
+
+// Microseconds for `steps` grid barriers with no work (the persistent
+// kernels' per-step synchronisation cost), on the current CUDA device.
+double persistent_barrier_us(int64_t steps, int64_t blocks) {
+#ifdef FUSEDRNN_WITH_CUDA
+  return cuda::persistent::barrier_microbench(steps, blocks);
+#else
+  TORCH_CHECK(false, "fusedrnn: this build has no CUDA kernels");
+#endif
 }
 
 }  // namespace
@@ -58,6 +69,7 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor output, Tensor gates, Tensor? lengths, bool reverse) -> (Tensor grad_xproj, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   m.def("build_info() -> str", &build_info);
+  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {

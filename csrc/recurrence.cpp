@@ -19,7 +19,11 @@
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "fusedrnn/kernels.h"
+#include "fusedrnn/persistent.h"
 
 namespace fusedrnn {
 namespace {
@@ -118,6 +122,37 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
   return prev;
 }
 
+// ------------------------------------------------------ persistent path
+// FUSEDRNN_PERSISTENT=1 runs the whole-sequence kernels (cuda/persistent.cuh)
+// when the call is one they cover (CUDA, no projection, H within the
+// on-chip limit), =0 never. Unset ("auto") keeps the standard path until a
+// rule measured on a GPU replaces it: the kernels have not run on one yet.
+bool persistent_requested(const Tensor& t) {
+  if (!t.is_cuda()) return false;
+  const char* env = std::getenv("FUSEDRNN_PERSISTENT");
+  return env != nullptr && (std::string(env) == "1" || std::string(env) == "on");
+}
+
+template <typename T>
+bool run_persistent(const LstmSequence<T>& p) {
+#ifdef FUSEDRNN_WITH_CUDA
+  if (cuda::persistent::lstm_forward<T>(p)) return true;
+  TORCH_WARN_ONCE("fusedrnn: the persistent LSTM kernel cannot run this size on this GPU "
+                  "(hidden ", p.hidden, ", batch ", p.batch, "); using the standard kernels");
+#endif
+  return false;
+}
+
+template <typename T>
+bool run_persistent(const GruSequence<T>& p) {
+#ifdef FUSEDRNN_WITH_CUDA
+  if (cuda::persistent::gru_forward<T>(p)) return true;
+  TORCH_WARN_ONCE("fusedrnn: the persistent GRU kernel cannot run this size on this GPU "
+                  "(hidden ", p.hidden, ", batch ", p.batch, "); using the standard kernels");
+#endif
+  return false;
+}
+
 }  // namespace
 
 // ============================================================== LSTM
@@ -164,11 +199,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor hh = at::empty({batch, 4 * hidden}, opts);
   Tensor h_raw = proj ? at::empty({batch, hidden}, opts) : Tensor();
   Tensor h_proj = proj ? at::empty({batch, width}, opts) : Tensor();
-  const Tensor w_hh_t = w_hh.t(), w_hr_t = proj ? w_hr->t() : Tensor();
+  // Row-major (P, 4H) copies: BLAS runs the per-step product several times
+  // faster on them than on transposed views.
+  const Tensor w_hh_t = w_hh.t().contiguous();
+  const Tensor w_hr_t = proj ? w_hr->t().contiguous() : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fusedrnn::lstm_forward", [&] {
-    const auto k = kernels_for<scalar_t>(xproj);
     const int64_t* lens = lengths_data(lengths);
+    if (!proj && persistent_requested(xproj)) {
+      const Tensor h0 = h0_in.to(ct).contiguous();
+      const LstmSequence<scalar_t> seq{steps, batch, hidden, reverse,
+                                       xproj.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                       h0.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
+                                       output.data_ptr<scalar_t>(), h_state.data_ptr<scalar_t>(),
+                                       c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+                                       cells.data_ptr<scalar_t>(), lens};
+      if (run_persistent(seq)) return;
+    }
+    const auto k = kernels_for<scalar_t>(xproj);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = step_time(s, steps, reverse);
       at::mm_out(hh, h_state, w_hh_t);
@@ -292,11 +340,21 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Ten
   Tensor gates = at::empty({steps, batch, 4 * hidden}, opts);
   Tensor h_state = h0_in.to(ct).clone(at::MemoryFormat::Contiguous);
   Tensor hh = at::empty({batch, 3 * hidden}, opts);
-  const Tensor w_hh_t = w_hh.t();
+  const Tensor w_hh_t = w_hh.t().contiguous();  // see lstm_forward
 
   AT_DISPATCH_FLOATING_TYPES(ct, "fusedrnn::gru_forward", [&] {
-    const auto k = kernels_for<scalar_t>(xproj);
     const int64_t* lens = lengths_data(lengths);
+    if (persistent_requested(xproj)) {
+      const Tensor h0 = h0_in.to(ct).contiguous();
+      const GruSequence<scalar_t> seq{steps, batch, hidden, reverse,
+                                      xproj.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
+                                      b_hh ? b_hh->data_ptr<scalar_t>() : nullptr,
+                                      h0.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
+                                      h_state.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+                                      lens};
+      if (run_persistent(seq)) return;
+    }
+    const auto k = kernels_for<scalar_t>(xproj);
     for (int64_t s = 0; s < steps; ++s) {
       const int64_t t = step_time(s, steps, reverse);
       if (b_hh) {

@@ -249,7 +249,7 @@ __device__ void gate_dot(const T* w_u, const T* h_g, int H, int lane,
 template <typename Policy>
 __global__ void __launch_bounds__(kThreads, 1)
     persistent_forward_kernel(const typename Policy::Params p, const Tiling tiling,
-                              typename Policy::Value* __restrict__ h_work) {
+                              typename Policy::Value* h_work) {
   using T = typename Policy::Value;
   constexpr int G = Policy::kGates;
   namespace cg = cooperative_groups;
@@ -295,8 +295,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         T acc[G][kBatchGroup];
         gate_dot<G>(w_s + u * G * H, h_s + group * kBatchGroup * H, H, lane, acc);
 
-        // Lane r keeps column r of acc. Unrolled selects, not acc[g][lane],
-        // so acc stays in registers.
+        // Every lane holds all sums; lane l (< kBatchGroup) keeps column l.
+        // Unrolled selects rather than acc[g][lane], so acc stays in registers.
         T hh[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) hh[g] = acc[g][0];

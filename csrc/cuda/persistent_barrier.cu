@@ -1,7 +1,6 @@
 // The pieces of the persistent path not tied to one cell: the grid-barrier
 // micro-benchmark (the per-step floor of the persistent kernels) and
 // max_hidden (the planning bound, for docs and dispatch).
-#include <ATen/cuda/CUDAEvent.h>
 #include <c10/util/Exception.h>
 
 #include "persistent.cuh"
@@ -16,6 +15,15 @@ __global__ void __launch_bounds__(kThreads, 1) barrier_kernel(int64_t steps) {
   cooperative_groups::grid_group grid = cooperative_groups::this_grid();
   for (int64_t s = 0; s < steps; ++s) grid.sync();
 }
+
+// A timing event that is destroyed on every path out of barrier_microbench.
+struct TimingEvent {
+  cudaEvent_t event = nullptr;
+  TimingEvent() { C10_CUDA_CHECK(cudaEventCreate(&event)); }
+  ~TimingEvent() { (void)cudaEventDestroy(event); }
+  TimingEvent(const TimingEvent&) = delete;
+  TimingEvent& operator=(const TimingEvent&) = delete;
+};
 
 }  // namespace
 
@@ -36,16 +44,18 @@ double barrier_microbench(int64_t steps, int64_t blocks) {
               " blocks cannot be co-resident (at most ", capacity, ")");
 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);  // timing enabled
+  TimingEvent start, stop;
   void* args[] = {&steps};
-  start.record();
+  C10_CUDA_CHECK(cudaEventRecord(start.event, stream));
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(barrier_kernel),
                                              dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
                                              args, 0, stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  stop.record();
-  stop.synchronize();
-  return 1000.0 * static_cast<double>(start.elapsed_time(stop));  // ms -> us
+  C10_CUDA_CHECK(cudaEventRecord(stop.event, stream));
+  C10_CUDA_CHECK(cudaEventSynchronize(stop.event));
+  float ms = 0.0f;
+  C10_CUDA_CHECK(cudaEventElapsedTime(&ms, start.event, stop.event));
+  return 1000.0 * static_cast<double>(ms);  // ms -> us
 }
 
 template <typename T>
@@ -66,7 +76,10 @@ int64_t max_hidden(int device, int num_gates) {
   int64_t lo = 1, hi = static_cast<int64_t>(prop->sharedMemPerBlockOptin) / sizeof(T) + 1;
   while (hi - lo > 1) {  // invariant: fits(lo), !fits(hi)
     const int64_t mid = lo + (hi - lo) / 2;
-    (fits(mid) ? lo : hi) = mid;
+    if (fits(mid))
+      lo = mid;
+    else
+      hi = mid;
   }
   return lo;
 }

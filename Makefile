@@ -1,0 +1,42 @@
+# fusedrnn: every command sets itself up (virtual environment, torch, build).
+#   make bench      the main job: benchmark harness, default preset (fusedrnn vs torch.nn)
+#   make test       the test suite
+#   make demo       train a small fusedrnn.LSTM next to torch.nn.LSTM
+#   make gpu-check OUT=dir   on a GPU machine with torch installed (no network)
+
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+# CUDA_HOME is found by setup.py; the arch list defaults to sm_90 without a GPU.
+BUILD_ENV := MAX_JOBS=$${MAX_JOBS:-2}
+PYTEST_ARGS ?=
+OUT      ?= gpu-report
+
+.PHONY: setup build test bench demo gpu-check clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.deps: $(PY) pyproject.toml
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch numpy pybind11 ninja setuptools wheel pytest pytest-benchmark expecttest matplotlib
+	touch $@
+
+setup: $(VENV)/.deps
+
+build: setup
+	$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m fusedrnn.bench --preset default --out bench-out
+
+demo: build
+	$(PY) -m fusedrnn.demo
+
+gpu-check:
+	bash benchmarks/gpu_check.sh $(OUT)
+
+clean:
+	rm -rf build fusedrnn/_C*.so *.egg-info

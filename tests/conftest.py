@@ -1,0 +1,155 @@
+"""Shared helpers for the module-level tests.
+
+The pattern of every parity test:
+
+    ref, fused = make_pair("LSTM", 5, 7, num_layers=2, dtype=torch.float64)
+    expected = run(ref, x, hx)          # outputs + gradients (input, h0, c0, every parameter)
+    actual = run(fused, x, hx)
+    assert_results_close(actual, expected, TOL[torch.float64])
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+from fusedrnn import reference
+
+# DESIGN.md §4: fp64 within 1e-10; fp32 within 5e-5 absolute at T <= 64.
+TOL = {torch.float64: 1e-10, torch.float32: 5e-5}
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def make_pair(kind: str, *args, seed: int = 0, **kwargs):
+    """``(torch.nn.<kind>, fusedrnn.<kind>)`` built with the same arguments and state_dict."""
+    torch.manual_seed(seed)
+    ref = getattr(torch.nn, kind)(*args, **kwargs)
+    fused = getattr(fusedrnn, kind)(*args, **kwargs)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def _flat(obj) -> list:
+    """Tensors of a module's return value, in order (a PackedSequence gives its data)."""
+    if isinstance(obj, PackedSequence):
+        return [obj.data]
+    if isinstance(obj, (tuple, list)):
+        return [t for item in obj for t in _flat(item)]
+    return [obj]
+
+
+def _leaf(t):
+    """A fresh leaf sharing ``t``'s storage and strides (non-contiguous stays non-contiguous)."""
+    return t.detach().requires_grad_(True)
+
+
+def run(module, x, hx=None, *, wrap=None, forward=None) -> dict:
+    """Forward + backward of ``module`` (or ``forward(input, hx)``, using ``module``'s parameters).
+
+    ``x`` and the tensors in ``hx`` become fresh leaves (same strides); ``wrap`` turns the ``x`` leaf
+    into the real input (e.g. packs it). The loss is a fixed random weighting of every returned
+    tensor, so each output and final state gets a distinct, non-trivial gradient. Returns
+    ``{name: tensor}`` of outputs ("out0", "out1", ...) and gradients ("grad_input",
+    "grad_h0", "grad_c0", "grad_<param name>").
+    """
+    x = _leaf(x)
+    if hx is None:
+        states = []
+    elif isinstance(hx, tuple):
+        hx = tuple(_leaf(t) for t in hx)
+        states = list(hx)
+    else:
+        hx = _leaf(hx)
+        states = [hx]
+    inp = wrap(x) if wrap is not None else x
+    result = (forward or module)(inp, hx)
+    outs = _flat(result)
+    gen = torch.Generator().manual_seed(1234)
+    # bf16-representable weights, so that a bf16 run and its fp32 baseline use the same loss.
+    loss = sum((o * torch.randn(o.shape, generator=gen).bfloat16().to(o.dtype)).sum()
+               for o in outs)
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    res = {f"out{i}": o.detach() for i, o in enumerate(outs)}
+    if isinstance(result, tuple) and isinstance(result[0], PackedSequence):
+        packed = result[0]
+        res["batch_sizes"] = packed.batch_sizes
+        if packed.sorted_indices is not None:
+            res["sorted_indices"] = packed.sorted_indices
+    res["grad_input"] = x.grad
+    for name, s in zip(("h0", "c0"), states):
+        res[f"grad_{name}"] = s.grad
+    for name, p in module.named_parameters():
+        res[f"grad_{name}"] = p.grad
+    return res
+
+
+def assert_results_close(actual: dict, expected: dict, atol: float, what: str = "") -> None:
+    """Same keys, shapes and dtypes; every tensor within ``atol`` (absolute)."""
+    assert actual.keys() == expected.keys(), f"{what}: {sorted(actual)} != {sorted(expected)}"
+    for key in expected:
+        a, e = actual[key], expected[key]
+        assert a is not None and e is not None, f"{what}: {key} is None ({a is None}, {e is None})"
+        assert a.shape == e.shape, f"{what}: {key} shape {tuple(a.shape)} != {tuple(e.shape)}"
+        assert a.dtype == e.dtype, f"{what}: {key} dtype {a.dtype} != {e.dtype}"
+        if not a.is_floating_point():
+            assert torch.equal(a, e), f"{what}: {key} {a.tolist()} != {e.tolist()}"
+            continue
+        assert torch.isfinite(e).all(), f"{what}: expected {key} is not finite"
+        err = (a.double() - e.double()).abs().max().item() if a.numel() else 0.0
+        assert err <= atol, f"{what}: {key} max abs error {err:.3e} > {atol:.0e}"
+
+
+def assert_results_equal(actual: dict, expected: dict, what: str = "") -> None:
+    """Bit-identical (torch.equal) tensors under the same keys."""
+    assert actual.keys() == expected.keys(), f"{what}: {sorted(actual)} != {sorted(expected)}"
+    for key in expected:
+        assert torch.equal(actual[key], expected[key]), f"{what}: {key} differs"
+
+
+def reference_forward(module, input, hx=None):
+    """``module``'s forward computed by ``fusedrnn.reference.rnn`` with ``module``'s parameters.
+
+    Handles the same input forms as torch.nn: batched (time- or batch-first), unbatched and
+    PackedSequence (packed the same way as ``input``).
+    """
+    mode = "LSTM" if isinstance(module, (torch.nn.LSTM, fusedrnn.LSTM)) else "GRU"
+    D = 2 if module.bidirectional else 1
+    lengths = None
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        x, lengths = pad_packed_sequence(input)
+    elif input.dim() == 2:
+        x = input.unsqueeze(1)
+    else:
+        x = input.transpose(0, 1) if module.batch_first else input
+    unbatched = not packed and input.dim() == 2
+    B = x.shape[1]
+    sizes = [module.proj_size or module.hidden_size, module.hidden_size][: 2 if mode == "LSTM" else 1]
+    if hx is None:
+        states = [x.new_zeros(module.num_layers * D, B, s) for s in sizes]
+    else:
+        states = list(hx) if mode == "LSTM" else [hx]
+        states = [s.unsqueeze(1) for s in states] if unbatched else states
+    out, h = reference.rnn(mode, x, tuple(states) if mode == "LSTM" else states[0],
+                           module.all_weights, num_layers=module.num_layers,
+                           bidirectional=module.bidirectional, lengths=lengths,
+                           dropout=module.dropout, training=module.training)
+    finals = list(h) if mode == "LSTM" else [h]
+    if packed:
+        order = input.sorted_indices
+        if order is not None:
+            out, lengths = out.index_select(1, order), lengths.index_select(0, order.cpu())
+        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+        out = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+    elif unbatched:
+        out, finals = out.squeeze(1), [f.squeeze(1) for f in finals]
+    elif module.batch_first:
+        out = out.transpose(0, 1)
+    return out, (tuple(finals) if mode == "LSTM" else finals[0])

@@ -1,0 +1,216 @@
+"""The module API is torch.nn's: parameters, state_dict, initialisation, copying, pickling,
+dtype conversion, repr, train/eval."""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import pickle
+
+import pytest
+import torch
+
+import fusedrnn
+from conftest import TOL, assert_results_close, assert_results_equal, make_pair, run
+
+F64 = torch.float64
+
+CONFIGS = [
+    pytest.param("LSTM", (3, 5), {}, id="LSTM"),
+    pytest.param("LSTM", (3, 6), dict(num_layers=2, bidirectional=True, proj_size=2,
+                                      batch_first=True, dropout=0.25), id="LSTM-L2-bi-proj"),
+    pytest.param("LSTM", (4, 7), dict(num_layers=3, bias=False), id="LSTM-L3-nobias"),
+    pytest.param("GRU", (3, 5), {}, id="GRU"),
+    pytest.param("GRU", (4, 7), dict(num_layers=2, bidirectional=True, bias=False), id="GRU-L2-bi"),
+    pytest.param("LSTMCell", (3, 5), {}, id="LSTMCell"),
+    pytest.param("GRUCell", (3, 5), dict(bias=False), id="GRUCell-nobias"),
+]
+
+
+def _inputs(kind, module, dtype=torch.float32):
+    if kind.endswith("Cell"):
+        return torch.randn(2, module.input_size, dtype=dtype)
+    x = torch.randn(4, 2, module.input_size, dtype=dtype)
+    return x.transpose(0, 1) if module.batch_first else x
+
+
+def _outputs(module, x) -> list:
+    out = module(x)
+    flat = []
+    for item in out if isinstance(out, tuple) else (out,):
+        flat.extend(item if isinstance(item, tuple) else (item,))
+    return flat
+
+
+def _assert_same_outputs(a, b, x):
+    for u, v in zip(_outputs(a, x), _outputs(b, x), strict=True):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_state_dict_names_and_shapes_match_torch(kind, args, kwargs):
+    ref, fused = make_pair(kind, *args, **kwargs)
+    ours, theirs = fused.state_dict(), ref.state_dict()
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        assert ours[name].shape == theirs[name].shape, name
+        assert ours[name].dtype == theirs[name].dtype, name
+    assert [n for n, _ in fused.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert len(list(fused.parameters())) == len(list(ref.parameters()))
+    assert sum(p.numel() for p in fused.parameters()) == sum(p.numel() for p in ref.parameters())
+    for attr in ("input_size", "hidden_size", "bias", "num_layers", "batch_first", "dropout",
+                 "bidirectional", "proj_size"):
+        assert getattr(fused, attr, None) == getattr(ref, attr, None), attr
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_load_state_dict_both_ways(kind, args, kwargs):
+    torch.manual_seed(1)
+    ref = getattr(torch.nn, kind)(*args, dtype=F64, **kwargs).eval()
+    torch.manual_seed(2)
+    fused = getattr(fusedrnn, kind)(*args, dtype=F64, **kwargs).eval()
+    x = _inputs(kind, ref, F64)
+    # torch -> fused
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    assert_results_close(run(fused, x), run(ref, x), TOL[F64], "torch -> fused")
+    # fused -> torch, with new fused values
+    torch.manual_seed(3)
+    other = getattr(fusedrnn, kind)(*args, dtype=F64, **kwargs).eval()
+    ref.load_state_dict(other.state_dict(), strict=True)
+    for name, p in ref.named_parameters():
+        assert torch.equal(p, other.get_parameter(name)), name
+    assert_results_close(run(other, x), run(ref, x), TOL[F64], "fused -> torch")
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_initialisation_like_torch(kind, args, kwargs):
+    torch.manual_seed(11)
+    ref = getattr(torch.nn, kind)(*args, **kwargs)
+    torch.manual_seed(11)
+    fused = getattr(fusedrnn, kind)(*args, **kwargs)
+    bound = 1 / math.sqrt(fused.hidden_size)
+    for (name, p), (_, q) in zip(fused.named_parameters(), ref.named_parameters(), strict=True):
+        assert p.abs().max() <= bound, name
+        assert p.unique().numel() > p.numel() // 2, f"{name} is not spread out"
+        assert torch.equal(p, q), f"{name} differs from torch.nn's under the same seed"
+    # ... and it is a real draw: a new seed gives new values
+    torch.manual_seed(12)
+    again = getattr(fusedrnn, kind)(*args, **kwargs)
+    assert not torch.equal(again.weight_hh_l0 if hasattr(again, "weight_hh_l0")
+                           else again.weight_hh, fused.get_parameter(
+                               "weight_hh_l0" if hasattr(again, "weight_hh_l0") else "weight_hh"))
+
+
+@pytest.mark.parametrize("kind,args,kwargs", [c for c in CONFIGS if "Cell" not in c.id])
+def test_flatten_parameters_runs(kind, args, kwargs):
+    _, fused = make_pair(kind, *args, **kwargs)
+    x = _inputs(kind, fused)
+    before = _outputs(fused.eval(), x)
+    assert fused.flatten_parameters() is None
+    for u, v in zip(before, _outputs(fused, x), strict=True):
+        assert torch.equal(u, v)
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_pickle_round_trip(kind, args, kwargs):
+    _, fused = make_pair(kind, *args, **kwargs)
+    fused.eval()
+    x = _inputs(kind, fused)
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert type(loaded) is type(fused)
+    _assert_same_outputs(loaded, fused, x)
+    unpickled = pickle.loads(pickle.dumps(fused))
+    assert type(unpickled) is type(fused)
+    _assert_same_outputs(unpickled, fused, x)
+    # state_dict through torch.save with weights_only=True (the safe default)
+    buffer = io.BytesIO()
+    torch.save(fused.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = getattr(fusedrnn, kind)(*args, **kwargs).eval()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    _assert_same_outputs(fresh, fused, x)
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_deepcopy(kind, args, kwargs):
+    _, fused = make_pair(kind, *args, **kwargs)
+    fused.eval()
+    clone = copy.deepcopy(fused)
+    x = _inputs(kind, fused)
+    _assert_same_outputs(clone, fused, x)
+    for p, q in zip(clone.parameters(), fused.parameters(), strict=True):
+        assert p.data_ptr() != q.data_ptr()
+    with torch.no_grad():
+        next(clone.parameters()).add_(1.0)
+    assert not torch.equal(_outputs(clone, x)[0], _outputs(fused, x)[0])
+
+
+@pytest.mark.parametrize("convert", [
+    pytest.param(lambda m: m.double(), id="double"),
+    pytest.param(lambda m: m.to(torch.float64), id="to_float64"),
+    pytest.param(lambda m: m.to(dtype=torch.float64).float(), id="double_then_float"),
+])
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_dtype_conversion_still_matches_torch(kind, args, kwargs, convert):
+    ref, fused = make_pair(kind, *args, **kwargs)
+    ref.eval(), fused.eval()  # no dropout masks to match
+    assert convert(fused) is fused
+    ref = convert(ref)
+    dtype = ref.weight_hh_l0.dtype if hasattr(ref, "weight_hh_l0") else ref.weight_hh.dtype
+    assert all(p.dtype == dtype for p in fused.parameters())
+    x = _inputs(kind, fused, dtype)
+    result = run(fused, x)
+    assert result["out0"].dtype == dtype
+    assert_results_close(result, run(ref, x), TOL[dtype], f"after conversion to {dtype}")
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_repr_names_class_and_arguments(kind, args, kwargs):
+    ref, fused = make_pair(kind, *args, **kwargs)
+    text = repr(fused)
+    assert text == repr(ref)
+    assert text.startswith(f"{kind}({args[0]}, {args[1]}")
+    for key, value in kwargs.items():
+        assert f"{key}={value}" in text, key
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_is_a_module_with_train_and_eval(kind, args, kwargs):
+    _, fused = make_pair(kind, *args, **kwargs)
+    assert isinstance(fused, torch.nn.Module)
+    assert fused.training
+    assert fused.eval() is fused and not fused.training
+    assert fused.train() is fused and fused.training
+    assert fused.train(False) is fused and not fused.training
+
+
+@pytest.mark.parametrize("kind,args,kwargs", CONFIGS)
+def test_inference_mode_and_no_grad_match_torch(kind, args, kwargs):
+    ref, fused = make_pair(kind, *args, dtype=F64, **kwargs)
+    ref.eval(), fused.eval()
+    x = _inputs(kind, fused, F64)
+    expected = _outputs(ref, x)
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            got = _outputs(fused, x)
+        for u, v in zip(got, expected, strict=True):
+            assert not u.requires_grad
+            torch.testing.assert_close(u, v, atol=TOL[F64], rtol=0)
+
+
+def test_state_dict_from_torch_checkpoint_file():
+    """The drop-in workflow of the README: a torch.nn checkpoint loads into fusedrnn."""
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=F64)
+    buffer = io.BytesIO()
+    torch.save(ref.state_dict(), buffer)
+    buffer.seek(0)
+    fused = fusedrnn.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=F64)
+    fused.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
+    x = torch.randn(4, 2, 3, dtype=F64)
+    assert_results_close(run(fused, x), run(ref, x), TOL[F64], "checkpoint")
+    # and fusedrnn runs are reproducible from the same checkpoint
+    assert_results_equal(run(fused, x), run(fused, x))
