@@ -13,6 +13,7 @@ against the torch already installed.
 
 import glob
 import os
+import platform
 import shutil
 import sys
 
@@ -92,8 +93,33 @@ def make_extension():
     )
 
 
+class BuildExt(BuildExtension):
+    """Compiles the `*_avx2.cpp` files with AVX2/FMA flags (ninja takes one flag
+    set for all sources), then builds the extension as usual. The AVX2 code
+    runs only where the CPU reports the features (csrc/cpu/step_kernels.cpp)."""
+
+    AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+
+    def build_extensions(self):
+        x86 = platform.machine().lower() in ("x86_64", "amd64")
+        for ext in self.extensions:
+            avx2 = [s for s in ext.sources if s.endswith("_avx2.cpp")]
+            if not avx2 or not x86:
+                continue
+            ext.sources = [s for s in ext.sources if s not in avx2]
+            abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+            ext.extra_objects += self.compiler.compile(
+                avx2,
+                output_dir=self.build_temp,
+                include_dirs=ext.include_dirs,
+                extra_postargs=["-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden",
+                                f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + self.AVX2_FLAGS,
+            )
+        super().build_extensions()
+
+
 setup(
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     ext_modules=[make_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

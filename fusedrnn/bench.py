@@ -219,10 +219,11 @@ PRESETS = {
         "quick", "a few small rows (under a minute on a 2-core CPU)",
         cpu_shapes=(Shape(32, 8, 64, 64), Shape(100, 4, 64, 128)),
         gpu_dtypes=("float32",),
-        reps={"cpu": 5, "cuda": 10}, warmup={"cpu": 1, "cuda": 3},
+        reps={"cpu": 7, "cuda": 10}, warmup={"cpu": 2, "cuda": 3},
     ),
     "default": Preset(
-        "default", "CPU: the three CPU shapes of DESIGN.md 4; GPU: fastrnns default + small-batch latency row",
+        "default",
+        "CPU: the three CPU shapes of DESIGN.md 4; GPU: fastrnns default + small-batch latency row",
         cpu_shapes=CPU_SHAPES, gpu_shapes=(FASTRNNS_SHAPE, LATENCY_SHAPE),
     ),
     "cpu": Preset("cpu", "the CPU shapes of DESIGN.md 4", cpu_shapes=CPU_SHAPES),
@@ -593,6 +594,7 @@ class GateResult:
     worst_key: Optional[str]
     worst_ratio: float  # largest err / tol
     output_diff: float  # max |peer - torch.nn| on the output
+    errors: dict = field(default_factory=dict)  # key -> (err, tol)
 
     def summary(self) -> str:
         if self.passed:
@@ -603,23 +605,26 @@ class GateResult:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "rule": self.rule, "checked": self.checked,
                 "failures": self.failures, "worst_key": self.worst_key,
-                "worst_err_over_tol": _finite(self.worst_ratio)}
+                "worst_err_over_tol": _finite(self.worst_ratio),
+                "errors": {k: {"err": _finite(e), "tol": t} for k, (e, t) in self.errors.items()}}
 
 
 def gate_check(dtype: str, base: dict, peer: dict, ref: Optional[dict] = None) -> GateResult:
     """Compare a peer's results with torch.nn's (and the higher-precision
     reference run) tensor by tensor."""
-    failures, worst_key, worst_ratio = [], None, 0.0
+    failures, worst_key, worst_ratio, errors = [], None, 0.0, {}
     for key, b in base.items():
         p = peer.get(key)
         if p is None:
             failures.append(f"{key}: missing")
             worst_key, worst_ratio = key, math.inf
+            errors[key] = (math.inf, 0.0)
             continue
         if ref is None:
             err, tol = _maxabs(p, b), tolerance(dtype, None)
         else:
             err, tol = _maxabs(p, ref[key]), tolerance(dtype, _maxabs(b, ref[key]))
+        errors[key] = (err, tol)
         ratio = err / tol if tol > 0 else math.inf
         if ratio > worst_ratio or worst_key is None:
             worst_key, worst_ratio = key, ratio
@@ -627,7 +632,7 @@ def gate_check(dtype: str, base: dict, peer: dict, ref: Optional[dict] = None) -
             failures.append(f"{key}: err {err:.3g} > tol {tol:.3g}")
     out_diff = _maxabs(peer["output"], base["output"]) if "output" in peer else math.inf
     return GateResult(not failures, tolerance_rule(dtype), list(base), failures,
-                      worst_key, worst_ratio, out_diff)
+                      worst_key, worst_ratio, out_diff, errors)
 
 
 def torch_error(base: dict, ref: Optional[dict]) -> Optional[float]:

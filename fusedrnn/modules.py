@@ -180,6 +180,16 @@ class GRU(_FusedRNNBase):
 class _FusedCellBase(RNNCellBase):
     """A cell is the layer op run for a single step."""
 
+    def __init__(self, input_size, hidden_size, bias, num_chunks, device, dtype):
+        # torch.nn's cells fail on these only inside torch.empty, naming no argument.
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+            if value < 0:
+                raise ValueError(f"{name} must be non-negative, got {value}")
+        super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device,
+                         dtype=dtype)
+
     def _prepare(self, input: Tensor, hx, n_states: int):
         name = type(self).__name__
         checks.check_floating_input("input", input, self.weight_ih)
@@ -205,7 +215,7 @@ class LSTMCell(_FusedCellBase):
     """Drop-in for :class:`torch.nn.LSTMCell`."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, num_chunks=4, device=device, dtype=dtype)
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input, hx=None):
         x, (h0, c0), unbatched = self._prepare(input, hx, 2)
@@ -218,7 +228,7 @@ class GRUCell(_FusedCellBase):
     """Drop-in for :class:`torch.nn.GRUCell`."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, num_chunks=3, device=device, dtype=dtype)
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input, hx=None):
         x, (h0,), unbatched = self._prepare(input, hx, 1)

@@ -52,9 +52,10 @@ def _leaf(t):
 def run(module, x, hx=None, *, wrap=None, forward=None) -> dict:
     """Forward + backward of ``module`` (or ``forward(input, hx)``, using ``module``'s parameters).
 
-    ``x`` and the tensors in ``hx`` become fresh leaves (same strides); ``wrap`` turns the ``x`` leaf
-    into the real input (e.g. packs it). The loss is a fixed random weighting of every returned
-    tensor, so each output and final state gets a distinct, non-trivial gradient. Returns
+    ``x`` and the tensors in ``hx`` become fresh leaves (same strides); ``wrap`` turns the ``x``
+    leaf into the real input (e.g. packs it or takes a strided view). The loss is a fixed random
+    weighting of every returned tensor, so each output and final state gets a distinct,
+    non-trivial gradient. Returns
     ``{name: tensor}`` of outputs ("out0", "out1", ...) and gradients ("grad_input",
     "grad_h0", "grad_c0", "grad_<param name>").
     """
@@ -131,7 +132,8 @@ def reference_forward(module, input, hx=None):
         x = input.transpose(0, 1) if module.batch_first else input
     unbatched = not packed and input.dim() == 2
     B = x.shape[1]
-    sizes = [module.proj_size or module.hidden_size, module.hidden_size][: 2 if mode == "LSTM" else 1]
+    sizes = [module.proj_size or module.hidden_size, module.hidden_size]
+    sizes = sizes if mode == "LSTM" else sizes[:1]
     if hx is None:
         states = [x.new_zeros(module.num_layers * D, B, s) for s in sizes]
     else:

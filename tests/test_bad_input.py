@@ -126,7 +126,8 @@ def test_integer_input(kind, dtype):
 @pytest.mark.parametrize("kind", KINDS)
 def test_input_and_state_device_must_match_weights(kind):
     """Checked on the meta device, so it runs without a GPU."""
-    with pytest.raises(ValueError, match=r"input is on meta but the module's parameters are on cpu"):
+    with pytest.raises(ValueError, match=r"input is on meta but the module's parameters are on "
+                                         r"cpu"):
         _model(kind)(torch.empty(4, 2, 3, device="meta"))
     with pytest.raises(ValueError, match=r"h_0 is on meta but the module's parameters are on cpu"):
         _model(kind)(torch.randn(4, 2, 3), _hx(kind, torch.empty(2, 2, 5, device="meta"),
@@ -245,7 +246,8 @@ LENGTH_ERRORS = [
     ("negative", torch.tensor([-1, 2]), ValueError, r"lengths must lie in \[0, 4\].*-1 to 2"),
     ("float", torch.tensor([1.0, 2.0]), TypeError, r"lengths must be an integer tensor.*float32"),
     ("bool", torch.tensor([True, False]), TypeError, r"lengths must be an integer tensor.*bool"),
-    ("too_many", torch.tensor([1, 2, 3]), ValueError, r"lengths must have shape \(2,\), got \(3,\)"),
+    ("too_many", torch.tensor([1, 2, 3]), ValueError,
+     r"lengths must have shape \(2,\), got \(3,\)"),
     ("2d", torch.tensor([[1, 2]]), ValueError, r"lengths must have shape \(2,\), got \(1, 2\)"),
     ("0d", torch.tensor(2), ValueError, r"lengths must have shape \(2,\), got \(\)"),
 ]
@@ -339,7 +341,7 @@ def test_nan_stays_in_its_sequence(kind, packed):
 # ------------------------------------------------- non-contiguous / strided
 
 
-def _strided_inputs(kind, form):
+def _strided_inputs(form):
     """``(x, wrap)`` where ``wrap(x)`` is a non-contiguous (T, B, I) view of the leaf ``x``."""
     T, B, I = 5, 3, 4
     if form == "transposed":
@@ -355,7 +357,7 @@ def _strided_inputs(kind, form):
 @pytest.mark.parametrize("kind", KINDS)
 def test_non_contiguous_input_and_states(kind, form):
     ref, fused = make_pair(kind, 4, 5, num_layers=2, bidirectional=True, dtype=F64)
-    x, view = _strided_inputs(kind, form)
+    x, view = _strided_inputs(form)
     # states as transposed views of (B, L*D, H) tensors
     h0 = torch.randn(3, 4, 5, dtype=F64).transpose(0, 1)
     c0 = torch.randn(3, 4, 5, dtype=F64).transpose(0, 1)

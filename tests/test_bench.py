@@ -219,6 +219,8 @@ def test_gate_refuses_wrong_output_and_does_not_time_it(cell):
     assert bad["time_ms"] is None and bad["ratio_vs_torch"] is None and bad["tflops"] is None
     assert bad["max_abs_diff_vs_torch"] == pytest.approx(1e-3, rel=1e-3)
     assert bad["gate"]["passed"] is False
+    err = bad["gate"]["errors"]["output"]
+    assert err["err"] > err["tol"] == 5e-5
     assert (lstm if cell == "lstm" else gru).calls == 1  # the gate's one call: never timed
 
 
@@ -239,6 +241,7 @@ def test_gate_passes_an_exact_dropin_and_times_it():
     assert row["status"] == "ok", row["note"]
     assert row["gate"]["passed"] and "grad:weight_hh_l0" in row["gate"]["checked"]
     assert "grad:input" in row["gate"]["checked"] and "grad:c0" in row["gate"]["checked"]
+    assert all(e["err"] <= e["tol"] for e in row["gate"]["errors"].values())
     assert base["gate"]["torch_error_vs_ref"] < 1e-4 and base["gate"]["ref_dtype"] == "float64"
     assert row["max_abs_diff_vs_torch"] == 0.0
     t = row["time_ms"]

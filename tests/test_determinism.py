@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
+import fusedrnn
 from conftest import TOL, assert_results_close, assert_results_equal, make_pair, run
 
 CONFIGS = [
@@ -73,20 +74,30 @@ CELLS = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
 
 
 @pytest.mark.parametrize("kind", CELLS)
-def test_second_order_gradients_raise(kind):
-    _, fused = make_pair(kind, 5, 7)
-    x = torch.randn(4, 5, requires_grad=True)  # a sequence (LSTM/GRU) or a batch (cells)
-    out = fused(x)
-    out = out[0] if isinstance(out, tuple) else out
-    loss = out.pow(2).sum()
-    params = list(fused.parameters())
-    grads = torch.autograd.grad(loss, [x, *params], create_graph=True)
+def test_second_order_gradients(kind):
+    """The fused backward ops have no backward: double backward must raise, never return a
+    silent zero. (The pure-Python fallback differentiates twice, like torch.nn.)"""
+    ref, fused = make_pair(kind, 5, 7, dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64)  # a sequence (LSTM/GRU) or a batch (cells)
+
+    def first_order(module, **kwargs):
+        leaves = [x.clone().requires_grad_(), *module.parameters()]
+        out = module(leaves[0])
+        loss = (out[0] if isinstance(out, tuple) else out).pow(2).sum()
+        return leaves, torch.autograd.grad(loss, leaves, **kwargs)
+
+    leaves, grads = first_order(fused, create_graph=True)
     # first order under create_graph=True is still right
-    plain = torch.autograd.grad(fused(x)[0].pow(2).sum() if isinstance(fused(x), tuple)
-                                else fused(x).pow(2).sum(), [x, *params])
-    for g, p in zip(grads, plain):
+    for g, p in zip(grads, first_order(fused)[1], strict=True):
         assert torch.equal(g, p)
-    with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
-        sum(g.pow(2).sum() for g in grads).backward()
-    with pytest.raises(RuntimeError, match="second-order"):
-        torch.autograd.grad(grads[0].sum(), x)
+    if fusedrnn.backend() == "fused":
+        with pytest.raises(RuntimeError, match="second-order gradients are not supported"):
+            sum(g.pow(2).sum() for g in grads).backward(retain_graph=True)
+        with pytest.raises(RuntimeError, match="second-order"):
+            torch.autograd.grad(grads[0].sum(), leaves[0])
+    else:
+        ref_leaves, ref_grads = first_order(ref, create_graph=True)
+        expected = torch.autograd.grad(sum(g.pow(2).sum() for g in ref_grads), ref_leaves)
+        got = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), leaves)
+        for g, e in zip(got, expected, strict=True):
+            torch.testing.assert_close(g, e, atol=TOL[torch.float64], rtol=0)

@@ -245,8 +245,9 @@ def test_dropout_training_matches_torch_under_same_seed(kind):
                            dtype=torch.float64)
     x = torch.randn(6, B, 5, dtype=torch.float64)
     results = {}
-    for name, module, forward in (("torch", ref, None), ("fused", fused, None),
-                                  ("reference", fused, lambda i, h: reference_forward(fused, i, h))):
+    runs = (("torch", ref, None), ("fused", fused, None),
+            ("reference", fused, lambda i, h: reference_forward(fused, i, h)))
+    for name, module, forward in runs:
         torch.manual_seed(7)
         results[name] = run(module, x, forward=forward)
     assert_results_close(results["fused"], results["torch"], TOL[torch.float64], "vs torch.nn")

@@ -1,6 +1,6 @@
 // SIMD activations for the CPU kernels: specialises cells.h's Activations
-// for at::vec::Vectorized<T> (Sleef exp/tanh under AVX2, a scalar loop in
-// the DEFAULT build), so the cell functions run a whole SIMD register at a
+// for at::vec::Vectorized<T> (Sleef exp under AVX2, a scalar loop in the
+// DEFAULT build), so the cell functions run a whole SIMD register at a
 // time.
 #pragma once
 
@@ -17,7 +17,12 @@ struct Activations<at::vec::Vectorized<T>> {
     const Vec one(T(1));
     return one / (one + x.neg().exp());
   }
-  static Vec tanh(const Vec& x) { return x.tanh(); }
+  // tanh(x) = 2 sigmoid(2x) - 1: one exp instead of Sleef's tanh, several
+  // times dearer; absolute error stays at a few ulp of 1.
+  static Vec tanh(const Vec& x) {
+    const Vec two(T(2));
+    return two * sigmoid(two * x) - Vec(T(1));
+  }
 };
 
 }  // namespace fusedrnn
