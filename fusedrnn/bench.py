@@ -1257,34 +1257,24 @@ def write_outputs(out_dir, rows: Sequence[dict], env: dict, meta: dict, plots: b
 # --------------------------------------------------------------------------
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1: {s!r}")
-    return v
+def _number_parser(kind, minimum: float, what: str):
+    """An argparse type: ``kind(s)``, finite and at least ``minimum``."""
+
+    def parse(s: str):
+        try:
+            v = kind(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {s!r}") from None
+        if not (math.isfinite(v) and v >= minimum):
+            raise argparse.ArgumentTypeError(f"must be >= {minimum:g}: {s!r}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {s!r}")
-    return v
-
-
-def _nonneg_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"must be >= 0: {s!r}")
-    return v
+_positive_int = _number_parser(int, 1, "an integer")
+_nonneg_int = _number_parser(int, 0, "an integer")
+_nonneg_float = _number_parser(float, 0, "a number")
 
 
 def _dtypes(s: str) -> tuple:

@@ -169,12 +169,14 @@ def test_second_order_gradients_raise():
         g.sum().backward()
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_torch_compile_fullgraph_matches_eager(mode):
+# Inductor (the default backend) once; aot_eager, which traces the same
+# graphs without generating code, for the other cell to keep CI short.
+@pytest.mark.parametrize("mode,backend", [("LSTM", "inductor"), ("GRU", "aot_eager")])
+def test_torch_compile_fullgraph_matches_eager(mode, backend):
     torch.manual_seed(0)
     torch._dynamo.reset()
     model = getattr(fusedrnn, mode)(6, 8, num_layers=2, bidirectional=True, batch_first=True)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=backend)
     x = torch.randn(3, 5, 6, requires_grad=True)
 
     def run(m):
@@ -199,3 +201,30 @@ def test_torch_nn_lstm_does_not_compile_fullgraph():
 def test_backend_reports_fused_path():
     assert fusedrnn.backend() == "fused"
     assert fusedrnn.build_info().startswith("cpu:")
+
+
+def test_missing_extension_falls_back_to_reference_with_one_warning():
+    """Without fusedrnn._C, import warns once and the modules run reference.py."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, warnings\n"
+        "sys.modules['fusedrnn._C'] = None  # makes `from . import _C` raise ImportError\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    import torch, fusedrnn\n"
+        "    import fusedrnn.ops\n"
+        "msgs = [str(x.message) for x in w if 'fusedrnn._C' in str(x.message)]\n"
+        "assert len(msgs) == 1, msgs\n"
+        "assert fusedrnn.backend() == 'reference', fusedrnn.backend()\n"
+        "torch.manual_seed(0)\n"
+        "ref = torch.nn.GRU(3, 4); m = fusedrnn.GRU(3, 4); m.load_state_dict(ref.state_dict())\n"
+        "x = torch.randn(5, 2, 3)\n"
+        "torch.testing.assert_close(m(x)[0], ref(x)[0], atol=5e-5, rtol=0)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
