@@ -16,7 +16,8 @@
 //
 // The forward ops also return what the backward needs: the activated gates
 // (LSTM i|f|g|o; GRU r|z|n|W_hn h + b_hn) and the LSTM cell states, in the
-// compute dtype (fp32 for fp16/bf16 inputs).
+// compute dtype (fp32 for fp16/bf16 inputs); with save_for_backward=false
+// (inference) these come back with zero steps and are never written.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -54,7 +55,8 @@ double persistent_barrier_us(int64_t steps, int64_t blocks) {
 TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_forward(Tensor xproj, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, "
-      "Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n, "
+      "Tensor? lengths, bool reverse, bool save_for_backward=True) -> (Tensor output, "
+      "Tensor h_n, Tensor c_n, "
       "Tensor gates, Tensor cells)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
@@ -63,7 +65,8 @@ TORCH_LIBRARY(fusedrnn, m) {
       "Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   m.def(
       "gru_forward(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
-      "bool reverse) -> (Tensor output, Tensor h_n, Tensor gates)");
+      "bool reverse, bool save_for_backward=True) -> (Tensor output, Tensor h_n, "
+      "Tensor gates)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor h0, "
       "Tensor output, Tensor gates, Tensor? lengths, bool reverse) -> (Tensor grad_xproj, "

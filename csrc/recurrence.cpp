@@ -55,6 +55,12 @@ T* at_step(const Tensor& seq, int64_t t) {  // seq: contiguous (T, B, W)
   return seq.data_ptr<T>() + t * seq.size(1) * seq.size(2);
 }
 
+// A saved (T, B, W) buffer at step t, or nullptr when nothing is saved.
+template <typename T>
+T* saved_at(const Tensor& seq, int64_t t) {
+  return seq.size(0) == 0 ? nullptr : at_step<T>(seq, t);
+}
+
 const int64_t* lengths_data(const std::optional<Tensor>& lengths) {
   return lengths ? lengths->data_ptr<int64_t>() : nullptr;
 }
@@ -160,7 +166,7 @@ bool run_persistent(const GruSequence<T>& p) {
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& xproj_in, const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
     const Tensor& h0_in, const Tensor& c0_in, const std::optional<Tensor>& lengths_in,
-    bool reverse) {
+    bool reverse, bool save_for_backward) {
   TORCH_CHECK(xproj_in.dim() == 3, "fusedrnn: xproj must be (T, B, 4H), got ", xproj_in.sizes());
   check_floating(xproj_in, "xproj");
   const int64_t steps = xproj_in.size(0), batch = xproj_in.size(1);
@@ -192,8 +198,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   const auto opts = xproj.options();
 
   Tensor output = at::empty({steps, batch, width}, opts);
-  Tensor gates = at::empty({steps, batch, 4 * hidden}, opts);
-  Tensor cells = at::empty({steps, batch, hidden}, opts);
+  // Inference saves nothing: the kernels skip null gates/cells.
+  const int64_t saved_steps = save_for_backward ? steps : 0;
+  Tensor gates = at::empty({saved_steps, batch, 4 * hidden}, opts);
+  Tensor cells = at::empty({saved_steps, batch, hidden}, opts);
   Tensor h_state = h0_in.to(ct).clone(at::MemoryFormat::Contiguous);
   Tensor c = c0_in.to(ct).clone(at::MemoryFormat::Contiguous);
   Tensor hh = at::empty({batch, 4 * hidden}, opts);
@@ -212,8 +220,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                                        xproj.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                        h0.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
                                        output.data_ptr<scalar_t>(), h_state.data_ptr<scalar_t>(),
-                                       c.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-                                       cells.data_ptr<scalar_t>(), lens};
+                                       c.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, 0),
+                                       saved_at<scalar_t>(cells, 0), lens};
       if (run_persistent(seq)) return;
     }
     const auto k = kernels_for<scalar_t>(xproj);
@@ -222,8 +230,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       at::mm_out(hh, h_state, w_hh_t);
       scalar_t* out_t = at_step<scalar_t>(output, t);
       k.lstm_forward({batch, hidden, at_step<scalar_t>(xproj, t), hh.data_ptr<scalar_t>(),
-                      c.data_ptr<scalar_t>(), at_step<scalar_t>(gates, t),
-                      at_step<scalar_t>(cells, t), proj ? h_raw.data_ptr<scalar_t>() : out_t,
+                      c.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, t),
+                      saved_at<scalar_t>(cells, t), proj ? h_raw.data_ptr<scalar_t>() : out_t,
                       proj ? nullptr : h_state.data_ptr<scalar_t>(), lens, t});
       if (proj) {
         at::mm_out(h_proj, h_raw, w_hr_t);
@@ -312,7 +320,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Ten
                                                const std::optional<Tensor>& b_hh_in,
                                                const Tensor& h0_in,
                                                const std::optional<Tensor>& lengths_in,
-                                               bool reverse) {
+                                               bool reverse, bool save_for_backward) {
   TORCH_CHECK(xproj_in.dim() == 3, "fusedrnn: xproj must be (T, B, 3H), got ", xproj_in.sizes());
   check_floating(xproj_in, "xproj");
   const int64_t steps = xproj_in.size(0), batch = xproj_in.size(1);
@@ -337,7 +345,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Ten
   const auto opts = xproj.options();
 
   Tensor output = at::empty({steps, batch, hidden}, opts);
-  Tensor gates = at::empty({steps, batch, 4 * hidden}, opts);
+  Tensor gates = at::empty({save_for_backward ? steps : 0, batch, 4 * hidden}, opts);
   Tensor h_state = h0_in.to(ct).clone(at::MemoryFormat::Contiguous);
   Tensor hh = at::empty({batch, 3 * hidden}, opts);
   const Tensor w_hh_t = w_hh.t().contiguous();  // see lstm_forward
@@ -350,7 +358,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Ten
                                       xproj.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
                                       b_hh ? b_hh->data_ptr<scalar_t>() : nullptr,
                                       h0.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-                                      h_state.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
+                                      h_state.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, 0),
                                       lens};
       if (run_persistent(seq)) return;
     }
@@ -363,7 +371,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Ten
         at::mm_out(hh, h_state, w_hh_t);
       }
       k.gru_forward({batch, hidden, at_step<scalar_t>(xproj, t), hh.data_ptr<scalar_t>(),
-                     h_state.data_ptr<scalar_t>(), at_step<scalar_t>(gates, t),
+                     h_state.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, t),
                      at_step<scalar_t>(output, t), lens, t});
     }
   });

@@ -14,7 +14,7 @@ using at::Tensor;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& xproj, const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0,
-    const Tensor& c0, const std::optional<Tensor>& lengths, bool reverse);
+    const Tensor& c0, const std::optional<Tensor>& lengths, bool reverse, bool save_for_backward);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n, const Tensor& w_hh,
@@ -23,7 +23,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj, const Tensor& w_hh,
                                                const std::optional<Tensor>& b_hh, const Tensor& h0,
-                                               const std::optional<Tensor>& lengths, bool reverse);
+                                               const std::optional<Tensor>& lengths, bool reverse,
+                                               bool save_for_backward);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& w_hh, const Tensor& h0,

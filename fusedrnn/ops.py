@@ -64,8 +64,9 @@ def lstm_layer(xproj: Tensor, w_hh: Tensor, w_hr: Tensor | None, h0: Tensor, c0:
     lengths = _prepare_lengths(lengths, xproj)
     if not use_extension():
         return reference.lstm_layer(xproj, w_hh, w_hr, h0, c0, lengths, reverse)
+    save = _needs_backward(xproj, w_hh, w_hr, h0, c0)
     out, h_n, c_n, _, _ = torch.ops.fusedrnn.lstm_forward(xproj, w_hh, w_hr, h0, c0, lengths,
-                                                          reverse)
+                                                          reverse, save)
     return out, h_n, c_n
 
 
@@ -75,8 +76,14 @@ def gru_layer(xproj: Tensor, w_hh: Tensor, b_hh: Tensor | None, h0: Tensor,
     lengths = _prepare_lengths(lengths, xproj)
     if not use_extension():
         return reference.gru_layer(xproj, w_hh, b_hh, h0, lengths, reverse)
-    out, h_n, _ = torch.ops.fusedrnn.gru_forward(xproj, w_hh, b_hh, h0, lengths, reverse)
+    save = _needs_backward(xproj, w_hh, b_hh, h0)
+    out, h_n, _ = torch.ops.fusedrnn.gru_forward(xproj, w_hh, b_hh, h0, lengths, reverse, save)
     return out, h_n
+
+
+def _needs_backward(*tensors) -> bool:
+    """Whether autograd will call the backward: else the forward saves nothing."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _prepare_lengths(lengths: Tensor | None, xproj: Tensor) -> Tensor | None:
@@ -106,13 +113,14 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 if HAVE_EXTENSION:
 
     @torch.library.register_fake("fusedrnn::lstm_forward")
-    def _lstm_forward_fake(xproj, w_hh, w_hr, h0, c0, lengths, reverse):
+    def _lstm_forward_fake(xproj, w_hh, w_hr, h0, c0, lengths, reverse, save_for_backward=True):
         steps, batch, gates = xproj.shape
         hidden, width = gates // 4, w_hh.shape[1]
         ct = _compute_dtype(xproj.dtype)
+        saved = steps if save_for_backward else 0
         return (xproj.new_empty(steps, batch, width), xproj.new_empty(batch, width),
-                xproj.new_empty(batch, hidden), xproj.new_empty(steps, batch, gates, dtype=ct),
-                xproj.new_empty(steps, batch, hidden, dtype=ct))
+                xproj.new_empty(batch, hidden), xproj.new_empty(saved, batch, gates, dtype=ct),
+                xproj.new_empty(saved, batch, hidden, dtype=ct))
 
     @torch.library.register_fake("fusedrnn::lstm_backward")
     def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, w_hr, h0, c0, output, gates,
@@ -124,12 +132,13 @@ if HAVE_EXTENSION:
                 w_hh.new_empty(batch, width), w_hh.new_empty(batch, hidden))
 
     @torch.library.register_fake("fusedrnn::gru_forward")
-    def _gru_forward_fake(xproj, w_hh, b_hh, h0, lengths, reverse):
+    def _gru_forward_fake(xproj, w_hh, b_hh, h0, lengths, reverse, save_for_backward=True):
         steps, batch, gates = xproj.shape
         hidden = gates // 3
         ct = _compute_dtype(xproj.dtype)
+        saved = steps if save_for_backward else 0
         return (xproj.new_empty(steps, batch, hidden), xproj.new_empty(batch, hidden),
-                xproj.new_empty(steps, batch, 4 * hidden, dtype=ct))
+                xproj.new_empty(saved, batch, 4 * hidden, dtype=ct))
 
     @torch.library.register_fake("fusedrnn::gru_backward")
     def _gru_backward_fake(grad_output, grad_h_n, w_hh, h0, output, gates, lengths, reverse):
@@ -147,24 +156,31 @@ def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    _, w_hh, w_hr, h0, c0, lengths, reverse = inputs
+    _, w_hh, w_hr, h0, c0, lengths, reverse, *_ = inputs
     out, h_n, c_n, gates, cells = output
     ctx.save_for_backward(w_hh, w_hr, h0, c0, out, gates, cells, lengths)
     ctx.reverse = reverse
     ctx.mark_non_differentiable(gates, cells)
 
 
+def _check_saved(gates: Tensor, out: Tensor) -> None:
+    if gates.shape[0] != out.shape[0]:
+        raise RuntimeError("fusedrnn: backward through a forward op called with "
+                           "save_for_backward=False; call it with True to train")
+
+
 def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
     w_hh, w_hr, h0, c0, out, gates, cells, lengths = ctx.saved_tensors
+    _check_saved(gates, out)
     grad_x, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = torch.ops.fusedrnn.lstm_backward(
         _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0),
         w_hh, w_hr, h0, c0, out, gates, cells, lengths, ctx.reverse)
     return (grad_x, grad_w_hh, grad_w_hr if w_hr is not None else None, grad_h0, grad_c0, None,
-            None)
+            None, None)
 
 
 def _gru_setup_context(ctx, inputs, output):
-    _, w_hh, b_hh, h0, lengths, reverse = inputs
+    _, w_hh, b_hh, h0, lengths, reverse, *_ = inputs
     out, h_n, gates = output
     ctx.save_for_backward(w_hh, h0, out, gates, lengths)
     ctx.reverse = reverse
@@ -174,10 +190,11 @@ def _gru_setup_context(ctx, inputs, output):
 
 def _gru_backward(ctx, grad_out, grad_h_n, _grad_gates):
     w_hh, h0, out, gates, lengths = ctx.saved_tensors
+    _check_saved(gates, out)
     grad_x, grad_w_hh, grad_b_hh, grad_h0 = torch.ops.fusedrnn.gru_backward(
         _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), w_hh, h0, out, gates,
         lengths, ctx.reverse)
-    return grad_x, grad_w_hh, grad_b_hh if ctx.has_b_hh else None, grad_h0, None, None
+    return grad_x, grad_w_hh, grad_b_hh if ctx.has_b_hh else None, grad_h0, None, None, None
 
 
 def _no_double_backward(ctx, *grads):

@@ -142,6 +142,8 @@ def _opcheck_samples():
     samples = []
     for (xp, w, wr, h, c, lens), rev in ((lstm, False), (lstm_proj, True)):
         samples.append(("lstm_forward", (xp, w, wr, h, c, lens, rev)))
+        samples.append(("lstm_forward", (xp.detach(), w.detach(), None if wr is None else
+                                          wr.detach(), h.detach(), c.detach(), lens, rev, False)))
         out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(xp, w, wr, h, c, lens, rev)
         grads = [torch.randn_like(t) for t in (out, h_n, c_n)]
         samples.append(("lstm_backward", (*grads, w.detach(), None if wr is None else wr.detach(),
@@ -149,6 +151,8 @@ def _opcheck_samples():
                                           lens, rev)))
     for (xp, w, b, h, lens), rev in ((gru, False), (gru_nobias, True)):
         samples.append(("gru_forward", (xp, w, b, h, lens, rev)))
+        samples.append(("gru_forward", (xp.detach(), w.detach(), None if b is None else
+                                         b.detach(), h.detach(), lens, rev, False)))
         out, h_n, gates = torch.ops.fusedrnn.gru_forward(xp, w, b, h, lens, rev)
         grads = [torch.randn_like(t) for t in (out, h_n)]
         samples.append(("gru_backward", (*grads, w.detach(), h.detach(), out.detach(), gates,
@@ -159,6 +163,36 @@ def _opcheck_samples():
 @pytest.mark.parametrize("name,args", _opcheck_samples(), ids=lambda v: v if isinstance(v, str) else "")
 def test_opcheck(name, args):
     torch.library.opcheck(getattr(torch.ops.fusedrnn, name), args)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_inference_saves_nothing_and_matches_training_forward(mode):
+    torch.manual_seed(0)
+    model = getattr(fusedrnn, mode)(5, 9, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 3, 5)
+    lengths = torch.tensor([6, 2, 4])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    for inp in (x, packed):
+        train_out, train_state = model(inp)
+        with torch.no_grad():
+            infer_out, infer_state = model(inp)
+        data = lambda o: o.data if isinstance(o, torch.nn.utils.rnn.PackedSequence) else o
+        assert torch.equal(data(train_out), data(infer_out))
+        flat = lambda s: list(s) if isinstance(s, tuple) else [s]
+        for a, b in zip(flat(train_state), flat(infer_state)):
+            assert torch.equal(a, b)
+    xproj = torch.randn(4, 2, 12)
+    gates = torch.ops.fusedrnn.gru_forward(xproj, torch.randn(12, 4), None, torch.zeros(2, 4),
+                                           None, False, False)[2]
+    assert gates.shape == (0, 2, 16)
+
+
+def test_backward_without_saved_state_is_a_clear_error():
+    xproj = torch.randn(4, 2, 12, requires_grad=True)
+    out, _, _ = torch.ops.fusedrnn.gru_forward(xproj, torch.randn(12, 4), None, torch.zeros(2, 4),
+                                               None, False, False)
+    with pytest.raises(RuntimeError, match="save_for_backward=False"):
+        out.sum().backward()
 
 
 def test_second_order_gradients_raise():

@@ -27,6 +27,16 @@ inline void store(const Vec<T>& v, T* ptr, int64_t n) {
   v.store(ptr, static_cast<int>(n));
 }
 
+// Stores four gate chunks, `stride` apart (the gate blocks of one row).
+template <typename T>
+inline void store_gates(T* gates, int64_t stride, int64_t n, const Vec<T>& a, const Vec<T>& b,
+                       const Vec<T>& c, const Vec<T>& d) {
+  store(a, gates, n);
+  store(b, gates + stride, n);
+  store(c, gates + 2 * stride, n);
+  store(d, gates + 3 * stride, n);
+}
+
 // Calls f(j, n) for the chunks [j, j + n) covering [0, width).
 template <typename T, typename F>
 inline void for_each_chunk(int64_t width, F&& f) {
@@ -42,25 +52,22 @@ void lstm_forward_row(const LstmForwardStep<T>& p, int64_t b) {
   const T* x = p.xproj + b * 4 * H;
   const T* hh = p.hh + b * 4 * H;
   T* c = p.c + b * H;
-  T* gates = p.gates + b * 4 * H;
-  T* cells = p.cells + b * H;
+  T* gates = p.gates ? p.gates + b * 4 * H : nullptr;  // nullptr: inference, save nothing
+  T* cells = p.cells ? p.cells + b * H : nullptr;
   T* h_out = p.h_out + b * H;
   T* h_state = p.h_state ? p.h_state + b * H : nullptr;
   if (!row_active(p.lengths, p.t, b)) {
-    std::fill_n(gates, 4 * H, T(0));
-    std::copy_n(c, H, cells);
+    if (gates) std::fill_n(gates, 4 * H, T(0));
+    if (cells) std::copy_n(c, H, cells);
     std::fill_n(h_out, H, T(0));
     return;
   }
   for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
     auto pre = [&](int gate) { return load(x + gate * H + j, n) + load(hh + gate * H + j, n); };
     const auto s = lstm_cell_forward(pre(0), pre(1), pre(2), pre(3), load(c + j, n));
-    store(s.i, gates + j, n);
-    store(s.f, gates + H + j, n);
-    store(s.g, gates + 2 * H + j, n);
-    store(s.o, gates + 3 * H + j, n);
+    if (gates) store_gates(gates + j, H, n, s.i, s.f, s.g, s.o);
     store(s.c, c + j, n);
-    store(s.c, cells + j, n);
+    if (cells) store(s.c, cells + j, n);
     store(s.h, h_out + j, n);
     if (h_state) store(s.h, h_state + j, n);
   });
@@ -83,10 +90,7 @@ void lstm_backward_row(const LstmBackwardStep<T>& p, int64_t b) {
     auto gate = [&](int g) { return load(gates + g * H + j, n); };
     const auto d = lstm_cell_backward(gate(0), gate(1), gate(2), gate(3), load(cells + j, n),
                                       load(c_prev + j, n), load(dh + j, n), load(dc + j, n));
-    store(d.d_i, d_gates + j, n);
-    store(d.d_f, d_gates + H + j, n);
-    store(d.d_g, d_gates + 2 * H + j, n);
-    store(d.d_o, d_gates + 3 * H + j, n);
+    store_gates(d_gates + j, H, n, d.d_i, d.d_f, d.d_g, d.d_o);
     store(d.d_c_prev, dc + j, n);
   });
 }
@@ -135,10 +139,10 @@ void gru_forward_row(const GruForwardStep<T>& p, int64_t b) {
   const T* x = p.xproj + b * 3 * H;
   const T* hh = p.hh + b * 3 * H;
   T* h = p.h_state + b * H;
-  T* gates = p.gates + b * 4 * H;
+  T* gates = p.gates ? p.gates + b * 4 * H : nullptr;  // nullptr: inference
   T* h_out = p.h_out + b * H;
   if (!row_active(p.lengths, p.t, b)) {
-    std::fill_n(gates, 4 * H, T(0));
+    if (gates) std::fill_n(gates, 4 * H, T(0));
     std::fill_n(h_out, H, T(0));
     return;
   }
@@ -146,10 +150,7 @@ void gru_forward_row(const GruForwardStep<T>& p, int64_t b) {
     const auto hh_n = load(hh + 2 * H + j, n);
     const auto s = gru_cell_forward(load(x + j, n), load(x + H + j, n), load(x + 2 * H + j, n),
                                     load(hh + j, n), load(hh + H + j, n), hh_n, load(h + j, n));
-    store(s.r, gates + j, n);
-    store(s.z, gates + H + j, n);
-    store(s.n, gates + 2 * H + j, n);
-    store(hh_n, gates + 3 * H + j, n);
+    if (gates) store_gates(gates + j, H, n, s.r, s.z, s.n, hh_n);
     store(s.h, h + j, n);
     store(s.h, h_out + j, n);
   });

@@ -44,6 +44,17 @@ __device__ __forceinline__ int64_t grid_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
+// Saves the four gate values of one element (H apart); gates == nullptr
+// means inference, where nothing is saved.
+template <typename T>
+__device__ __forceinline__ void save_gates(T* gates, int64_t g0, int64_t H, T a, T b, T c, T d) {
+  if (gates == nullptr) return;
+  gates[g0] = a;
+  gates[g0 + H] = b;
+  gates[g0 + 2 * H] = c;
+  gates[g0 + 3 * H] = d;
+}
+
 // ---------------------------------------------------------------- LSTM
 
 template <typename T>
@@ -57,21 +68,15 @@ __global__ void lstm_forward_kernel(const LstmForwardStep<T> p) {
           p.xproj[g0] + p.hh[g0], p.xproj[g0 + H] + p.hh[g0 + H],
           p.xproj[g0 + 2 * H] + p.hh[g0 + 2 * H], p.xproj[g0 + 3 * H] + p.hh[g0 + 3 * H],
           p.c[idx]);
-      p.gates[g0] = s.i;
-      p.gates[g0 + H] = s.f;
-      p.gates[g0 + 2 * H] = s.g;
-      p.gates[g0 + 3 * H] = s.o;
+      save_gates(p.gates, g0, H, s.i, s.f, s.g, s.o);
       p.c[idx] = s.c;
-      p.cells[idx] = s.c;
+      if (p.cells != nullptr) p.cells[idx] = s.c;
       p.h_out[idx] = s.h;
       if (p.h_state != nullptr) p.h_state[idx] = s.h;
     } else {
       // Finished sequence: state carried, zero output and zero saved gates.
-      p.gates[g0] = T(0);
-      p.gates[g0 + H] = T(0);
-      p.gates[g0 + 2 * H] = T(0);
-      p.gates[g0 + 3 * H] = T(0);
-      p.cells[idx] = p.c[idx];
+      save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
+      if (p.cells != nullptr) p.cells[idx] = p.c[idx];
       p.h_out[idx] = T(0);
     }
   }
@@ -151,17 +156,11 @@ __global__ void gru_forward_kernel(const GruForwardStep<T> p) {
       const T hh_n = p.hh[x0 + 2 * H];
       const GruGates<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
                                                 p.hh[x0], p.hh[x0 + H], hh_n, p.h_state[idx]);
-      p.gates[g0] = s.r;
-      p.gates[g0 + H] = s.z;
-      p.gates[g0 + 2 * H] = s.n;
-      p.gates[g0 + 3 * H] = hh_n;  // the backward needs W_hn h + b_hn for dr
+      save_gates(p.gates, g0, H, s.r, s.z, s.n, hh_n);  // dr needs W_hn h + b_hn
       p.h_state[idx] = s.h;
       p.h_out[idx] = s.h;
     } else {
-      p.gates[g0] = T(0);
-      p.gates[g0 + H] = T(0);
-      p.gates[g0 + 2 * H] = T(0);
-      p.gates[g0 + 3 * H] = T(0);
+      save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
       p.h_out[idx] = T(0);  // h_state carried
     }
   }

@@ -30,8 +30,9 @@ struct LstmForwardStep {
   const T* xproj;  // (B, 4H) input projection of this step, both biases in
   const T* hh;     // (B, 4H) recurrent product
   T* c;            // (B, H) cell state, updated in place
-  T* gates;        // (B, 4H) saved activated gates
-  T* cells;        // (B, H) saved cell state after the step (carried if inactive)
+  T* gates;        // (B, 4H) saved activated gates, or nullptr (inference)
+  T* cells;        // (B, H) saved cell state after the step (carried if
+                   //        inactive), or nullptr (inference)
   T* h_out;        // (B, H) new hidden state, zero where inactive (the output
                    //        slot, or the input of the projection GEMM)
   T* h_state;      // (B, H) running hidden state, updated where active;
@@ -87,7 +88,8 @@ struct GruForwardStep {
   const T* xproj;  // (B, 3H) input projection, b_ih in
   const T* hh;     // (B, 3H) recurrent product, b_hh in
   T* h_state;      // (B, H) hidden state, updated in place where active
-  T* gates;        // (B, 4H) saved r | z | n | hh_n (zero where inactive)
+  T* gates;        // (B, 4H) saved r | z | n | hh_n (zero where inactive),
+                   //        or nullptr (inference)
   T* h_out;        // (B, H) output slot, zero where inactive
   const int64_t* lengths;
   int64_t t;
@@ -122,8 +124,8 @@ struct LstmSequence {
   T* output;       // (T, B, H)
   T* h_n;          // (B, H)
   T* c_n;          // (B, H)
-  T* gates;        // (T, B, 4H)
-  T* cells;        // (T, B, H)
+  T* gates;        // (T, B, 4H), or nullptr (inference)
+  T* cells;        // (T, B, H), or nullptr (inference)
   const int64_t* lengths;
 };
 
@@ -137,7 +139,7 @@ struct GruSequence {
   const T* h0;     // (B, H)
   T* output;       // (T, B, H)
   T* h_n;          // (B, H)
-  T* gates;        // (T, B, 4H)
+  T* gates;        // (T, B, 4H), or nullptr (inference)
   const int64_t* lengths;
 };
 
