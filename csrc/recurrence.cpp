@@ -133,8 +133,9 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 // when the call is one they cover (CUDA, no projection, H within the
 // on-chip limit), =0 never. Unset ("auto") keeps the standard path until a
 // rule measured on a GPU replaces it: the kernels have not run on one yet.
-bool persistent_requested(const Tensor& t) {
-  if (!t.is_cuda()) return false;
+bool persistent_requested(const Tensor& xproj) {
+  // Empty sizes go to the standard path, which handles them without a launch.
+  if (!xproj.is_cuda() || xproj.numel() == 0) return false;
   const char* env = std::getenv("FUSEDRNN_PERSISTENT");
   return env != nullptr && (std::string(env) == "1" || std::string(env) == "on");
 }

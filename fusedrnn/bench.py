@@ -191,6 +191,11 @@ FLASHRNN_SHAPES = _dedupe(
 CUDNN_SHAPES = tuple(Shape(100, b, h, h)
                      for h in (64, 128, 256, 512, 1024, 2048)
                      for b in (1, 4, 16, 64, 128))
+# The CUDA kernels' acceptance grid (fp32 and bf16) and the persistent
+# kernels' inference grid (T=1024).
+CUDA_GRID_SHAPES = tuple(Shape(512, b, h, h) for h in (256, 512, 1024) for b in (1, 16, 64, 256))
+PERSISTENT_SHAPES = tuple(Shape(1024, b, h, h)
+                          for h in (256, 512, 768, 1024) for b in (1, 4, 16, 64))
 GPU_DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -227,7 +232,12 @@ PRESETS = {
         cpu_shapes=CPU_SHAPES, gpu_shapes=(FASTRNNS_SHAPE, LATENCY_SHAPE),
     ),
     "cpu": Preset("cpu", "the CPU shapes of DESIGN.md 4", cpu_shapes=CPU_SHAPES),
-    "fastrnns": Preset("fastrnns", "fastrnns default: T=100 B=64 I=H=512", cpu_shapes=(FASTRNNS_SHAPE,)),
+    "fastrnns": Preset("fastrnns", "fastrnns default: T=100 B=64 I=H=512, 1 and 4 layers",
+                       cpu_shapes=(FASTRNNS_SHAPE, Shape(100, 64, 512, 512, layers=4))),
+    "cuda": Preset("cuda", "CUDA grid: T=512, B in 1..256, I=H in 256..1024 (fp32, bf16)",
+                   cpu_shapes=CUDA_GRID_SHAPES, gpu_dtypes=("float32", "bfloat16")),
+    "persistent": Preset("persistent", "persistent grid: T=1024, B in 1..64, I=H in 256..1024",
+                         cpu_shapes=PERSISTENT_SHAPES),
     "flashrnn": Preset("flashrnn", "FlashRNN grid: H=768; B in 2..256 at T=1024; T in 256..2048 at B=16",
                        cpu_shapes=FLASHRNN_SHAPES),
     "cudnn": Preset("cudnn", "cuDNN boundary grid: T=100, I=H in 64..2048, B in 1..128",

@@ -155,10 +155,19 @@ def test_list_prints_configurations(capsys):
 
 def test_presets_hold_the_design_grids():
     P = bench.PRESETS
-    assert set(P) == {"quick", "default", "cpu", "fastrnns", "flashrnn", "cudnn"}
+    assert set(P) == {"quick", "default", "cpu", "fastrnns", "flashrnn", "cudnn", "cuda",
+                      "persistent"}
     assert bench.Shape(100, 64, 512, 512) in P["default"].shapes("cuda")
     assert any(s.B == 1 for s in P["default"].shapes("cuda"))  # small-batch latency row
-    assert P["fastrnns"].shapes("cuda") == (bench.Shape(100, 64, 512, 512),)
+    assert P["fastrnns"].shapes("cuda") == (bench.Shape(100, 64, 512, 512),
+                                            bench.Shape(100, 64, 512, 512, layers=4))
+    grid = P["cuda"].shapes("cuda")
+    assert {(s.T, s.B, s.H) for s in grid} == {(512, b, h) for b in (1, 16, 64, 256)
+                                               for h in (256, 512, 1024)}
+    assert set(P["cuda"].dtypes("cuda")) == {"float32", "bfloat16"}
+    pers = P["persistent"].shapes("cuda")
+    assert {(s.T, s.B, s.H) for s in pers} == {(1024, b, h) for b in (1, 4, 16, 64)
+                                               for h in (256, 512, 768, 1024)}
     fl = P["flashrnn"].shapes("cuda")
     assert bench.Shape(1024, 16, 768, 768) in fl
     assert {s.B for s in fl if s.T == 1024} >= {2, 256} and {s.T for s in fl if s.B == 16} >= {256, 2048}
