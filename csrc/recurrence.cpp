@@ -140,22 +140,21 @@ bool persistent_requested(const Tensor& xproj) {
   return env != nullptr && (std::string(env) == "1" || std::string(env) == "on");
 }
 
-template <typename T>
-bool run_persistent(const LstmSequence<T>& p) {
 #ifdef FUSEDRNN_WITH_CUDA
-  if (cuda::persistent::lstm_forward<T>(p)) return true;
-  TORCH_WARN_ONCE("fusedrnn: the persistent LSTM kernel cannot run this size on this GPU "
-                  "(hidden ", p.hidden, ", batch ", p.batch, "); using the standard kernels");
+template <typename T>
+bool persistent_kernel(const LstmSequence<T>& seq) { return cuda::persistent::lstm_forward<T>(seq); }
+template <typename T>
+bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru_forward<T>(seq); }
 #endif
-  return false;
-}
 
-template <typename T>
-bool run_persistent(const GruSequence<T>& p) {
+// Runs the persistent kernel for `seq`; false, with a one-time warning, when
+// it cannot take this size, so the caller falls back to the step loop.
+template <typename Seq>
+bool run_persistent(const Seq& seq, const char* cell) {
 #ifdef FUSEDRNN_WITH_CUDA
-  if (cuda::persistent::gru_forward<T>(p)) return true;
-  TORCH_WARN_ONCE("fusedrnn: the persistent GRU kernel cannot run this size on this GPU "
-                  "(hidden ", p.hidden, ", batch ", p.batch, "); using the standard kernels");
+  if (persistent_kernel(seq)) return true;
+  TORCH_WARN_ONCE("fusedrnn: the persistent ", cell, " kernel cannot run this size on this GPU ",
+                  "(hidden ", seq.hidden, ", batch ", seq.batch, "); using the standard kernels");
 #endif
   return false;
 }
@@ -223,7 +222,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                                        output.data_ptr<scalar_t>(), h_state.data_ptr<scalar_t>(),
                                        c.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, 0),
                                        saved_at<scalar_t>(cells, 0), lens};
-      if (run_persistent(seq)) return;
+      if (run_persistent(seq, "LSTM")) return;
     }
     const auto k = kernels_for<scalar_t>(xproj);
     for (int64_t s = 0; s < steps; ++s) {
@@ -361,7 +360,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Ten
                                       h0.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
                                       h_state.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, 0),
                                       lens};
-      if (run_persistent(seq)) return;
+      if (run_persistent(seq, "GRU")) return;
     }
     const auto k = kernels_for<scalar_t>(xproj);
     for (int64_t s = 0; s < steps; ++s) {

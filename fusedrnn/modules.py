@@ -20,14 +20,21 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import checks, ops
 
 
+def _require_int(name: str, value, non_negative: bool = False) -> None:
+    """Argument checks torch.nn's bases leave out (they fail later, unnamed)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+    if non_negative and value < 0:
+        raise ValueError(f"{name} must be non-negative, got {value}")
+
+
 class _FusedRNNBase(RNNBase):
     """Shared forward of LSTM and GRU: input forms, states, layers, directions."""
 
     def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                  bidirectional, proj_size, device, dtype):
-        for name, value in (("num_layers", num_layers), ("proj_size", proj_size)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        _require_int("num_layers", num_layers)
+        _require_int("proj_size", proj_size)
         super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device=device, dtype=dtype)
 
@@ -181,12 +188,8 @@ class _FusedCellBase(RNNCellBase):
     """A cell is the layer op run for a single step."""
 
     def __init__(self, input_size, hidden_size, bias, num_chunks, device, dtype):
-        # torch.nn's cells fail on these only inside torch.empty, naming no argument.
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-            if value < 0:
-                raise ValueError(f"{name} must be non-negative, got {value}")
+        _require_int("input_size", input_size, non_negative=True)
+        _require_int("hidden_size", hidden_size, non_negative=True)
         super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device,
                          dtype=dtype)
 
