@@ -20,23 +20,27 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import checks, ops
 
 
-def _require_int(name: str, value, non_negative: bool = False) -> None:
-    """Argument checks torch.nn's bases leave out (they fail later, unnamed)."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if non_negative and value < 0:
-        raise ValueError(f"{name} must be non-negative, got {value}")
+def _int_arguments(module, names: tuple) -> dict:
+    """The size arguments a failed torch.nn constructor had already stored."""
+    return {name: module.__dict__[name] for name in names if name in module.__dict__}
 
 
 class _FusedRNNBase(RNNBase):
-    """Shared forward of LSTM and GRU: input forms, states, layers, directions."""
+    """Shared forward of LSTM and GRU: input forms, states, layers, directions.
 
-    def __init__(self, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, proj_size, device, dtype):
-        _require_int("num_layers", num_layers)
-        _require_int("proj_size", proj_size)
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device=device, dtype=dtype)
+    The constructor is RNNBase's own (same arguments, checks and errors); where
+    its error does not name the argument, fusedrnn adds which one it was.
+    """
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except (TypeError, RuntimeError) as exc:
+            sizes = _int_arguments(self, ("input_size", "hidden_size", "num_layers", "proj_size"))
+            detail = checks.constructor_detail(exc, sizes)
+            if not detail:
+                raise
+            raise type(exc)(f"{exc} ({detail})") from None
 
     # The cell-specific parts -------------------------------------------------
     def _state_sizes(self) -> tuple:
@@ -53,53 +57,59 @@ class _FusedRNNBase(RNNBase):
                 getattr(self, name) for name in names}
 
     def forward(self, input, hx=None):
-        name = type(self).__name__
-        weight = self.weight_ih_l0
-        packed = isinstance(input, PackedSequence)
-        lengths = sorted_indices = None
-        if packed:
-            checks.check_packed(input)
-            checks.check_floating_input("input", input.data, weight)
-            checks.check_feature_size(name, input.data, self.input_size)
-            sorted_indices = input.sorted_indices
-            x, lengths = pad_packed_sequence(input)  # (T, B, I), batch in the caller's order
-            unbatched = False
-        else:
-            checks.check_floating_input("input", input, weight)
-            checks.check_input_rank(name, input, self.batch_first)
-            checks.check_feature_size(name, input, self.input_size)
-            unbatched = input.dim() == 2
-            x = input.unsqueeze(1) if unbatched else input
-            if self.batch_first and not unbatched:
-                x = x.transpose(0, 1)
-
-        states = self._initial_states(hx, x, unbatched)
-        output, finals = self._run_layers(x, states, lengths)
-
-        if packed:
-            output = self._repack(output, lengths, input)
-        elif unbatched:
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        checks.check_input_rank(self.mode, input, self.batch_first)
+        unbatched = input.dim() == 2
+        # torch.nn checks an unbatched input in its batched form
+        x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
+        steps = x.shape[1] if self.batch_first else x.shape[0]
+        states = self._checked_states(x, hx, None, unbatched, steps)
+        if self.batch_first:
+            x = x.transpose(0, 1)
+        output, finals = self._run_layers(x, states, None)
+        if unbatched:
             output = output.squeeze(1)
             finals = [s.squeeze(1) for s in finals]
         elif self.batch_first:
             output = output.transpose(0, 1)
         return output, self._pack_states(finals)
 
-    def _initial_states(self, hx, x: Tensor, unbatched: bool) -> list:
-        """The initial states as (L*D, B, size) tensors, checked and batched."""
-        D = 2 if self.bidirectional else 1
-        batch = x.shape[1]
-        sizes = self._state_sizes()
+    def _forward_packed(self, input: PackedSequence, hx):
+        checks.check_packed_steps(input.batch_sizes)
+        states = self._checked_states(input.data, hx, input.batch_sizes, False, None)
+        checks.check_packed(input)
+        x, lengths = pad_packed_sequence(input)  # (T, B, I), batch in the caller's order
+        output, finals = self._run_layers(x, states, lengths)
+        return self._repack(output, lengths, input), self._pack_states(finals)
+
+    def _checked_states(self, x: Tensor, hx, batch_sizes, unbatched: bool, steps) -> list:
+        """The initial states as (L*D, N, size) tensors, after torch.nn's checks in its order:
+        states' ranks, input and state shapes, what ATen checks (devices, length, dtypes)."""
+        packed = batch_sizes is not None
         if hx is None:
-            return [x.new_zeros(self.num_layers * D, batch, s) for s in sizes]
-        tensors = self._unpack_states(hx)
-        state_names = ("h_0", "c_0")
-        result = []
-        for state_name, state, size in zip(state_names, tensors, sizes):
-            expected = (self.num_layers * D, size) if unbatched else (self.num_layers * D, batch, size)
-            checks.check_state(state_name, state, expected, unbatched, self.weight_ih_l0)
-            result.append(state.unsqueeze(1) if unbatched else state)
-        return result
+            states = self._zero_states(x, batch_sizes)
+        else:
+            states = self._user_states(hx, not unbatched, packed)
+        checks.check_module_args(self, x, batch_sizes, states, unbatched)
+        if hx is not None:
+            self._check_hx_form(hx, not unbatched)
+        checks.check_aten_arguments(self.mode, self.num_layers, self.bidirectional)
+        params = [getattr(self, name) for name in self._flat_weights_names]
+        checks.check_devices(x, states, self._STATE_NAMES, params)
+        if steps is not None:
+            checks.check_sequence_length(steps)
+        return checks.match_state_dtypes(x, states, self._STATE_NAMES)
+
+    def _zero_states(self, x: Tensor, batch_sizes) -> list:
+        """torch.nn's default states: zeros in the input's dtype and device."""
+        D = 2 if self.bidirectional else 1
+        if batch_sizes is not None:
+            batch = int(batch_sizes[0])
+        else:
+            batch = x.shape[0] if self.batch_first else x.shape[1]
+        return [torch.zeros(self.num_layers * D, batch, size, dtype=x.dtype, device=x.device)
+                for size in self._state_sizes()]
 
     def _run_layers(self, x: Tensor, states: list, lengths: Tensor | None):
         D = 2 if self.bidirectional else 1
@@ -132,19 +142,35 @@ class _FusedRNNBase(RNNBase):
 
 
 class LSTM(_FusedRNNBase):
-    """Drop-in for :class:`torch.nn.LSTM` (same arguments, parameters and returns)."""
+    """Drop-in for :class:`torch.nn.LSTM`: ``LSTM(input_size, hidden_size, num_layers=1,
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
+    device=None, dtype=None)``, same parameters and returns."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None):
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype)
+    _STATE_NAMES = ("h_0", "c_0")
+    _STATE_SIZE_MESSAGES = ("Expected hidden[0] size {}, got {}",
+                            "Expected hidden[1] size {}, got {}")
+    get_expected_cell_size = torch.nn.LSTM.get_expected_cell_size  # torch.nn's own
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
     def _state_sizes(self):
         return (self.proj_size or self.hidden_size, self.hidden_size)
 
+    def _expected_state_sizes(self, x, batch_sizes):
+        return (self.get_expected_hidden_size(x, batch_sizes),
+                self.get_expected_cell_size(x, batch_sizes))
+
     @staticmethod
-    def _unpack_states(hx):
-        return checks.check_lstm_hx(hx)
+    def _user_states(hx, batched: bool, packed: bool) -> list:
+        h, c = checks.lstm_pair(hx)
+        if not packed:  # torch.nn checks no rank on a PackedSequence; the size check does
+            checks.check_lstm_state_ranks(h, c, batched)
+        return [h, c] if batched else [h.unsqueeze(1), c.unsqueeze(1)]
+
+    @staticmethod
+    def _check_hx_form(hx, batched: bool) -> None:
+        checks.check_lstm_hx_form(hx, batched)
 
     @staticmethod
     def _pack_states(finals):
@@ -158,19 +184,35 @@ class LSTM(_FusedRNNBase):
 
 
 class GRU(_FusedRNNBase):
-    """Drop-in for :class:`torch.nn.GRU` (same arguments, parameters and returns)."""
+    """Drop-in for :class:`torch.nn.GRU`: ``GRU(input_size, hidden_size, num_layers=1,
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
+    dtype=None)``, same parameters and returns."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None):
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
+    _STATE_NAMES = ("h_0",)
+    _STATE_SIZE_MESSAGES = ("Expected hidden size {}, got {}",)
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:  # torch.nn.GRU's own check
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, **kwargs)
 
     def _state_sizes(self):
         return (self.hidden_size,)
 
+    def _expected_state_sizes(self, x, batch_sizes):
+        return (self.get_expected_hidden_size(x, batch_sizes),)
+
     @staticmethod
-    def _unpack_states(hx):
-        return (checks.check_gru_hx(hx),)
+    def _user_states(hx, batched: bool, packed: bool) -> list:
+        if packed:  # torch.nn checks no rank on a PackedSequence; the size check does
+            checks.require_tensor(hx, "GRU hx (h_0)")
+        else:
+            checks.check_gru_state_rank(hx, batched)
+        return [hx if batched else hx.unsqueeze(1)]
+
+    @staticmethod
+    def _check_hx_form(hx, batched: bool) -> None:
+        pass
 
     @staticmethod
     def _pack_states(finals):
@@ -188,30 +230,35 @@ class _FusedCellBase(RNNCellBase):
     """A cell is the layer op run for a single step."""
 
     def __init__(self, input_size, hidden_size, bias, num_chunks, device, dtype):
-        _require_int("input_size", input_size, non_negative=True)
-        _require_int("hidden_size", hidden_size, non_negative=True)
-        super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device,
-                         dtype=dtype)
+        try:
+            super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device,
+                             dtype=dtype)
+        except (TypeError, RuntimeError) as exc:
+            detail = checks.constructor_detail(exc, _int_arguments(self, ("input_size",
+                                                                           "hidden_size")))
+            if not detail:
+                raise
+            raise type(exc)(f"{exc} ({detail})") from None
 
-    def _prepare(self, input: Tensor, hx, n_states: int):
+    def _prepare(self, input: Tensor, hx, lstm: bool):
+        """torch.nn's checks in its order; returns the input as a 1-step sequence, the
+        states, whether the input is unbatched and the dtype of the results."""
         name = type(self).__name__
-        checks.check_floating_input("input", input, self.weight_ih)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"{name}: input must be 1-D (H_in) or 2-D (N, H_in), got a "
-                             f"{input.dim()}-D tensor of shape {tuple(input.shape)}")
-        checks.check_feature_size(name, input, self.input_size)
-        unbatched = input.dim() == 1
-        x = input.unsqueeze(0) if unbatched else input
+        checks.check_cell_input_rank(name, input)
+        if hx is not None:
+            checks.check_cell_hx_ranks(name, hx, lstm)
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
         if hx is None:
-            states = [x.new_zeros(x.shape[0], self.hidden_size) for _ in range(n_states)]
+            zeros = torch.zeros(x.shape[0], self.hidden_size, dtype=x.dtype, device=x.device)
+            states = [zeros] * (2 if lstm else 1)
         else:
-            tensors = checks.check_lstm_hx(hx) if n_states == 2 else (checks.check_gru_hx(hx),)
-            expected = (self.hidden_size,) if unbatched else (x.shape[0], self.hidden_size)
-            states = []
-            for state_name, state in zip(("h_0", "c_0"), tensors):
-                checks.check_state(state_name, state, expected, unbatched, self.weight_ih)
-                states.append(state.unsqueeze(0) if unbatched else state)
-        return x.unsqueeze(0), states, unbatched  # x as a 1-step sequence
+            states = checks.cell_states(hx, batched, lstm)
+        checks.check_cell_sizes(x, states, self.input_size, self.hidden_size)
+        result_dtype = checks.check_cell_dtypes(x, states, self.weight_ih, hx is not None,
+                                               hidden_first=lstm)
+        states = [s.to(self.weight_ih.dtype) for s in states]  # a c_0 of another dtype
+        return x.unsqueeze(0), states, not batched, result_dtype
 
 
 class LSTMCell(_FusedCellBase):
@@ -221,9 +268,10 @@ class LSTMCell(_FusedCellBase):
         super().__init__(input_size, hidden_size, bias, 4, device, dtype)
 
     def forward(self, input, hx=None):
-        x, (h0, c0), unbatched = self._prepare(input, hx, 2)
+        x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
         bias = self.bias_ih + self.bias_hh if self.bias else None
         _, h, c = ops.lstm_layer(F.linear(x, self.weight_ih, bias), self.weight_hh, None, h0, c0)
+        h, c = h.to(result_dtype), c.to(result_dtype)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
@@ -234,7 +282,7 @@ class GRUCell(_FusedCellBase):
         super().__init__(input_size, hidden_size, bias, 3, device, dtype)
 
     def forward(self, input, hx=None):
-        x, (h0,), unbatched = self._prepare(input, hx, 1)
+        x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)
         _, h = ops.gru_layer(F.linear(x, self.weight_ih, self.bias_ih), self.weight_hh,
                              self.bias_hh, h0)
         return h.squeeze(0) if unbatched else h

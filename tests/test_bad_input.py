@@ -1,232 +1,499 @@
-"""Bad input raises a clear exception naming the argument and what was expected / given;
-edge-case input (empty batch, NaN in one sequence, non-contiguous tensors) gives the right
-result."""
+"""Bad input: fusedrnn raises what torch.nn raises.
+
+The tables below drive the same bad input through torch.nn and fusedrnn and
+require an exception of torch's type (or a subclass) whose message contains
+torch's message; fusedrnn may add its detail after it. A row says when
+torch's words are incidental (they depend on which ATen path runs, oneDNN or
+native, or on the meta device) and then only the type is compared. What
+torch.nn accepts, fusedrnn accepts and computes the same; what fusedrnn
+alone rejects is listed with the reason. Edge cases that are not errors
+(empty batch, non-contiguous tensors, NaN in one sequence) close the file.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
-from fusedrnn import ops
+from fusedrnn import checks, ops
 from conftest import TOL, assert_results_close, make_pair, run
 
 F64 = torch.float64
 KINDS = ["LSTM", "GRU"]
+CELLS = ["LSTMCell", "GRUCell"]
+z, r = torch.zeros, torch.randn
 
 
-def _model(kind, **kwargs):
-    return getattr(fusedrnn, kind)(3, 5, num_layers=2, **kwargs)
+def meta(*shape, dtype=torch.float32):
+    return torch.empty(*shape, device="meta", dtype=dtype)
 
 
-def _hx(kind, h0, c0=None):
-    return (h0, h0 if c0 is None else c0) if kind == "LSTM" else h0
+def pack(lengths=(4, 2), features=3, sort=True):
+    """A packed (T=4, N=len(lengths)) batch; ``sort=False`` packs it with sorted_indices."""
+    lengths = torch.tensor(lengths if sort else lengths[::-1])
+    return pack_padded_sequence(r(4, len(lengths), features), lengths, enforce_sorted=sort)
 
 
-# ------------------------------------------------------------- input shape
+@dataclass
+class Case:
+    """One bad call: ``kind(*ctor, **kwargs)(*args())`` raises in torch.nn and fusedrnn."""
+
+    id: str
+    kind: str
+    args: Callable
+    kwargs: dict = field(default_factory=dict)
+    ctor: tuple = (3, 5)
+    # "torch": torch's message is contained in fusedrnn's. "padded": torch.nn.LSTM runs no
+    # check on a PackedSequence, so the words are those it gives for the padded input. Any
+    # other text: why torch's words are incidental (then only the type is compared).
+    words: str = "torch"
+    torch_crashes: bool = False  # torch.nn segfaults here: it is not called
+
+    def call(self, lib, args=None):
+        torch.manual_seed(0)
+        module = getattr(lib, self.kind)(*self.ctor, **self.kwargs)
+        return module(*(args if args is not None else self.args()))
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("shape", [(3,), (4, 2, 2, 3)], ids=["1d", "4d"])
-def test_wrong_input_rank(kind, shape):
-    with pytest.raises(ValueError, match=rf"input must be 2-D .* or 3-D .*got a {len(shape)}-D "
-                                         rf"tensor of shape \({', '.join(map(str, shape))},?\)"):
-        _model(kind)(torch.randn(shape))
+def lstm_hx(h, c=None):
+    return (h, h if c is None else c)
 
 
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
-def test_wrong_feature_size(kind, batched):
-    x = torch.randn(4, 2, 4) if batched else torch.randn(4, 4)
-    shape = r"\(4, 2, 4\)" if batched else r"\(4, 4\)"
-    with pytest.raises(ValueError, match=rf"input_size=3.*{shape}"):
-        _model(kind)(x)
+def gru_hx(h, c=None):
+    return h
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_wrong_h0_shape(kind):
-    x = torch.randn(4, 2, 3)
-    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 2, 5\), got \(2, 3, 5\)"):
-        _model(kind)(x, _hx(kind, torch.zeros(2, 3, 5)))
-    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 2, 5\), got \(1, 2, 5\)"):
-        _model(kind)(x, _hx(kind, torch.zeros(1, 2, 5), torch.zeros(2, 2, 5)))
+HX = {"LSTM": lstm_hx, "GRU": gru_hx}
+MATMUL = "torch's words come from the ATen path that happens to run (oneDNN or a matmul)"
+META = "torch's words are those of a meta-device kernel"
+PARSER = "torch's words list ATen's whole argument signature"
 
 
-def test_wrong_c0_shape():
-    x = torch.randn(4, 2, 3)
-    with pytest.raises(ValueError, match=r"c_0 must have shape \(2, 2, 5\), got \(2, 2, 4\)"):
-        _model("LSTM")(x, (torch.zeros(2, 2, 5), torch.zeros(2, 2, 4)))
+def module_cases(kind):
+    hx, L2 = HX[kind], dict(num_layers=2)
+    lstm = kind == "LSTM"
+    cases = [
+        Case("input-1d", kind, lambda: (r(3),)),
+        Case("input-4d", kind, lambda: (r(4, 2, 2, 3),)),
+        Case("input-0d", kind, lambda: (torch.tensor(1.0),)),
+        Case("input-list", kind, lambda: ([[1.0, 2.0, 3.0]],)),
+        Case("input-None", kind, lambda: (None,)),
+        Case("input-int64", kind, lambda: (torch.ones(4, 2, 3, dtype=torch.int64),)),
+        Case("input-float64", kind, lambda: (r(4, 2, 3, dtype=F64),)),
+        Case("input-float16", kind, lambda: (r(4, 2, 3).half(),)),
+        Case("input-complex", kind, lambda: (r(4, 2, 3, dtype=torch.complex64),)),
+        Case("input-size", kind, lambda: (r(4, 2, 4),)),
+        Case("input-size-unbatched", kind, lambda: (r(4, 4),)),
+        Case("input-size-batch-first", kind, lambda: (r(2, 4, 4),), dict(batch_first=True)),
+        Case("input-size-and-dtype", kind, lambda: (r(4, 2, 4, dtype=F64),)),  # dtype first
+        Case("length-0", kind, lambda: (r(0, 2, 3),)),
+        Case("length-0-unbatched", kind, lambda: (r(0, 3),)),
+        Case("length-0-batch-first", kind, lambda: (r(2, 0, 3),), dict(batch_first=True)),
+        Case("length-0-batch-0", kind, lambda: (r(0, 0, 3),)),
+        Case("length-0-with-hx", kind, lambda: (r(0, 2, 3), hx(z(2, 2, 5))), L2),
+        Case("length-0-before-h0-dtype", kind, lambda: (r(0, 2, 3), hx(z(2, 2, 5, dtype=F64))), L2),
+        Case("h0-2d-batched", kind, lambda: (r(4, 2, 3), hx(z(2, 5))), L2),
+        Case("h0-3d-unbatched", kind, lambda: (r(4, 3), hx(z(2, 1, 5))), L2),
+        Case("h0-batch", kind, lambda: (r(4, 2, 3), hx(z(2, 7, 5))), L2),
+        Case("h0-layers", kind, lambda: (r(4, 2, 3), hx(z(1, 2, 5), z(2, 2, 5))), L2),
+        Case("h0-hidden", kind, lambda: (r(4, 2, 3), hx(z(2, 2, 4), z(2, 2, 5))), L2),
+        Case("h0-unbatched", kind, lambda: (r(4, 3), hx(z(2, 4))), L2),
+        Case("h0-shape-before-dtype", kind, lambda: (r(4, 2, 3), hx(z(2, 3, 5, dtype=F64))), L2),
+        Case("h0-float64", kind, lambda: (r(4, 2, 3), hx(z(2, 2, 5, dtype=F64), z(2, 2, 5))), L2,
+             words=MATMUL),
+        Case("h0-int64", kind, lambda: (r(4, 2, 3), hx(z(2, 2, 5, dtype=torch.int64), z(2, 2, 5))),
+             L2, words=MATMUL),
+        Case("h0-float32-module-float64", kind,
+             lambda: (r(4, 2, 3, dtype=F64), hx(z(2, 2, 5), z(2, 2, 5, dtype=F64))),
+             dict(num_layers=2, dtype=F64), words=MATMUL),
+        Case("h0-list", kind, lambda: (r(4, 2, 3), hx([[0.0] * 5] * 2, z(2, 2, 5))), L2),
+        Case("input-meta", kind, lambda: (meta(4, 2, 3),)),
+        Case("input-meta-length-0", kind, lambda: (meta(0, 2, 3),)),  # device first
+        Case("h0-meta", kind, lambda: (r(4, 2, 3), hx(meta(2, 2, 5), z(2, 2, 5))), L2),
+        Case("h0-meta-before-dtype", kind, lambda: (r(4, 2, 3), hx(meta(2, 2, 5, dtype=F64))), L2),
+        Case("bidirectional-str", kind, lambda: (r(4, 2, 3),), dict(bidirectional="yes"),
+             words=PARSER),
+        Case("bidirectional-int", kind, lambda: (r(4, 2, 3),), dict(bidirectional=1), words=PARSER),
+        Case("num-layers-bool", kind, lambda: (r(4, 2, 3),), dict(num_layers=True), words=PARSER),
+        # packed input
+        Case("packed-input-size", kind, lambda: (pack(features=4),), words="padded"),
+        Case("packed-float64", kind, lambda: (pack(), ), dict(dtype=F64), words="padded"),
+        Case("packed-h0-batch", kind, lambda: (pack(), hx(z(2, 3, 5))), L2, words="padded"),
+        Case("packed-h0-hidden", kind, lambda: (pack(), hx(z(2, 2, 4))), L2, words="padded"),
+        Case("packed-h0-layers", kind, lambda: (pack(), hx(z(1, 2, 5), z(2, 2, 5))), L2,
+             words="padded"),
+        Case("packed-h0-2d", kind, lambda: (pack(), hx(z(2, 5))), L2, words=(
+            "torch.nn.LSTM: IndexError from inside ATen; torch.nn.GRU: its size check"
+            if lstm else "torch")),
+        Case("packed-h0-1d-unsorted", kind, lambda: (pack(sort=False), hx(z(5))), L2,
+             words="torch's words come from index_select on the state"),
+        Case("packed-h0-float64", kind, lambda: (pack(), hx(z(2, 2, 5, dtype=F64), z(2, 2, 5))), L2,
+             words=MATMUL),
+        Case("packed-h0-meta", kind, lambda: (pack(), hx(meta(2, 2, 5), z(2, 2, 5))), L2,
+             words=META),
+        Case("packed-empty", kind, lambda: (PackedSequence(r(0, 3), torch.tensor([]).long()),)),
+        Case("packed-batch-sizes-increasing", kind,
+             lambda: (PackedSequence(r(5, 3), torch.tensor([2, 3])),),
+             words="torch's words come from a broadcast deep in ATen"),
+        Case("packed-batch-sizes-int32", kind,
+             lambda: (PackedSequence(r(5, 3), torch.tensor([3, 2], dtype=torch.int32)),)),
+        Case("packed-data-3d", kind, lambda: (PackedSequence(r(5, 1, 3), torch.tensor([3, 2])),),
+             words="torch.nn.LSTM: a broadcast deep in ATen" if lstm else "torch"),
+    ]
+    if kind == "GRU":
+        # torch.nn.GRU: a positional 8th argument is RNNBase's proj_size; the forward fails
+        cases.append(Case("positional-proj-size", kind, lambda: (r(4, 2, 3),),
+                          ctor=(3, 5, 1, True, False, 0.0, False, 2)))
+        cases.append(Case("hx-tuple", kind, lambda: (r(4, 2, 3), (z(1, 2, 5),))))
+        cases.append(Case("packed-hx-tuple", kind, lambda: (pack(), (z(1, 2, 5),)),
+                          words="torch's words name the first tensor method it calls"))
+        return cases
+    return cases + [
+        Case("c0-2d-batched", kind, lambda: (r(4, 2, 3), (z(2, 2, 5), z(2, 5))), L2),
+        Case("c0-hidden", kind, lambda: (r(4, 2, 3), (z(2, 2, 5), z(2, 2, 4))), L2),
+        Case("c0-float64", kind, lambda: (r(4, 2, 3), (z(2, 2, 5), z(2, 2, 5, dtype=F64))), L2,
+             words=MATMUL),
+        Case("c0-meta", kind, lambda: (r(4, 2, 3), (z(2, 2, 5), meta(2, 2, 5))), L2),
+        Case("h0-with-projection", kind, lambda: (r(4, 2, 3), (z(1, 2, 5), z(1, 2, 5))),
+             dict(proj_size=2)),
+        Case("hx-stacked-tensor-batched-3d", kind, lambda: (r(4, 2, 3), z(2, 2, 5)), L2),
+        Case("hx-stacked-tensor-batched-4d", kind, lambda: (r(4, 2, 3), z(2, 2, 2, 5)), L2,
+             words=PARSER),
+        Case("hx-tuple-1", kind, lambda: (r(4, 2, 3), (z(2, 2, 5),)), L2),
+        Case("hx-list-1", kind, lambda: (r(4, 2, 3), [z(2, 2, 5)]), L2),
+        Case("hx-tuple-1-unbatched", kind, lambda: (r(4, 3), (z(2, 5),)), L2),
+        Case("hx-tuple-3", kind, lambda: (r(4, 2, 3), (z(2, 2, 5),) * 3), L2),
+        Case("hx-tuple-3-length-0", kind, lambda: (r(0, 2, 3), (z(2, 2, 5),) * 3), L2),
+        Case("hx-tuple-3-meta", kind, lambda: (r(4, 2, 3), (meta(2, 2, 5),) * 3), L2),
+        Case("c0-None", kind, lambda: (r(4, 2, 3), (z(2, 2, 5), None)), L2),
+        Case("packed-hx-tuple-1", kind, lambda: (pack(), (z(2, 2, 5),)), L2,
+             words="torch.nn.LSTM skips its checks on a PackedSequence; ATen counts the states"),
+        Case("packed-hx-tuple-1-unsorted", kind, lambda: (pack(sort=False), (z(2, 2, 5),)), L2),
+        Case("packed-hx-tuple-3", kind, lambda: (pack(), (z(2, 2, 5),) * 3), L2),
+        Case("packed-h0-4d", kind, lambda: (pack(), lstm_hx(z(2, 2, 2, 5))), L2, torch_crashes=True,
+             words="torch.nn.LSTM segfaults; the padded input gives a rank message"),
+    ]
 
 
-def test_wrong_h0_shape_with_projection():
-    m = fusedrnn.LSTM(3, 5, proj_size=2)
-    with pytest.raises(ValueError, match=r"h_0 must have shape \(1, 2, 2\), got \(1, 2, 5\)"):
-        m(torch.randn(4, 2, 3), (torch.zeros(1, 2, 5), torch.zeros(1, 2, 5)))
+def cell_cases(kind):
+    lstm = kind == "LSTMCell"
+    hx = lstm_hx if lstm else gru_hx
+    cases = [
+        Case("input-0d", kind, lambda: (torch.tensor(1.0),)),
+        Case("input-3d", kind, lambda: (r(4, 2, 3),)),
+        Case("input-list", kind, lambda: ([[1.0, 2.0, 3.0]],)),
+        Case("input-size", kind, lambda: (r(2, 4),)),
+        Case("input-size-unbatched", kind, lambda: (r(4),)),
+        Case("input-int64", kind, lambda: (torch.ones(2, 3, dtype=torch.int64),)),
+        Case("input-float64", kind, lambda: (r(2, 3, dtype=F64),)),
+        Case("input-float16", kind, lambda: (r(2, 3).half(),)),
+        Case("input-size-before-dtype", kind, lambda: (r(2, 4, dtype=F64),)),
+        Case("input-size-before-hidden-batch", kind, lambda: (r(2, 4), hx(z(3, 5)))),
+        Case("cell-float64-h0-float32", kind,
+             lambda: (r(2, 3, dtype=F64), hx(z(2, 5), z(2, 5, dtype=F64))),
+             dict(dtype=F64)),
+        Case("h0-batch", kind, lambda: (r(2, 3), hx(z(3, 5), z(2, 5)))),
+        Case("h0-hidden", kind, lambda: (r(2, 3), hx(z(2, 4), z(2, 5)))),
+        Case("h0-4d", kind, lambda: (r(2, 3), hx(z(1, 1, 2, 5)))),
+        Case("h0-3d", kind, lambda: (r(2, 3), hx(z(1, 2, 5)))),
+        Case("h0-0d", kind, lambda: (r(2, 3), hx(torch.tensor(0.0)))),
+        Case("h0-1d-batched", kind, lambda: (r(2, 3), hx(z(5)))),
+        Case("h0-1d-batched-same-batch", kind, lambda: (r(5, 3), hx(z(5)))),
+        Case("h0-2d-unbatched", kind, lambda: (r(3), hx(z(1, 5)))),
+        Case("h0-2d-unbatched-rows", kind, lambda: (r(3), hx(z(2, 5)))),
+        Case("h0-unbatched-hidden", kind, lambda: (r(3), hx(z(4)))),
+        Case("h0-float64", kind, lambda: (r(2, 3), hx(z(2, 5, dtype=F64), z(2, 5)))),
+        Case("h0-int32", kind, lambda: (r(2, 3), hx(z(2, 5, dtype=torch.int32), z(2, 5)))),
+        Case("h0-shape-before-dtype", kind, lambda: (r(2, 3), hx(z(3, 5, dtype=F64), z(2, 5)))),
+        Case("h0-dtype-before-input-dtype", kind,
+             lambda: (r(2, 3, dtype=F64), hx(z(2, 5, dtype=torch.float16), z(2, 5)))),
+        # LSTMCell multiplies the hidden state first, GRUCell the input
+        Case("h0-dtype-and-input-device", kind,
+             lambda: (meta(2, 3), hx(z(2, 5, dtype=F64), z(2, 5))),
+             words="torch" if lstm else META),
+        Case("input-meta", kind, lambda: (meta(2, 3),), words=META),
+        Case("h0-meta", kind, lambda: (r(2, 3), hx(meta(2, 5), z(2, 5))), words=META),
+        Case("h0-list", kind, lambda: (r(2, 3), hx([[0.0] * 5] * 2, z(2, 5)))),
+    ]
+    if not lstm:
+        return cases + [Case("hx-tuple", kind, lambda: (r(2, 3), (z(2, 5),)))]
+    return cases + [
+        Case("c0-batch", kind, lambda: (r(2, 3), (z(2, 5), z(3, 5)))),
+        Case("c0-hidden", kind, lambda: (r(2, 3), (z(2, 5), z(2, 4)))),
+        Case("h0-before-c0", kind, lambda: (r(2, 3), (z(2, 4), z(3, 5)))),
+        Case("c0-meta", kind, lambda: (r(2, 3), (z(2, 5), meta(2, 5))), words=META),
+        Case("hx-tensor", kind, lambda: (r(2, 3), z(2, 5))),
+        Case("hx-tensor-1d", kind, lambda: (r(2, 3), z(5))),
+        Case("hx-tensor-4d", kind, lambda: (r(2, 3), z(2, 2, 1, 5))),
+        Case("hx-tuple-1", kind, lambda: (r(2, 3), (z(2, 5),))),
+        Case("hx-tuple-3", kind, lambda: (r(2, 3), (z(2, 5),) * 3)),
+        Case("hx-tuple-3-rank-of-third", kind, lambda: (r(2, 3), (z(2, 5), z(2, 5), z(2, 5, 7)))),
+        Case("hx-tuple-1-unbatched", kind, lambda: (r(3), (z(5),))),
+        Case("hx-int", kind, lambda: (r(2, 3), 3)),
+        Case("hx-str", kind, lambda: (r(2, 3), "ab")),
+        Case("c0-None", kind, lambda: (r(2, 3), (z(2, 5), None))),
+    ]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_state_rank_must_match_input_rank(kind):
-    m = _model(kind)
-    with pytest.raises(ValueError, match=r"h_0 must be 3-D for batched 3-D input.*\(2, 2, 5\)"
-                                         r".*2-D tensor of shape \(2, 5\)"):
-        m(torch.randn(4, 2, 3), _hx(kind, torch.zeros(2, 5)))
-    with pytest.raises(ValueError, match=r"h_0 must be 2-D for unbatched 2-D input.*\(2, 5\)"
-                                         r".*3-D tensor of shape \(2, 1, 5\)"):
-        m(torch.randn(4, 3), _hx(kind, torch.zeros(2, 1, 5)))
+FORWARD_ERRORS = ([c for k in KINDS for c in module_cases(k)]
+                  + [c for k in CELLS for c in cell_cases(k)])
 
 
-def test_c0_rank_must_match_input_rank():
-    with pytest.raises(ValueError, match=r"c_0 must be 3-D for batched 3-D input"):
-        _model("LSTM")(torch.randn(4, 2, 3), (torch.zeros(2, 2, 5), torch.zeros(2, 5)))
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        return exc
+    return None
 
 
-# ------------------------------------------------------------ hx structure
+def _padded_call(case):
+    """torch.nn.LSTM on the padded form of the case's packed input (same states)."""
+    packed, *rest = case.args()
+    x, _ = pad_packed_sequence(packed)
+    return case.call(torch.nn, (x, *rest))
 
 
-def test_lstm_hx_must_be_a_tuple():
-    with pytest.raises(TypeError, match=r"LSTM hx must be a tuple \(h_0, c_0\).*got Tensor"):
-        _model("LSTM")(torch.randn(4, 2, 3), torch.zeros(2, 2, 5))
-    with pytest.raises(TypeError, match=r"LSTM hx must be a tuple.*of length 1"):
-        _model("LSTM")(torch.randn(4, 2, 3), (torch.zeros(2, 2, 5),))
+@pytest.mark.parametrize("case", FORWARD_ERRORS, ids=[f"{c.kind}-{c.id}" for c in FORWARD_ERRORS])
+def test_forward_error_like_torch(case):
+    fused = _raised(lambda: case.call(fusedrnn))
+    assert fused is not None, "fusedrnn accepted it"
+    expected = None if case.torch_crashes else _raised(lambda: case.call(torch.nn))
+    if not case.torch_crashes:
+        assert expected is not None, "torch.nn accepted it: the case belongs to ACCEPTED"
+        assert isinstance(fused, type(expected)), f"torch: {expected!r}\nfused: {fused!r}"
+    if case.words == "padded" or case.torch_crashes:
+        expected = _raised(lambda: _padded_call(case))
+        assert isinstance(fused, type(expected)), f"torch (padded): {expected!r}\nfused: {fused!r}"
+    if case.words in ("torch", "padded"):
+        assert str(expected) in str(fused), f"torch: {expected}\nfused: {fused}"
 
 
-def test_gru_hx_must_be_a_tensor():
-    with pytest.raises(TypeError, match=r"GRU hx must be a tensor h_0, got tuple"):
-        _model("GRU")(torch.randn(4, 2, 3), (torch.zeros(2, 2, 5),))
-
-
-# ------------------------------------------------------------ dtype, device
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_input_dtype_must_match_weights(kind):
-    with pytest.raises(TypeError, match=r"input has dtype torch.float64 but the module's "
-                                        r"parameters are torch.float32"):
-        _model(kind)(torch.randn(4, 2, 3, dtype=F64))
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_state_dtype_must_match_weights(kind):
-    x, h = torch.randn(4, 2, 3), torch.zeros(2, 2, 5)
-    with pytest.raises(TypeError, match=r"h_0 has dtype torch.float64 .* torch.float32"):
-        _model(kind)(x, _hx(kind, h.double(), h))
-    if kind == "LSTM":
-        with pytest.raises(TypeError, match=r"c_0 has dtype torch.float64 .* torch.float32"):
-            _model(kind)(x, (h, h.double()))
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
-def test_integer_input(kind, dtype):
-    with pytest.raises(TypeError, match=rf"input must be a floating-point tensor.*{dtype}"):
-        _model(kind)(torch.ones(4, 2, 3, dtype=dtype))
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_input_and_state_device_must_match_weights(kind):
-    """Checked on the meta device, so it runs without a GPU."""
-    with pytest.raises(ValueError, match=r"input is on meta but the module's parameters are on "
-                                         r"cpu"):
-        _model(kind)(torch.empty(4, 2, 3, device="meta"))
-    with pytest.raises(ValueError, match=r"h_0 is on meta but the module's parameters are on cpu"):
-        _model(kind)(torch.randn(4, 2, 3), _hx(kind, torch.empty(2, 2, 5, device="meta"),
-                                               torch.zeros(2, 2, 5)))
-
-
-# ------------------------------------------------------------ PackedSequence
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_packed_batch_sizes_increasing(kind):
-    bad = PackedSequence(torch.randn(5, 3), torch.tensor([2, 3]))
-    with pytest.raises(ValueError, match=r"batch_sizes must be positive and non-increasing, "
-                                         r"got \[2, 3\]"):
-        _model(kind)(bad)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_packed_batch_sizes_sum_differs_from_data_rows(kind):
-    bad = PackedSequence(torch.randn(6, 3), torch.tensor([3, 2]))
-    with pytest.raises(ValueError, match=r"batch_sizes sum to 5 but data has 6 rows"):
-        _model(kind)(bad)
-
-
-def test_packed_wrong_feature_size_and_dtype():
-    packed = pack_padded_sequence(torch.randn(4, 2, 4), torch.tensor([4, 2]))
-    with pytest.raises(ValueError, match=r"input_size=3"):
-        _model("LSTM")(packed)
-    packed = pack_padded_sequence(torch.randn(4, 2, 3, dtype=F64), torch.tensor([4, 2]))
-    with pytest.raises(TypeError, match=r"float64 but .*float32"):
-        _model("GRU")(packed)
-
-
-# ------------------------------------------------------------ constructor
-
+# -------------------------------------------------------------- constructor
 
 CTOR_ERRORS = [
-    ("LSTM", dict(proj_size=5), ValueError, r"proj_size has to be smaller than hidden_size"),
-    ("LSTM", dict(proj_size=7), ValueError, r"proj_size has to be smaller than hidden_size"),
-    ("LSTM", dict(proj_size=-1), ValueError, r"proj_size should be a positive integer or zero"),
-    ("LSTM", dict(proj_size=2.0), TypeError, r"proj_size should be of type int, got: float"),
-    ("LSTM", dict(num_layers=0), ValueError, r"num_layers must be greater than zero"),
-    ("GRU", dict(num_layers=-1), ValueError, r"num_layers must be greater than zero"),
-    ("LSTM", dict(num_layers=1.5), TypeError, r"num_layers should be of type int, got: float"),
-    ("GRU", dict(num_layers="2"), TypeError, r"num_layers should be of type int, got: str"),
-    ("LSTM", dict(dropout=-0.1), ValueError, r"dropout should be a number in range \[0, 1\]"),
-    ("GRU", dict(dropout=1.5), ValueError, r"dropout should be a number in range \[0, 1\]"),
-    ("LSTM", dict(hidden_size=0), ValueError, r"hidden_size must be greater than zero"),
-    ("GRU", dict(hidden_size=-3), ValueError, r"hidden_size must be greater than zero"),
-    ("LSTM", dict(input_size=0), ValueError, r"input_size must be greater than zero"),
-    ("GRU", dict(input_size=-1), ValueError, r"input_size must be greater than zero"),
-    ("LSTM", dict(hidden_size=5.0), TypeError, r"hidden_size should be of type int, got: float"),
+    ("GRU", (3, 5), dict(proj_size=10)),
+    ("GRU", (3, 5), dict(proj_size=0)),
+    ("LSTM", (3, 5), dict(proj_size=5)),
+    ("LSTM", (3, 5), dict(proj_size=7)),
+    ("LSTM", (3, 5), dict(proj_size=-1)),
+    ("LSTM", (3, 5), dict(proj_size=2.0)),
+    ("LSTM", (3, 5), dict(proj_size=True)),
+    ("LSTM", (3, 5), dict(num_layers=0)),
+    ("GRU", (3, 5), dict(num_layers=-1)),
+    ("LSTM", (3, 5), dict(num_layers=1.5)),
+    ("GRU", (3, 5), dict(num_layers="2")),
+    ("LSTM", (3, 5), dict(dropout=-0.1)),
+    ("GRU", (3, 5), dict(dropout=1.5)),
+    ("LSTM", (3, 5), dict(dropout=True)),
+    ("LSTM", (3, 5), dict(dropout="0.1")),
+    ("LSTM", (3, 0), {}),
+    ("GRU", (3, -3), {}),
+    ("LSTM", (0, 5), {}),
+    ("GRU", (-1, 5), {}),
+    ("LSTM", (3, 5.0), {}),
+    ("LSTM", (3.0, 5), {}),
+    ("GRU", ("10", 5), {}),
+    ("LSTM", (np.int64(3), 5), {}),
+    ("LSTM", (3, 5), dict(bias=1)),
+    ("GRU", (3, 5), dict(bias="True")),
+    ("GRU", (3, 5), dict(batch_first=0)),
+    ("LSTM", (3, 5), dict(dtype=torch.int64)),
+    ("GRU", (3, 5), dict(foo=1)),
+    ("LSTM", (3, 5, 1, True, False, 0.0, False, 0, None, None, 1), {}),
+    ("LSTMCell", (3, -1), {}),
+    ("GRUCell", (-3, 5), {}),
+    ("GRUCell", (3.0, 5), {}),
+    ("LSTMCell", (3, 5), dict(proj_size=2)),
+    ("GRUCell", (3, 5), dict(dtype=torch.int64)),
 ]
 
 
-@pytest.mark.parametrize("kind,kwargs,exc,match", CTOR_ERRORS,
-                         ids=[f"{k}-{next(iter(kw))}={next(iter(kw.values()))!r}"
-                              for k, kw, _, _ in CTOR_ERRORS])
-def test_bad_constructor_arguments(kind, kwargs, exc, match):
-    args = {"input_size": 3, "hidden_size": 5, **kwargs}
+@pytest.mark.parametrize("kind,args,kwargs", CTOR_ERRORS,
+                         ids=[f"{k}{a}{kw}" for k, a, kw in CTOR_ERRORS])
+def test_constructor_error_like_torch(kind, args, kwargs):
+    expected = _raised(lambda: getattr(torch.nn, kind)(*args, **kwargs))
+    fused = _raised(lambda: getattr(fusedrnn, kind)(*args, **kwargs))
+    assert expected is not None and fused is not None, (expected, fused)
+    assert isinstance(fused, type(expected)), f"torch: {expected!r}\nfused: {fused!r}"
+    assert str(expected) in str(fused), f"torch: {expected}\nfused: {fused}"
+
+
+@pytest.mark.parametrize("kind,args,kwargs,detail", [
+    ("LSTM", (3, 5), dict(num_layers=1.5), "num_layers must be an int, got 1.5 (float)"),
+    ("LSTM", (3, 5), dict(proj_size=2.0), "proj_size must be an int, got 2.0 (float)"),
+    ("LSTMCell", (3, -1), {}, "hidden_size must be non-negative, got -1"),
+    ("GRUCell", (3.0, 5), {}, "input_size must be an int, got 3.0 (float)"),
+])
+def test_constructor_error_names_the_argument(kind, args, kwargs, detail):
+    with pytest.raises((TypeError, RuntimeError)) as info:
+        getattr(fusedrnn, kind)(*args, **kwargs)
+    assert str(info.value).endswith(f"({detail})")
+
+
+def test_fusedrnn_detail_follows_torch_words():
+    """The detail names the argument and the shape it must have."""
+    m = fusedrnn.LSTM(3, 5, num_layers=2)
+    with pytest.raises(RuntimeError) as info:
+        m(r(4, 2, 3), (z(2, 7, 5), z(2, 2, 5)))
+    assert str(info.value) == (
+        "Expected hidden[0] size (2, 2, 5), got [2, 7, 5] (h_0 must have shape "
+        "(num_layers * num_directions, batch, hidden_size) = (2, 2, 5), got (2, 7, 5))")
+    with pytest.raises(RuntimeError, match=r"\(c_0 must have shape \(num_layers \* num_directions, "
+                                           r"hidden_size\) = \(2, 5\) for unbatched input, "
+                                           r"got \(2, 4\)\)"):
+        m(r(4, 3), (z(2, 5), z(2, 4)))
+    with pytest.raises(RuntimeError,
+                       match=r"input of shape \(4, 2, 4\), module built with input_size=3"):
+        m(r(4, 2, 4))
+    with pytest.raises(RuntimeError, match=r"\(h_0 must have shape \(2, 5\)\)$"):
+        fusedrnn.GRUCell(3, 5)(r(2, 3), z(3, 5))
+
+
+def test_exception_classes_are_both_types():
+    assert issubclass(checks.NotATensorError, TypeError)
+    assert issubclass(checks.NotATensorError, AttributeError)
+    assert issubclass(checks.DtypeMismatchError, ValueError)
+    assert issubclass(checks.DtypeMismatchError, RuntimeError)
+    assert issubclass(checks.StateShapeError, RuntimeError)
+    assert issubclass(checks.StateShapeError, IndexError)
+
+
+# ------------------------------------------------- what torch.nn accepts too
+
+
+@dataclass
+class Accepted:
+    id: str
+    kind: str
+    args: Callable
+    kwargs: dict = field(default_factory=dict)
+    ctor: tuple = (3, 5)
+    tol: float = TOL[F64]
+    native_torch: bool = False  # compare with torch.nn's native kernels (oneDNN off)
+
+
+def r64(*shape):
+    return r(*shape, dtype=F64)
+
+
+ACCEPTED = [
+    Accepted("LSTM-unbatched-hx-stacked-tensor", "LSTM", lambda: (r64(4, 3), r64(2, 2, 5)),
+             dict(num_layers=2, dtype=F64)),
+    Accepted("LSTM-unbatched-hx-3-tuple", "LSTM", lambda: (r64(4, 3), (r64(1, 5),) * 3),
+             dict(dtype=F64)),
+    Accepted("LSTM-float64-c0-float32", "LSTM", lambda: (r64(4, 2, 3), (r64(1, 2, 5), r(1, 2, 5))),
+             dict(dtype=F64)),
+    Accepted("LSTM-float32-c0-bfloat16", "LSTM",
+             lambda: (r(4, 2, 3), (r(1, 2, 5), r(1, 2, 5).bfloat16())),
+             tol=TOL[torch.float32], native_torch=True),
+    Accepted("LSTM-float32-c0-int64", "LSTM",
+             lambda: (r(4, 2, 3), (r(1, 2, 5), torch.ones(1, 2, 5).long())),
+             tol=TOL[torch.float32], native_torch=True),
+    Accepted("LSTM-num_layers-numpy", "LSTM", lambda: (r64(4, 2, 3),),
+             dict(num_layers=np.int64(2), dtype=F64)),
+    Accepted("LSTM-proj_size-0.0", "LSTM", lambda: (r64(4, 2, 3),), dict(proj_size=0.0, dtype=F64)),
+    Accepted("LSTM-proj_size-numpy", "LSTM", lambda: (r64(4, 2, 3),),
+             dict(proj_size=np.int64(2), dtype=F64)),
+    Accepted("LSTM-hidden_size-True", "LSTM", lambda: (r64(4, 2, 3),), dict(dtype=F64),
+             ctor=(3, True)),
+    Accepted("LSTM-positional-device", "LSTM", lambda: (r(4, 2, 3),),
+             ctor=(3, 5, 1, True, False, 0.0, False, 0, "cpu"), tol=TOL[torch.float32]),
+    Accepted("GRU-positional-proj_size-0", "GRU", lambda: (r64(4, 2, 3),), dict(dtype=F64),
+             ctor=(3, 5, 1, True, False, 0.0, False, 0)),
+    Accepted("GRU-num_layers-tensor", "GRU", lambda: (r64(4, 2, 3),),
+             dict(num_layers=torch.tensor(2), dtype=F64)),
+    Accepted("GRU-dropout-numpy", "GRU", lambda: (r64(4, 2, 3),),
+             dict(num_layers=2, dropout=np.float64(0.0), dtype=F64)),
+    Accepted("LSTMCell-unbatched-hx-stacked-tensor", "LSTMCell", lambda: (r64(3), r64(2, 5)),
+             dict(dtype=F64)),
+    Accepted("LSTMCell-unbatched-hx-3-tuple", "LSTMCell", lambda: (r64(3), (r64(5),) * 3),
+             dict(dtype=F64)),
+    Accepted("LSTMCell-float32-c0-float64", "LSTMCell", lambda: (r(2, 3), (r(2, 5), r64(2, 5))),
+             tol=TOL[torch.float32]),
+    Accepted("LSTMCell-float32-c0-bfloat16", "LSTMCell",
+             lambda: (r(2, 3), (r(2, 5), r(2, 5).bfloat16())), tol=TOL[torch.float32]),
+    Accepted("LSTMCell-float64-c0-float32", "LSTMCell", lambda: (r64(2, 3), (r64(2, 5), r(2, 5))),
+             dict(dtype=F64)),
+    Accepted("LSTMCell-hx-list", "LSTMCell", lambda: (r64(2, 3), [r64(2, 5)] * 2), dict(dtype=F64)),
+    Accepted("GRUCell-bias-str", "GRUCell", lambda: (r64(2, 3),), dict(bias="relu", dtype=F64)),
+    Accepted("GRUCell-hidden_size-0", "GRUCell", lambda: (r64(2, 3),), dict(dtype=F64),
+             ctor=(3, 0)),
+    Accepted("LSTMCell-input_size-0", "LSTMCell", lambda: (r64(2, 0),), dict(dtype=F64),
+             ctor=(0, 5)),
+]
+
+
+def _flat(result) -> list:
+    if isinstance(result, (tuple, list)):
+        return [t for item in result for t in _flat(item)]
+    return [result]
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # mkldnn.flags()
+@pytest.mark.parametrize("case", ACCEPTED, ids=[c.id for c in ACCEPTED])
+def test_accepted_like_torch(case):
+    args = case.args()
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, case.kind)(*case.ctor, **case.kwargs)
+    fused = getattr(fusedrnn, case.kind)(*case.ctor, **case.kwargs)
+    fused.load_state_dict(ref.state_dict())
+    with torch.backends.mkldnn.flags(enabled=not case.native_torch):
+        expected = _flat(ref(*args))
+    actual = _flat(fused(*args))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape and a.dtype == e.dtype, (a.shape, e.shape, a.dtype, e.dtype)
+        torch.testing.assert_close(a, e, atol=case.tol, rtol=0)
+
+
+# ---------------------------------------------- what fusedrnn alone rejects
+
+
+# torch.nn computes something for these; fusedrnn refuses, for the reason given.
+REJECTED = [
+    ("batch-sizes-sum-differs-from-data", "GRU",
+     lambda: (PackedSequence(r(6, 3), torch.tensor([3, 2])),), ValueError,
+     r"batch_sizes sum to 5 but data has 6 rows",
+     "torch.nn ignores the rows past the sum"),
+    ("batch-sizes-zero-step", "LSTM", lambda: (PackedSequence(r(3, 3), torch.tensor([3, 0])),),
+     ValueError, r"batch_sizes must be positive, got \[3, 0\]",
+     "pack_padded_sequence never builds a step with no sequence"),
+    ("sorted-indices-length", "GRU",
+     lambda: (PackedSequence(r(5, 3), torch.tensor([3, 2]), torch.tensor([0, 1]),
+                             torch.tensor([0, 1])),),
+     ValueError, r"sorted_indices must have shape \(3,\), got \(2,\)",
+     "torch.nn permutes the states with indices that do not cover the batch"),
+    ("unsorted-packed-h0-larger-batch", "GRU", lambda: (pack(sort=False), z(1, 3, 5)), RuntimeError,
+     r"Expected hidden size \(1, 2, 5\), got \[1, 3, 5\]",
+     "torch.nn permutes h_0 before its size check and silently drops the extra row"),
+    ("c0-complex", "LSTMCell", lambda: (r(2, 3), (z(2, 5), z(2, 5, dtype=torch.complex64))),
+     TypeError, r"fusedrnn computes real states only", "fusedrnn has no complex kernels"),
+]
+
+
+@pytest.mark.parametrize("name,kind,args,exc,match,why", REJECTED, ids=[c[0] for c in REJECTED])
+def test_rejected_by_fusedrnn_only(name, kind, args, exc, match, why):
+    inputs = args()
+    torch.manual_seed(0)
+    getattr(torch.nn, kind)(3, 5)(*inputs)  # torch.nn computes something (the reason: `why`)
     with pytest.raises(exc, match=match):
-        getattr(fusedrnn, kind)(**args)
+        getattr(fusedrnn, kind)(3, 5)(*inputs)
 
 
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
-@pytest.mark.parametrize("arg", ["input_size", "hidden_size"])
-def test_cell_negative_size_names_the_argument(kind, arg):
-    args = {"input_size": 3, "hidden_size": 5, arg: -2}
-    with pytest.raises((ValueError, RuntimeError), match=arg):
-        getattr(fusedrnn, kind)(**args)
-
-
-# ------------------------------------------------------------------ cells
-
-
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
-def test_cell_bad_input(kind):
-    cell = getattr(fusedrnn, kind)(3, 5)
-    with pytest.raises(ValueError, match=r"input must be 1-D \(H_in\) or 2-D \(N, H_in\), got a "
-                                         r"3-D tensor of shape \(4, 2, 3\)"):
-        cell(torch.randn(4, 2, 3))
-    with pytest.raises(ValueError, match=r"input_size=3, got input of shape \(2, 4\)"):
-        cell(torch.randn(2, 4))
-    with pytest.raises(TypeError, match=r"input must be a floating-point tensor.*int32"):
-        cell(torch.ones(2, 3, dtype=torch.int32))
-    with pytest.raises(TypeError, match=r"input has dtype torch.float64"):
-        cell(torch.randn(2, 3, dtype=F64))
-    h = torch.zeros(3, 5)
-    with pytest.raises(ValueError, match=r"h_0 must have shape \(2, 5\), got \(3, 5\)"):
-        cell(torch.randn(2, 3), (h, torch.zeros(2, 5)) if kind == "LSTMCell" else h)
-    h = torch.zeros(1, 5)
-    with pytest.raises(ValueError, match=r"h_0 must be 1-D .*\(5,\).*2-D tensor of shape \(1, 5\)"):
-        cell(torch.randn(3), (h, h) if kind == "LSTMCell" else h)
-    if kind == "LSTMCell":
-        with pytest.raises(TypeError, match=r"LSTM hx must be a tuple"):
-            cell(torch.randn(2, 3), torch.zeros(2, 5))
-    else:
-        with pytest.raises(TypeError, match=r"GRU hx must be a tensor"):
-            cell(torch.randn(2, 3), (torch.zeros(2, 5),))
+def test_unbatched_cell_with_square_state_raises():
+    """torch.nn.LSTMCell/GRUCell segfault on a 1-D input with an (H, H) state."""
+    with pytest.raises(RuntimeError,
+                       match=r"h_0 of shape \(5, 5\) for a 1-D input: expected \(5,\)"):
+        fusedrnn.LSTMCell(3, 5)(r(3), (z(5, 5), z(5, 5)))
+    with pytest.raises(RuntimeError, match=r"h_0 of shape \(5, 5\) for a 1-D input"):
+        fusedrnn.GRUCell(3, 5)(r(3), z(5, 5))
 
 
 # ------------------------------------------------------- layer ops: lengths
@@ -274,6 +541,10 @@ def test_layer_int32_lengths_equal_int64(kind):
 # -------------------------------------------------------------- empty batch
 
 
+def _hx(kind, h0, c0=None):
+    return (h0, h0 if c0 is None else c0) if kind == "LSTM" else h0
+
+
 @pytest.mark.parametrize("batch_first", [False, True], ids=["tf", "bf"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["nohx", "hx"])
 @pytest.mark.parametrize("kind", KINDS)
@@ -289,7 +560,7 @@ def test_empty_batch_like_torch(kind, with_hx, batch_first):
     assert_results_close(actual, expected, TOL[F64], "empty batch")
 
 
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("kind", CELLS)
 def test_cell_empty_batch_like_torch(kind):
     ref, fused = make_pair(kind, 3, 5, dtype=F64)
     x = torch.randn(0, 3, dtype=F64)
@@ -378,13 +649,14 @@ def test_non_contiguous_batch_first_and_packed(kind):
                          run(ref, x, wrap=lambda x: x.transpose(0, 1)), TOL[F64], "batch_first")
     lengths = torch.tensor([2, 5, 3])
 
-    def pack(x):
+    def pack_strided(x):
         return pack_padded_sequence(x[:, ::2], lengths, batch_first=True, enforce_sorted=False)
     x = torch.randn(3, 10, 4, dtype=F64)
-    assert_results_close(run(fused, x, wrap=pack), run(ref, x, wrap=pack), TOL[F64], "packed")
+    assert_results_close(run(fused, x, wrap=pack_strided), run(ref, x, wrap=pack_strided),
+                         TOL[F64], "packed")
 
 
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("kind", CELLS)
 def test_cell_non_contiguous(kind):
     ref, fused = make_pair(kind, 4, 5, dtype=F64)
     x = torch.randn(4, 6, dtype=F64)

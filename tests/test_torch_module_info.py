@@ -1,0 +1,214 @@
+"""torch's own module test data, run through fusedrnn.
+
+torch ships, in ``torch.testing._internal.common_modules``, a ModuleInfo for
+nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell: sample inputs (with a
+``reference_fn`` for the unbatched ones) and error inputs. Every sample runs,
+in fp32 and fp64, in train and eval mode, through torch.nn and fusedrnn with
+the same state_dict; outputs, final states and the gradients of every input
+and parameter must agree within the project's tolerances, and the sample's
+own reference_fn, applied to the fusedrnn module, must give its output. Every
+error input must raise torch's exception type (torch.nn's own type, checked
+too) with the message the ModuleInfo's regex asks for.
+
+Importing common_modules runs ``torch.backends.disable_global_flags()``,
+which would forbid the rest of the session (the benchmark harness) to set
+backend flags by assignment; the import below keeps it from running.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+import fusedrnn
+from conftest import TOL
+
+
+def _torch_test_data():
+    """common_modules, imported without its common_utils calling disable_global_flags()."""
+    disable = torch.backends.disable_global_flags
+    torch.backends.disable_global_flags = lambda: None
+    try:
+        from torch.testing._internal import common_modules
+    finally:
+        torch.backends.disable_global_flags = disable
+    assert not torch.backends.flags_frozen()
+    return common_modules
+
+
+_common = _torch_test_data()
+ModuleErrorEnum, module_db = _common.ModuleErrorEnum, _common.module_db
+
+CLASSES = (torch.nn.LSTM, torch.nn.GRU, torch.nn.LSTMCell, torch.nn.GRUCell)
+INFOS = [info for info in module_db if info.module_cls in CLASSES]
+DTYPES = (torch.float32, torch.float64)
+MODES = (True, False)  # training
+
+
+def _fused_class(info):
+    return getattr(fusedrnn, info.module_cls.__name__)
+
+
+def _samples():
+    """Every sample of every ModuleInfo, dtype and mode (GRU's packed samples included)."""
+    params = []
+    for info, dtype, training in itertools.product(INFOS, DTYPES, MODES):
+        extra = [{}, {"with_packed_sequence": True}] if info.module_cls is torch.nn.GRU else [{}]
+        for kwargs in extra:
+            samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
+                                              training=training, **kwargs)
+            for sample in samples:
+                packed = "packed" if kwargs and _is_packed(sample) else "plain"
+                if kwargs and packed == "plain":
+                    continue  # already taken without with_packed_sequence
+                mode = "train" if training else "eval"
+                params.append(pytest.param(info, dtype, training, sample, id=(
+                    f"{info.name}-{str(dtype)[6:]}-{mode}-{packed}-{len(params)}")))
+    return params
+
+
+def _is_packed(sample) -> bool:
+    return any(isinstance(a, PackedSequence) for a in sample.forward_input.args)
+
+
+def _errors():
+    params = []
+    for info, dtype, training in itertools.product(INFOS, DTYPES, MODES):
+        errors = info.module_error_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False,
+                                               training=training)
+        for k, error in enumerate(errors):
+            params.append(pytest.param(info, error, id=(
+                f"{info.name}-{str(dtype)[6:]}-{'train' if training else 'eval'}-{k}")))
+    return params
+
+
+SAMPLES = _samples()
+WITH_REFERENCE = [p for p in SAMPLES if p.values[3].reference_fn is not None]
+ERRORS = _errors()
+
+
+def test_counts():
+    """The counts the README and the report quote; fails if torch's data changes under us."""
+    assert len(INFOS) == 4
+    packed = sum("-packed-" in p.id for p in SAMPLES)
+    assert (len(SAMPLES), packed, len(WITH_REFERENCE), len(ERRORS)) == (272, 64, 272, 152)
+
+
+# ------------------------------------------------------------------ samples
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_(t.requires_grad)
+
+
+def _fresh(value):
+    """A copy of a forward argument whose tensors are new leaves (gradients land there)."""
+    if isinstance(value, PackedSequence):
+        return PackedSequence(_leaf(value.data), value.batch_sizes, value.sorted_indices,
+                              value.unsorted_indices)
+    if isinstance(value, torch.Tensor):
+        return _leaf(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fresh(v) for v in value)
+    return value
+
+
+def _tensors(value) -> list:
+    if isinstance(value, PackedSequence):
+        return [value.data]
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _forward_backward(module, args, kwargs) -> dict:
+    """Outputs, then gradients of every input tensor and parameter, by name."""
+    args, kwargs = _fresh(args), _fresh(kwargs)
+    outputs = _tensors(module(*args, **kwargs))
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
+    module.zero_grad(set_to_none=True)
+    loss.backward()
+    result = {f"output{i}": o.detach() for i, o in enumerate(outputs)}
+    inputs = [t for t in _tensors((args, list(kwargs.values()))) if t.requires_grad]
+    result.update({f"grad_input{i}": t.grad for i, t in enumerate(inputs)})
+    result.update({f"grad_{n}": p.grad for n, p in module.named_parameters()})
+    return result
+
+
+def _assert_close(actual: dict, expected: dict, tol: float) -> None:
+    assert actual.keys() == expected.keys()
+    for key, e in expected.items():
+        a = actual[key]
+        assert a is not None and e is not None, key
+        assert a.shape == e.shape and a.dtype == e.dtype, (key, a.shape, e.shape)
+        err = (a - e).abs().max().item() if a.numel() else 0.0
+        assert err <= tol, f"{key}: max abs error {err:.3e} > {tol:.0e}"
+
+
+def _pair(info, sample, dtype, training):
+    c = sample.constructor_input
+    torch.manual_seed(0)
+    ref = info.module_cls(*c.args, **c.kwargs).to(dtype).train(training)
+    fused = _fused_class(info)(*c.args, **c.kwargs).to(dtype).train(training)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+@pytest.mark.parametrize("info,dtype,training,sample", SAMPLES)
+def test_sample_matches_torch(info, dtype, training, sample):
+    ref, fused = _pair(info, sample, dtype, training)
+    args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
+    _assert_close(_forward_backward(fused, args, kwargs), _forward_backward(ref, args, kwargs),
+                  TOL[dtype])
+
+
+@pytest.mark.parametrize("info,dtype,training,sample",
+                         [p for p in WITH_REFERENCE if not _is_packed(p.values[3])])
+def test_sample_reference_fn(info, dtype, training, sample):
+    """The sample's own reference: the unbatched call equals the batched call, squeezed."""
+    _, fused = _pair(info, sample, dtype, training)
+    args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
+    with torch.no_grad():
+        actual = _tensors(fused(*_fresh(args), **_fresh(kwargs)))
+        expected = _tensors(sample.reference_fn(fused, *_fresh(args), **_fresh(kwargs)))
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, atol=TOL[dtype], rtol=0)
+
+
+@pytest.mark.parametrize("info,dtype,training,sample",
+                         [p for p in WITH_REFERENCE if _is_packed(p.values[3])])
+def test_packed_sample_reference_fn_fails_on_torch_too(info, dtype, training, sample):
+    """GRU's packed samples carry the no-batch-dim reference_fn of the others, which cannot
+    take a PackedSequence: it fails inside the reference itself, for torch.nn as for fusedrnn."""
+    for module in _pair(info, sample, dtype, training):
+        with pytest.raises(AttributeError, match="'PackedSequence' object has no attribute"):
+            sample.reference_fn(module, *_fresh(sample.forward_input.args))
+
+
+# ------------------------------------------------------------- error inputs
+
+
+def _raise(info, module_cls, error):
+    c = error.module_error_input.constructor_input
+    if error.error_on == ModuleErrorEnum.CONSTRUCTION_ERROR:
+        module_cls(*c.args, **c.kwargs)
+        return
+    f = error.module_error_input.forward_input
+    module_cls(*c.args, **c.kwargs)(*f.args, **f.kwargs)
+
+
+@pytest.mark.parametrize("info,error", ERRORS)
+def test_error_input_like_torch(info, error):
+    with pytest.raises(error.error_type, match=error.error_regex) as torch_error:
+        _raise(info, info.module_cls, error)
+    with pytest.raises(error.error_type, match=error.error_regex) as fused_error:
+        _raise(info, _fused_class(info), error)
+    assert isinstance(fused_error.value, type(torch_error.value)), (torch_error, fused_error)
