@@ -1,12 +1,14 @@
 """fusedrnn.LSTM, GRU, LSTMCell and GRUCell: drop-ins for their torch.nn twins.
 
-The classes derive from torch.nn's own bases (``RNNBase``, ``RNNCellBase``),
-so constructor checks, parameter names, shapes, initialisation,
-``state_dict``, ``flatten_parameters``, pickling and ``.to()`` are torch's
-own. Only ``forward`` differs: each layer and direction runs one fused op
-(``fusedrnn.ops``), with layers, directions, dropout and packing composed
-here. (They deliberately do not derive from ``torch.nn.LSTM``/``GRU``:
-torch.compile refuses to trace anything that is an instance of those.)
+LSTM and GRU derive from torch.nn's ``RNNBase``, the cells from
+``torch.nn.LSTMCell``/``GRUCell`` themselves, so constructor checks, parameter
+names, shapes, initialisation, ``state_dict``, ``flatten_parameters``,
+pickling and ``.to()`` are torch's own. Only ``forward`` differs: each layer
+and direction runs one fused op (``fusedrnn.ops``), with layers, directions,
+dropout and packing composed here, after torch.nn's argument checks
+(``checks.py``). (LSTM and GRU deliberately do not derive from
+``torch.nn.LSTM``/``GRU``: torch.compile refuses to trace any instance of
+those.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.modules.rnn import RNNBase, RNNCellBase
+from torch.nn.modules.rnn import RNNBase
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import checks, ops
@@ -226,13 +228,15 @@ class GRU(_FusedRNNBase):
 # --------------------------------------------------------------------- cells
 
 
-class _FusedCellBase(RNNCellBase):
-    """A cell is the layer op run for a single step."""
+class _FusedCell:
+    """What fusedrnn's cells change in torch.nn's: forward runs the layer op for one step.
 
-    def __init__(self, input_size, hidden_size, bias, num_chunks, device, dtype):
+    The constructor is torch.nn's; where its error does not name the argument,
+    fusedrnn adds which one it was."""
+
+    def __init__(self, *args, **kwargs):
         try:
-            super().__init__(input_size, hidden_size, bias, num_chunks=num_chunks, device=device,
-                             dtype=dtype)
+            super().__init__(*args, **kwargs)
         except (TypeError, RuntimeError) as exc:
             detail = checks.constructor_detail(exc, _int_arguments(self, ("input_size",
                                                                            "hidden_size")))
@@ -261,11 +265,11 @@ class _FusedCellBase(RNNCellBase):
         return x.unsqueeze(0), states, not batched, result_dtype
 
 
-class LSTMCell(_FusedCellBase):
-    """Drop-in for :class:`torch.nn.LSTMCell`."""
+class LSTMCell(_FusedCell, torch.nn.LSTMCell):
+    """Drop-in for :class:`torch.nn.LSTMCell` (and an instance of it)."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
 
     def forward(self, input, hx=None):
         x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
@@ -275,11 +279,11 @@ class LSTMCell(_FusedCellBase):
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
-class GRUCell(_FusedCellBase):
-    """Drop-in for :class:`torch.nn.GRUCell`."""
+class GRUCell(_FusedCell, torch.nn.GRUCell):
+    """Drop-in for :class:`torch.nn.GRUCell` (and an instance of it)."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
 
     def forward(self, input, hx=None):
         x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)

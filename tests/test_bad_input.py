@@ -356,6 +356,19 @@ def test_fusedrnn_detail_follows_torch_words():
         fusedrnn.GRUCell(3, 5)(r(2, 3), z(3, 5))
 
 
+def test_checks_trace_under_torch_compile_fullgraph():
+    """The checks are shape/dtype logic: states given, unbatched input, a promoted c_0."""
+    torch._dynamo.reset()
+    lstm, cell = fusedrnn.LSTM(3, 5, num_layers=2, batch_first=True), fusedrnn.LSTMCell(3, 5)
+    calls = [(lstm, (r(2, 4, 3), (r(2, 2, 5), r(2, 2, 5)))), (lstm, (r(4, 3), (r(2, 5), r(2, 5)))),
+             (cell, (r(3), (r(5), r(5, dtype=F64))))]
+    for module, args in calls:
+        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+        for a, e in zip(_flat(compiled(*args)), _flat(module(*args))):
+            assert a.dtype == e.dtype
+            torch.testing.assert_close(a, e, atol=0, rtol=0)
+
+
 def test_exception_classes_are_both_types():
     assert issubclass(checks.NotATensorError, TypeError)
     assert issubclass(checks.NotATensorError, AttributeError)

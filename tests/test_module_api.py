@@ -213,3 +213,13 @@ def test_state_dict_from_torch_checkpoint_file():
     assert_results_close(run(fused, x), run(ref, x), TOL[F64], "checkpoint")
     # and fusedrnn runs are reproducible from the same checkpoint
     assert_results_equal(run(fused, x), run(fused, x))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_isinstance_of_torch_classes(kind):
+    """Cells are instances of torch.nn's cells; LSTM/GRU of torch.nn's RNNBase only (torch.compile
+    refuses to trace an instance of torch.nn.LSTM/GRU; see the README's Limits)."""
+    module = getattr(fusedrnn, kind)(3, 5)
+    base = torch.nn.modules.rnn.RNNCellBase if kind.endswith("Cell") else torch.nn.RNNBase
+    assert isinstance(module, base)
+    assert isinstance(module, getattr(torch.nn, kind)) == kind.endswith("Cell")

@@ -1,6 +1,9 @@
 // CPU StepKernels: spread the batch rows of a step over ATen's thread pool
-// and run the row kernels of the widest instruction set the CPU has.
+// and run the row kernels of the instruction set ATen itself runs.
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
+
+#include <string>
 
 #include "cpu/row_kernels.h"
 #include "fusedrnn/kernels.h"
@@ -8,11 +11,17 @@
 namespace fusedrnn::cpu {
 namespace {
 
-bool cpu_has_avx2() {
+// ATen's capability ("DEFAULT", "AVX2", "AVX512", ...) honours
+// ATEN_CPU_CAPABILITY, so ATEN_CPU_CAPABILITY=default runs the portable
+// kernels on an AVX2 machine, as it does ATen's own.
+bool use_avx2() {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
+  static const bool use = [] {
+    const std::string aten = at::get_cpu_capability();
+    return (aten == "AVX2" || aten == "AVX512") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return use;
 #else
   return false;
 #endif
@@ -21,7 +30,7 @@ bool cpu_has_avx2() {
 template <typename T>
 const RowKernels<T>& rows() {
   static const RowKernels<T> kernels =
-      cpu_has_avx2() ? AVX2::row_kernels<T>() : DEFAULT::row_kernels<T>();
+      use_avx2() ? AVX2::row_kernels<T>() : DEFAULT::row_kernels<T>();
   return kernels;
 }
 
@@ -60,6 +69,6 @@ StepKernels<T> step_kernels() {
 template StepKernels<float> step_kernels<float>();
 template StepKernels<double> step_kernels<double>();
 
-const char* simd_name() { return cpu_has_avx2() ? "avx2" : "default"; }
+const char* simd_name() { return use_avx2() ? "avx2" : "default"; }
 
 }  // namespace fusedrnn::cpu
