@@ -210,7 +210,10 @@ def check_sequence_length(steps: int) -> None:
 
 def match_state_dtypes(x: Tensor, states: list, names: tuple) -> list:
     """h_0 must have the input's dtype (torch.nn fails in its matmul otherwise);
-    a c_0 of lower precision is converted, as torch.nn's kernels promote it."""
+    a c_0 of lower precision is converted, as torch.nn's kernels promote it.
+    Under autocast torch.nn checks no dtype (neither does check_input)."""
+    if torch._C._is_any_autocast_enabled():
+        return states
     result = []
     for i, (name, state) in enumerate(zip(names, states)):
         if state.dtype != x.dtype:
@@ -340,9 +343,9 @@ def _check_device(t: Tensor, weight: Tensor, name: str) -> None:
 
 
 def _check_matmul(t: Tensor, weight: Tensor, name: str, error=RuntimeError) -> None:
-    """What torch.nn's cell matmul raises for ``t @ weight.T``."""
+    """What torch.nn's cell matmul raises for ``t @ weight.T`` (autocast casts both)."""
     _check_device(t, weight, name)
-    if t.dtype != weight.dtype:
+    if t.dtype != weight.dtype and not torch._C._is_any_autocast_enabled():
         raise error(_with_detail(
             f"mat1 and mat2 must have the same dtype, but got {_aten_name(t.dtype)} and "
             f"{_aten_name(weight.dtype)}",
