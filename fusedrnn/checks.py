@@ -19,6 +19,8 @@ Shape and dtype logic only, so it traces under torch.compile.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import Tensor
 
@@ -60,14 +62,19 @@ def require_tensor(value, role: str) -> None:
                                            f"{role} must be a torch.Tensor, got {kind}"))
 
 
-def constructor_detail(exc: Exception, values: dict) -> str:
-    """What torch.nn's constructor error is about, when its message does not say."""
-    for name, value in values.items():
-        if name in str(exc):
-            return ""
-        if not isinstance(value, int) or isinstance(value, bool):
+def constructor_detail(exc: Exception, sizes: dict) -> str:
+    """Which size argument torch.nn's constructor error is about, when it does not say."""
+    if any(name in str(exc) for name in sizes):
+        return ""
+    for name, value in sizes.items():
+        try:
+            operator.index(value)
+        except TypeError:
             return f"{name} must be an int, got {value!r} ({type(value).__name__})"
-        if value < 0:
+    for name, value in sizes.items():  # then what torch.nn takes for an int, but not everywhere
+        if isinstance(value, bool):
+            return f"{name} must be an int, got {value!r} (bool)"
+        if operator.index(value) < 0:
             return f"{name} must be non-negative, got {value}"
     return ""
 

@@ -330,6 +330,9 @@ def test_constructor_error_like_torch(kind, args, kwargs):
     ("LSTM", (3, 5), dict(proj_size=2.0), "proj_size must be an int, got 2.0 (float)"),
     ("LSTMCell", (3, -1), {}, "hidden_size must be non-negative, got -1"),
     ("GRUCell", (3.0, 5), {}, "input_size must be an int, got 3.0 (float)"),
+    ("LSTM", (3, 5), dict(num_layers=np.int64(2), proj_size=2.0),
+     "proj_size must be an int, got 2.0 (float)"),
+    ("LSTM", (3, 5), dict(proj_size=True), "proj_size must be an int, got True (bool)"),
 ])
 def test_constructor_error_names_the_argument(kind, args, kwargs, detail):
     with pytest.raises((TypeError, RuntimeError)) as info:
