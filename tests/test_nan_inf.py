@@ -36,7 +36,8 @@ class Backend:
     reports: str = ""  # what "fusedrnn.backend() fusedrnn.build_info()" then contains
 
 
-_SIMD = "cpu:avx2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "cpu:default"
+_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+_SIMD = "cpu:avx2" if _AVX2 else "cpu:default"
 BACKENDS = [
     Backend("cpu-simd", reports=f"fused {_SIMD}"),  # fp32 AVX2 and fp64 where the CPU has AVX2
     Backend("cpu-portable", {"ATEN_CPU_CAPABILITY": "default"}, reports="fused cpu:default"),
@@ -126,7 +127,8 @@ def _run(module, x, hx, device, random_weights=True) -> dict:
     """Outputs, final states and every gradient; the loss ignores non-finite outputs so
     that the gradients carry the pattern of what fed the finite ones."""
     x = x.to(device).detach().requires_grad_()
-    states = [s.to(device).detach().requires_grad_() for s in (hx if isinstance(hx, tuple) else (hx,))]
+    states = [s.to(device).detach().requires_grad_()
+              for s in (hx if isinstance(hx, tuple) else (hx,))]
     outputs = _flat(module(x, tuple(states) if isinstance(hx, tuple) else states[0]))
     gen = torch.Generator().manual_seed(3)
     weights = [torch.randn(o.shape, generator=gen, dtype=o.dtype).to(device) if random_weights
@@ -145,7 +147,8 @@ def _assert_same_pattern(actual: dict, expected: dict, tol: float) -> None:
     assert actual.keys() == expected.keys()
     for key, e in expected.items():
         a = actual[key]
-        for what, mask in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
+        masks = (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf))
+        for what, mask in masks:
             assert torch.equal(mask(a), mask(e)), (
                 f"{key}: {what} at {int(mask(e).sum())} places in torch.nn, {int(mask(a).sum())} "
                 f"in fusedrnn, {int((mask(a) & mask(e)).sum())} shared")
