@@ -152,9 +152,8 @@ class LSTM(_FusedRNNBase):
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
         bias = p["b_ih"] + p["b_hh"] if "b_ih" in p else None
-        xproj = F.linear(layer_input, p["w_ih"], bias)
-        return ops.lstm_layer(xproj, p["w_hh"], p.get("w_hr"), state[0], state[1], lengths,
-                              reverse)
+        return ops.lstm_layer(layer_input, p["w_ih"], bias, p["w_hh"], p.get("w_hr"), state[0],
+                              state[1], lengths, reverse)
 
 
 class GRU(_FusedRNNBase):
@@ -177,8 +176,8 @@ class GRU(_FusedRNNBase):
         return finals[0]
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
-        xproj = F.linear(layer_input, p["w_ih"], p.get("b_ih"))
-        return ops.gru_layer(xproj, p["w_hh"], p.get("b_hh"), state[0], lengths, reverse)
+        return ops.gru_layer(layer_input, p["w_ih"], p.get("b_ih"), p["w_hh"], p.get("b_hh"),
+                             state[0], lengths, reverse)
 
 
 # --------------------------------------------------------------------- cells
@@ -223,7 +222,7 @@ class LSTMCell(_FusedCellBase):
     def forward(self, input, hx=None):
         x, (h0, c0), unbatched = self._prepare(input, hx, 2)
         bias = self.bias_ih + self.bias_hh if self.bias else None
-        _, h, c = ops.lstm_layer(F.linear(x, self.weight_ih, bias), self.weight_hh, None, h0, c0)
+        _, h, c = ops.lstm_layer(x, self.weight_ih, bias, self.weight_hh, None, h0, c0)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
@@ -235,6 +234,5 @@ class GRUCell(_FusedCellBase):
 
     def forward(self, input, hx=None):
         x, (h0,), unbatched = self._prepare(input, hx, 1)
-        _, h = ops.gru_layer(F.linear(x, self.weight_ih, self.bias_ih), self.weight_hh,
-                             self.bias_hh, h0)
+        _, h = ops.gru_layer(x, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh, h0)
         return h.squeeze(0) if unbatched else h

@@ -3,13 +3,13 @@
 Written with plain torch ops, one time step at a time, so that autograd
 differentiates it and nobody has to trust our kernels to check our kernels.
 The layer functions have exactly the contract of the fused ops
-(``fusedrnn.ops``): one layer, one direction, the input projection already
-computed for all steps.
+(``fusedrnn.ops``): one layer, one direction, time-major input.
 
 Conventions shared with the kernels:
   * gate order ``i, f, g, o`` (LSTM) and ``r, z, n`` (GRU), as in torch.nn;
-  * ``xproj`` is ``(T, B, G*H)``; for LSTM it holds both biases, for GRU
-    only ``b_ih`` (``b_hh`` enters inside ``r * (W_hn h + b_hn)``);
+  * the input projection ``xproj = x @ w_ih^T + b`` is ``(T, B, G*H)``; for
+    LSTM ``b`` is ``b_ih + b_hh``, for GRU only ``b_ih`` (``b_hh`` enters
+    inside ``r * (W_hn h + b_hn)``);
   * ``lengths`` (``(B,)`` integers) marks steps ``t >= lengths[b]`` inactive:
     the state is carried through unchanged and the output there is zero;
   * ``reverse`` runs the steps from ``T - 1`` down to ``0``; with lengths a
@@ -57,8 +57,10 @@ def _active_rows(lengths: Tensor | None, t: int, like: Tensor) -> Tensor | None:
     return (lengths.to(like.device) > t).unsqueeze(-1)
 
 
-def lstm_layer(xproj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
-    """One LSTM layer in one direction: ``(output, h_n, c_n)``."""
+def lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+    """One LSTM layer in one direction: ``(output, h_n, c_n)``. ``bias`` is
+    ``b_ih + b_hh`` or None."""
+    xproj = torch.nn.functional.linear(x, w_ih, bias)
     h, c = h0, c0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
@@ -75,8 +77,9 @@ def lstm_layer(xproj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     return torch.stack(outputs), h, c
 
 
-def gru_layer(xproj, w_hh, b_hh, h0, lengths=None, reverse=False):
+def gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths=None, reverse=False):
     """One GRU layer in one direction: ``(output, h_n)``."""
+    xproj = torch.nn.functional.linear(x, w_ih, b_ih)
     h = h0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
@@ -113,12 +116,11 @@ def rnn(mode, input, hx, weights, *, num_layers, bidirectional, lengths=None,
             b_ih, b_hh, w_hr = _split_rest(rest)
             if mode == "LSTM":
                 b = None if b_ih is None else b_ih + b_hh
-                xproj = torch.nn.functional.linear(layer_input, w_ih, b)
-                out, h, c = lstm_layer(xproj, w_hh, w_hr, h0[k], c0[k], lengths, d == 1)
+                out, h, c = lstm_layer(layer_input, w_ih, b, w_hh, w_hr, h0[k], c0[k], lengths,
+                                       d == 1)
                 c_n.append(c)
             else:
-                xproj = torch.nn.functional.linear(layer_input, w_ih, b_ih)
-                out, h = gru_layer(xproj, w_hh, b_hh, h0[k], lengths, d == 1)
+                out, h = gru_layer(layer_input, w_ih, b_ih, w_hh, b_hh, h0[k], lengths, d == 1)
             outs.append(out)
             h_n.append(h)
         layer_input = torch.cat(outs, dim=-1)

@@ -233,12 +233,12 @@ def test_cell_bad_input(kind):
 
 
 def _layer_call(kind, lengths):
-    T, B, H = 4, 2, 5
-    h0 = torch.zeros(B, H)
+    T, B, I, H = 4, 2, 3, 5
+    x, h0 = torch.randn(T, B, I), torch.zeros(B, H)
     if kind == "lstm":
-        return ops.lstm_layer(torch.randn(T, B, 4 * H), torch.randn(4 * H, H), None, h0, h0,
+        return ops.lstm_layer(x, torch.randn(4 * H, I), None, torch.randn(4 * H, H), None, h0, h0,
                               lengths)
-    return ops.gru_layer(torch.randn(T, B, 3 * H), torch.randn(3 * H, H), None, h0, lengths)
+    return ops.gru_layer(x, torch.randn(3 * H, I), None, torch.randn(3 * H, H), None, h0, lengths)
 
 
 LENGTH_ERRORS = [

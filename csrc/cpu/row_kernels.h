@@ -14,7 +14,7 @@ template <typename T>
 struct RowKernels {
   void (*lstm_forward)(const LstmForwardStep<T>&, int64_t row);
   void (*lstm_backward)(const LstmBackwardStep<T>&, int64_t row);
-  void (*masked_commit)(const MaskedCommit<T>&, int64_t row);
+  void (*projected_commit)(const ProjectedCommit<T>&, int64_t row);
   void (*grad_h_accumulate)(const GradHStep<T>&, int64_t row);
   void (*grad_h_carry)(const GradHStep<T>&, int64_t row);
   void (*gru_forward)(const GruForwardStep<T>&, int64_t row);

@@ -96,8 +96,8 @@ void lstm_backward_row(const LstmBackwardStep<T>& p, int64_t b) {
 }
 
 template <typename T>
-void masked_commit_row(const MaskedCommit<T>& p, int64_t b) {
-  const int64_t W = p.width;
+void projected_commit_row(const ProjectedCommit<T>& p, int64_t b) {
+  const int64_t W = p.h_size;
   T* out = p.out + b * W;
   if (!row_active(p.lengths, p.t, b)) {
     std::fill_n(out, W, T(0));
@@ -109,7 +109,7 @@ void masked_commit_row(const MaskedCommit<T>& p, int64_t b) {
 
 template <typename T>
 void grad_h_accumulate_row(const GradHStep<T>& p, int64_t b) {
-  const int64_t W = p.width;
+  const int64_t W = p.h_size;
   const T* state = p.dh_state + b * W;
   T* total = p.dh_total + b * W;
   if (!row_active(p.lengths, p.t, b)) {
@@ -124,7 +124,7 @@ void grad_h_accumulate_row(const GradHStep<T>& p, int64_t b) {
 
 template <typename T>
 void grad_h_carry_row(const GradHStep<T>& p, int64_t b) {
-  const int64_t W = p.width;
+  const int64_t W = p.h_size;
   T* state = p.dh_state + b * W;
   if (row_active(p.lengths, p.t, b)) {
     std::fill_n(state, W, T(0));
@@ -187,7 +187,7 @@ void gru_backward_row(const GruBackwardStep<T>& p, int64_t b) {
 
 template <typename T>
 RowKernels<T> row_kernels() {
-  return {&lstm_forward_row<T>,        &lstm_backward_row<T>, &masked_commit_row<T>,
+  return {&lstm_forward_row<T>,        &lstm_backward_row<T>, &projected_commit_row<T>,
           &grad_h_accumulate_row<T>,   &grad_h_carry_row<T>,  &gru_forward_row<T>,
           &gru_backward_row<T>};
 }

@@ -3,7 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include "cpu/row_kernels.h"
-#include "fusedrnn/kernels.h"
+#include "fusedrnn/step_kernels.h"
 
 namespace fusedrnn::cpu {
 namespace {
@@ -39,11 +39,11 @@ void lstm_forward(const LstmForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, r
 template <typename T>
 void lstm_backward(const LstmBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().lstm_backward); }
 template <typename T>
-void masked_commit(const MaskedCommit<T>& p) { for_each_row(p, p.width, rows<T>().masked_commit); }
+void projected_commit(const ProjectedCommit<T>& p) { for_each_row(p, p.h_size, rows<T>().projected_commit); }
 template <typename T>
-void grad_h_accumulate(const GradHStep<T>& p) { for_each_row(p, p.width, rows<T>().grad_h_accumulate); }
+void grad_h_accumulate(const GradHStep<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_accumulate); }
 template <typename T>
-void grad_h_carry(const GradHStep<T>& p) { for_each_row(p, p.width, rows<T>().grad_h_carry); }
+void grad_h_carry(const GradHStep<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_carry); }
 template <typename T>
 void gru_forward(const GruForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().gru_forward); }
 template <typename T>
@@ -53,7 +53,7 @@ void gru_backward(const GruBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, r
 
 template <typename T>
 StepKernels<T> step_kernels() {
-  return {&lstm_forward<T>,     &lstm_backward<T>, &masked_commit<T>, &grad_h_accumulate<T>,
+  return {&lstm_forward<T>,     &lstm_backward<T>, &projected_commit<T>, &grad_h_accumulate<T>,
           &grad_h_carry<T>,     &gru_forward<T>,   &gru_backward<T>};
 }
 
