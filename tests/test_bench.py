@@ -155,8 +155,8 @@ def test_list_prints_configurations(capsys):
 
 def test_presets_hold_the_design_grids():
     P = bench.PRESETS
-    assert set(P) == {"quick", "default", "cpu", "fastrnns", "flashrnn", "cudnn", "cuda",
-                      "persistent"}
+    assert set(P) == {"quick", "default", "cpu", "streaming", "fastrnns", "flashrnn", "cudnn",
+                      "cuda", "persistent"}
     assert bench.Shape(100, 64, 512, 512) in P["default"].shapes("cuda")
     assert any(s.B == 1 for s in P["default"].shapes("cuda"))  # small-batch latency row
     assert P["fastrnns"].shapes("cuda") == (bench.Shape(100, 64, 512, 512),
@@ -175,7 +175,16 @@ def test_presets_hold_the_design_grids():
     assert {s.H for s in cu} >= {64, 2048} and {s.B for s in cu} >= {1, 128}
     for name in ("default", "fastrnns", "flashrnn", "cudnn"):
         assert set(P[name].dtypes("cuda")) == {"float32", "bfloat16", "float16"}
-    assert P["cpu"].shapes("cpu") == P["default"].shapes("cpu") == bench.CPU_SHAPES
+    default_cpu = [(100, 64, 256, 256), (100, 16, 512, 512), (200, 1, 128, 128)]
+    assert P["default"].shapes("cpu") == tuple(bench.Shape(*s) for s in default_cpu)
+    cpu = default_cpu + [(100, 4, 64, 128), (32, 8, 64, 64), (35, 20, 200, 200)]
+    assert P["cpu"].shapes("cpu") == P["cpu"].shapes("cuda") == tuple(bench.Shape(*s) for s in cpu)
+    streaming = P["streaming"].shapes("cpu")
+    assert set(streaming) == {bench.Shape(*s) for s in [(200, 1, 128, 128), (100, 4, 64, 128),
+                                                       (32, 8, 64, 64), (1, 1, 128, 128)]}
+    assert all(s.B <= 8 for s in streaming) and len(streaming) == 4
+    ids = {c.id for c in bench.preset_configs("streaming", "cpu")}
+    assert {"lstm-infer-fp32-T1-B1-I128-H128", "gru-train-fp32-T1-B1-I128-H128"} <= ids
 
 
 def test_flops():

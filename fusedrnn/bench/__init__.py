@@ -27,8 +27,8 @@ and timed calls; the tests of the harness itself are in ``tests/test_bench.py``.
 """
 
 from .cli import build_parser, configs_from_args, main, parse_args
-from .configs import (CPU_SHAPES, PRESETS, Config, Preset, Shape, make_configs, parse_dtypes,
-                      preset_configs)
+from .configs import (CPU_SHAPES, DEFAULT_CPU_SHAPES, PRESETS, STREAMING_SHAPES, Config, Preset,
+                      Shape, make_configs, parse_dtypes, preset_configs)
 from .gate import Case, GateResult, check_peer, evaluate, gate_check, tolerance, tolerance_rule
 from .metrics import DEFINITIONS, MEMORY_METRIC, rnn_flops
 from .peers import (BASELINE, BuiltPeer, FlashRNNPeer, FusedRNNPeer, ModulePeer, Peer,
@@ -38,8 +38,8 @@ from .run import Progress, describe_error, gate_and_time, make_row, make_timed_c
 from .timing import measure_peak_memory, time_calls
 
 __all__ = [
-    "BASELINE", "CPU_SHAPES", "DEFINITIONS", "MEMORY_METRIC", "PRESETS", "BuiltPeer", "Case",
-    "Config", "FlashRNNPeer", "FusedRNNPeer", "GateResult", "ModulePeer", "Peer", "Preset",
+    "BASELINE", "CPU_SHAPES", "DEFAULT_CPU_SHAPES", "DEFINITIONS", "MEMORY_METRIC", "PRESETS",
+    "STREAMING_SHAPES", "BuiltPeer", "Case", "Config", "FlashRNNPeer", "FusedRNNPeer", "GateResult", "ModulePeer", "Peer", "Preset",
     "Progress", "ReferencePeer", "Shape", "build_parser", "check_peer", "collect_env",
     "configs_from_args", "default_peers", "describe_error", "evaluate", "flashrnn_function",
     "format_markdown", "format_table", "gate_and_time", "gate_check", "main", "make_configs",

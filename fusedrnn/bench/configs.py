@@ -123,8 +123,14 @@ def make_configs(shapes: Sequence[Shape], device: str, dtypes: Sequence[str],
 
 # ---------------------------------------------------------------- presets
 
-# The three CPU shapes of docs/design.md, Benchmarks.
-CPU_SHAPES = (Shape(100, 64, 256, 256), Shape(100, 16, 512, 512), Shape(200, 1, 128, 128))
+# The default CPU shapes, then the small batches of streaming inference.
+DEFAULT_CPU_SHAPES = (Shape(100, 64, 256, 256), Shape(100, 16, 512, 512), Shape(200, 1, 128, 128))
+SMALL_BATCH_SHAPES = (Shape(100, 4, 64, 128), Shape(32, 8, 64, 64))
+SINGLE_STEP_SHAPE = Shape(1, 1, 128, 128)  # one time step per call, as a streaming decoder makes
+WORD_LM_SHAPE = Shape(35, 20, 200, 200)  # the small word-level language model (35 steps, batch 20)
+CPU_SHAPES = DEFAULT_CPU_SHAPES + SMALL_BATCH_SHAPES + (WORD_LM_SHAPE,)
+STREAMING_SHAPES = (Shape(200, 1, 128, 128),) + SMALL_BATCH_SHAPES + (SINGLE_STEP_SHAPE,)
+
 FASTRNNS_SHAPE = Shape(100, 64, 512, 512)
 LATENCY_SHAPE = Shape(100, 1, 512, 512)  # small-batch latency row (GPU default)
 FLASHRNN_SHAPES = unique_shapes(
@@ -172,11 +178,16 @@ PRESETS = {
     ),
     "default": Preset(
         "default",
-        "CPU: the three CPU shapes of docs/design.md, Benchmarks; "
+        "CPU: the three default CPU shapes of docs/design.md, Benchmarks; "
         "GPU: fastrnns default + small-batch latency row",
-        cpu_shapes=CPU_SHAPES, gpu_shapes=(FASTRNNS_SHAPE, LATENCY_SHAPE),
+        cpu_shapes=DEFAULT_CPU_SHAPES, gpu_shapes=(FASTRNNS_SHAPE, LATENCY_SHAPE),
     ),
-    "cpu": Preset("cpu", "the CPU shapes of docs/design.md, Benchmarks", cpu_shapes=CPU_SHAPES),
+    "cpu": Preset("cpu", "the CPU shapes of docs/design.md, Benchmarks: the default's three, "
+                         "B=4 and B=8 rows, and the word-level LM shape T=35 B=20 I=H=200",
+                  cpu_shapes=CPU_SHAPES),
+    "streaming": Preset("streaming", "small batches (B <= 8) and single-step calls "
+                                     "(T=1, B=1, I=H=128): streaming inference",
+                        cpu_shapes=STREAMING_SHAPES),
     "fastrnns": Preset("fastrnns", "fastrnns default: T=100 B=64 I=H=512, 1 and 4 layers",
                        cpu_shapes=(FASTRNNS_SHAPE, Shape(100, 64, 512, 512, layers=4))),
     "cuda": Preset("cuda", "CUDA grid: T=512, B in 1..256, I=H in 256..1024 (fp32, bf16)",
