@@ -182,8 +182,8 @@ PRESETS = {
         "GPU: fastrnns default + small-batch latency row",
         cpu_shapes=DEFAULT_CPU_SHAPES, gpu_shapes=(FASTRNNS_SHAPE, LATENCY_SHAPE),
     ),
-    "cpu": Preset("cpu", "the CPU shapes of docs/design.md, Benchmarks: the default's three, "
-                         "B=4 and B=8 rows, and the word-level LM shape T=35 B=20 I=H=200",
+    "cpu": Preset("cpu", "the default's three CPU shapes, the B=4 and B=8 streaming rows, "
+                         "and the word-level LM shape T=35 B=20 I=H=200",
                   cpu_shapes=CPU_SHAPES),
     "streaming": Preset("streaming", "small batches (B <= 8) and single-step calls "
                                      "(T=1, B=1, I=H=128): streaming inference",
