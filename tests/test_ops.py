@@ -12,7 +12,7 @@ from fusedrnn import ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.HAVE_EXTENSION, reason="needs the compiled extension")
 
-TOL = {torch.float64: 1e-10, torch.float32: 5e-5}
+TOL = reference.TOLERANCE
 
 
 I = 5  # input size of every op test
