@@ -7,8 +7,9 @@ Environment:
   FUSEDRNN_PTXAS_VERBOSE=1     print ptxas register/spill reports
   MAX_JOBS                     parallel compile jobs (ninja)
 
-Build with `pip install --no-build-isolation .` so the extension compiles
-against the torch already installed.
+Build with `pip install --no-build-isolation .` (or `python -m build
+--no-isolation`) so the extension compiles against the torch already
+installed; the package then requires that torch version (the C++ ABI).
 """
 
 import glob
@@ -93,6 +94,12 @@ def make_extension():
     )
 
 
+def requirements() -> list:
+    """The compiled kernels link against this torch's C++ ABI: pin its release."""
+    release = torch.__version__.split("+")[0]
+    return [f"torch=={release}", "numpy"]
+
+
 class BuildExt(BuildExtension):
     """Compiles the `*_avx2.cpp` files with AVX2/FMA flags (ninja takes one flag
     set for all sources), then builds the extension as usual. The AVX2 code
@@ -121,5 +128,6 @@ class BuildExt(BuildExtension):
 setup(
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     ext_modules=[make_extension()],
+    install_requires=requirements(),
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )
