@@ -13,17 +13,14 @@ import subprocess
 import sys
 import textwrap
 
+import onnx  # onnx, onnxscript, onnxruntime: test dependencies that make test installs
 import pytest
 import torch
 from torch.export import Dim
 
-onnx = pytest.importorskip("onnx", reason="onnx is a test dependency (make test installs it)")
-pytest.importorskip("onnxscript", reason="onnxscript is a test dependency")
-pytest.importorskip("onnxruntime", reason="onnxruntime is a test dependency")
-
-import fusedrnn  # noqa: E402
-import fusedrnn.onnx  # noqa: E402  (registers the translations)
-from conftest import TOL  # noqa: E402
+import fusedrnn
+import fusedrnn.onnx  # registers the translations
+from conftest import TOL
 
 ATOL = TOL[torch.float32]
 INPUT = 5
