@@ -16,7 +16,7 @@
 //                         steps t >= lengths[b] carry the state, output zero
 //   reverse               run the steps from T-1 down to 0
 //   persistent            run the whole-sequence loops where they fit: the
-//                         persistent CPU loop (fp32/fp64 LSTM) or the CUDA
+//                         persistent CPU loop (LSTM and GRU) or the CUDA
 //                         kernels; the choice is made in Python
 //   grad_input            whether the backward computes the input's gradient
 //
@@ -88,7 +88,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor w_ih, "
       "Tensor w_hh, Tensor h0, Tensor output, Tensor gates, Tensor? lengths, bool reverse, "
-      "bool grad_input=True) -> (Tensor grad_input, Tensor grad_w_ih, Tensor grad_b_ih, "
+      "bool grad_input=True, bool persistent=False) -> (Tensor grad_input, Tensor grad_w_ih, "
+      "Tensor grad_b_ih, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   m.def("build_info() -> str", &build_info);
 }
@@ -101,9 +102,10 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
 }
 
 TORCH_LIBRARY(fusedrnn_debug, m) {
-  m.def("cpu_persistent_threads(int batch, int hidden) -> int", [](int64_t batch, int64_t hidden) {
-    return static_cast<int64_t>(cpu::persistent_lstm_threads(batch, hidden));
-  });
+  m.def("cpu_persistent_threads(int batch, int hidden, int gates) -> int",
+        [](int64_t batch, int64_t hidden, int64_t gates) {
+          return static_cast<int64_t>(cpu::persistent_threads(batch, hidden, gates));
+        });
 #ifdef FUSEDRNN_WITH_CUDA
   m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
   m.def("persistent_max_hidden(ScalarType dtype, int gates) -> int", &persistent_max_hidden);

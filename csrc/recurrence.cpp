@@ -174,14 +174,23 @@ bool run_persistent_cuda(const Seq& seq, const char* cell) {
 template <typename T>
 bool run_persistent(const LstmSequence<T>& seq, const Tensor& on) {
   if (on.is_cuda()) return run_persistent_cuda(seq, "LSTM");
-  if (!cpu::persistent_lstm_fits<T>(seq.batch, seq.hidden)) return false;
+  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
   cpu::persistent_lstm_forward<T>(seq);
   return true;
 }
 
 template <typename T>
 bool run_persistent(const GruSequence<T>& seq, const Tensor& on) {
-  return on.is_cuda() && run_persistent_cuda(seq, "GRU");
+  if (on.is_cuda()) return run_persistent_cuda(seq, "GRU");
+  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+  cpu::persistent_gru_forward<T>(seq);
+  return true;
+}
+
+// Whether a backward runs the persistent CPU loop (the forward's choice).
+template <typename T>
+bool persistent_cpu_backward(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
+  return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
 }
 
 // -------------------------------------------------------- LSTM checks
@@ -325,8 +334,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (persistent && !s.projected && input.is_cpu() &&
-        cpu::persistent_lstm_fits<scalar_t>(batch, hidden)) {
+    if (!s.projected && persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
       const Tensor c0_c = to_compute(c0, compute_type);
       cpu::persistent_lstm_backward<scalar_t>(
           {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
@@ -478,7 +486,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input) {
+    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent) {
   const OpArgs args("gru_backward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
   const auto out_type = input.scalar_type();
@@ -505,8 +513,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                         reverse);
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
-    const auto kernels = kernels_for<scalar_t>(gates_c);
     const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+      const Tensor h0_c = to_compute(h0, compute_type), output_c = to_compute(output, compute_type);
+      cpu::persistent_gru_backward<scalar_t>(
+          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+           .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+           .output = output_c.data_ptr<scalar_t>(), .grad_out = grad_output.data_ptr<scalar_t>(),
+           .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
+           .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
+           .lengths = lens});
+      return;
+    }
+    const auto kernels = kernels_for<scalar_t>(gates_c);
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,

@@ -34,6 +34,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths, bool reverse, bool grad_input);
+    const std::optional<Tensor>& lengths, bool reverse, bool grad_input, bool persistent);
 
 }  // namespace fusedrnn

@@ -185,7 +185,7 @@ if HAVE_EXTENSION:
 
     @torch.library.register_fake("fusedrnn::gru_backward")
     def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
-                           reverse, grad_input=True):
+                           reverse, grad_input=True, persistent=False):
         gates3 = w_ih.shape[0]
         return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
                 w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
@@ -255,10 +255,11 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
 
 
 def _gru_setup_context(ctx, inputs, output):
-    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, *_ = inputs
+    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, _save, persistent = inputs
     out, h_n, gates = output
     ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths)
     ctx.reverse = reverse
+    ctx.persistent = persistent
     ctx.mark_non_differentiable(gates)
 
 
@@ -272,7 +273,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_gates):
     _check_saved(gates, out)
     grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = torch.ops.fusedrnn.gru_backward(
         _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih, w_hh, h0, out,
-        gates, lengths, ctx.reverse, ctx.needs_input_grad[0])
+        gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent)
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_b_ih if b_ih is not None else None, grad_w_hh,
             grad_b_hh if b_hh is not None else None, grad_h0) + unused

@@ -57,6 +57,14 @@ def assert_close_all(actual, expected, tol):
         torch.testing.assert_close(a, e, atol=tol, rtol=0)
 
 
+@pytest.fixture(params=["step_loop", "persistent"])
+def cpu_path(request):
+    """The CPU LSTM runs the persistent loop by default; the step loop with it off."""
+    ops.set_persistent("off" if request.param == "step_loop" else "auto")
+    yield request.param
+    ops.set_persistent("auto")
+
+
 LSTM_CASES = [
     # T, B, H, P, lengths, reverse
     (5, 3, 8, 0, None, False),
@@ -72,7 +80,7 @@ LSTM_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,P,lengths,reverse", LSTM_CASES)
-def test_lstm_op_matches_reference(T, B, H, P, lengths, reverse, dtype):
+def test_lstm_op_matches_reference(T, B, H, P, lengths, reverse, dtype, cpu_path):
     inputs, lens = make_lstm_inputs(T, B, H, P, dtype, lengths, bias=H != 7)
     fused = ops.lstm_layer(*inputs, lens, reverse)
     expected = reference.lstm_layer(*inputs, lens, reverse)
@@ -93,7 +101,7 @@ GRU_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,bias,lengths,reverse", GRU_CASES)
-def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype):
+def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype, cpu_path):
     inputs, lens = make_gru_inputs(T, B, H, dtype, bias, lengths)
     fused = ops.gru_layer(*inputs, lens, reverse)
     expected = reference.gru_layer(*inputs, lens, reverse)
@@ -255,14 +263,6 @@ def test_unsupported_dtype_is_refused_by_name(dtype):
                                         None, False)
 
 
-@pytest.fixture(params=["step_loop", "persistent"])
-def cpu_path(request):
-    """The CPU LSTM runs the persistent loop by default; the step loop with it off."""
-    ops.set_persistent("off" if request.param == "step_loop" else "auto")
-    yield request.param
-    ops.set_persistent("auto")
-
-
 PERSISTENT_CASES = [
     # T, B, H, lengths, reverse: two threads with a partial last slice (H = 72),
     # one thread, H below one SIMD vector, batch 1, lengths both ways, empty sizes
@@ -279,12 +279,18 @@ PERSISTENT_CASES = [
 ]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,lengths,reverse", PERSISTENT_CASES)
-def test_lstm_cpu_paths_match_reference(T, B, H, lengths, reverse, dtype, cpu_path):
-    inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
-    fused = ops.lstm_layer(*inputs, lens, reverse)
-    expected = reference.lstm_layer(*inputs, lens, reverse)
+def test_cpu_paths_match_reference(cell, T, B, H, lengths, reverse, dtype, cpu_path):
+    if cell == "lstm":
+        inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
+        layer, expected_layer = ops.lstm_layer, reference.lstm_layer
+    else:
+        inputs, lens = make_gru_inputs(T, B, H, dtype, True, lengths)
+        layer, expected_layer = ops.gru_layer, reference.gru_layer
+    fused = layer(*inputs, lens, reverse)
+    expected = expected_layer(*inputs, lens, reverse)
     assert_close_all(fused, expected, TOL[dtype])
     assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[dtype])
 
@@ -294,17 +300,11 @@ def test_persistent_cpu_loop_splits_the_units_over_threads():
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert torch.ops.fusedrnn_debug.cpu_persistent_threads(4, 72) == 2
-        assert torch.ops.fusedrnn_debug.cpu_persistent_threads(3, 40) == 1
+        threads = torch.ops.fusedrnn_debug.cpu_persistent_threads
+        assert threads(4, 72, 4) == 2 and threads(4, 72, 3) == 2
+        assert threads(3, 40, 4) == 1 and threads(3, 40, 3) == 1
     finally:
         torch.set_num_threads(saved)
-
-
-def test_gru_persistent_request_on_cpu_runs_the_step_loop():
-    inputs, _ = make_gru_inputs(3, 2, 5, torch.float64)
-    args = (*_detached(inputs), None, False, False)
-    assert_close_all(torch.ops.fusedrnn.gru_forward(*args, True)[:2],
-                     torch.ops.fusedrnn.gru_forward(*args, False)[:2], 0.0)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])

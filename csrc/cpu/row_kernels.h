@@ -23,6 +23,8 @@ struct RowKernels {
   // One row of a persistent thread's units (cpu/persistent.h).
   void (*lstm_forward_slice)(const LstmForwardSlice<T>&);
   void (*lstm_backward_slice)(const LstmBackwardSlice<T>&);
+  void (*gru_forward_slice)(const GruForwardSlice<T>&);
+  void (*gru_backward_slice)(const GruBackwardSlice<T>&);
 };
 
 // The set for the widest instruction set this CPU supports (step_kernels.cpp).
