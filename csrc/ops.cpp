@@ -15,8 +15,9 @@
 //   lengths  (B,) int64   per-sequence lengths on the input's device, or None:
 //                         steps t >= lengths[b] carry the state, output zero
 //   reverse               run the steps from T-1 down to 0
-//   persistent            run the whole-sequence CUDA kernels where they fit
-//                         (CUDA tensors only); the choice is made in Python
+//   persistent            run the whole-sequence loops where they fit: the
+//                         persistent CPU loop (LSTM and GRU) or the CUDA
+//                         kernels; the choice is made in Python
 //   grad_input            whether the backward computes the input's gradient
 //
 // The forward ops also return what the backward needs: the activated gates
@@ -25,10 +26,11 @@
 // (inference) these come back with zero steps and are never written.
 //
 // Namespace fusedrnn_debug holds what is not a model op: the persistent
-// kernels' planning bound and barrier micro-benchmark.
+// loops' thread plan and planning bound, and the grid-barrier micro-benchmark.
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/persistent.h"
 #include "fusedrnn/persistent.h"
 #include "fusedrnn/step_kernels.h"
 #include "recurrence.h"
@@ -75,7 +77,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
-      "Tensor gates, Tensor cells, Tensor? lengths, bool reverse, bool grad_input=True) -> "
+      "Tensor gates, Tensor cells, Tensor? lengths, bool reverse, bool grad_input=True, "
+      "bool persistent=False) -> "
       "(Tensor grad_input, Tensor grad_w_ih, Tensor grad_bias, Tensor grad_w_hh, "
       "Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   m.def(
@@ -85,7 +88,8 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor w_ih, "
       "Tensor w_hh, Tensor h0, Tensor output, Tensor gates, Tensor? lengths, bool reverse, "
-      "bool grad_input=True) -> (Tensor grad_input, Tensor grad_w_ih, Tensor grad_b_ih, "
+      "bool grad_input=True, bool persistent=False) -> (Tensor grad_input, Tensor grad_w_ih, "
+      "Tensor grad_b_ih, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   m.def("build_info() -> str", &build_info);
 }
@@ -97,17 +101,23 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("gru_backward", &gru_backward);
 }
 
+TORCH_LIBRARY(fusedrnn_debug, m) {
+  m.def("cpu_persistent_threads(int batch, int hidden, int gates) -> int",
+        [](int64_t batch, int64_t hidden, int64_t gates) {
+          return static_cast<int64_t>(cpu::persistent_threads(batch, hidden, gates));
+        });
+#ifdef FUSEDRNN_WITH_CUDA
+  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
+  m.def("persistent_max_hidden(ScalarType dtype, int gates) -> int", &persistent_max_hidden);
+#endif
+}
+
 #ifdef FUSEDRNN_WITH_CUDA
 TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
-}
-
-TORCH_LIBRARY(fusedrnn_debug, m) {
-  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
-  m.def("persistent_max_hidden(ScalarType dtype, int gates) -> int", &persistent_max_hidden);
 }
 #endif
 

@@ -18,6 +18,8 @@
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 
+#include "cpu/gemm.h"
+#include "cpu/persistent.h"
 #include "fusedrnn/persistent.h"
 #include "fusedrnn/step_kernels.h"
 #include "op_checks.h"
@@ -69,11 +71,35 @@ std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType 
   return to_compute(*t, compute_type);
 }
 
+// The big GEMMs of a layer (all steps at once). fp32 CPU tensors run on
+// cpu::gemm (oneDNN's micro-kernel at the CPU's widest vectors; see
+// cpu/gemm.h), the rest on ATen.
+bool use_cpu_gemm(const Tensor& t) {
+  return t.is_cpu() && t.scalar_type() == at::kFloat && cpu::have_brgemm();
+}
+
+// a (M, K) @ b (K, N) (+ bias (N) on every row).
+Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = {}) {
+  if (!use_cpu_gemm(a)) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const Tensor a_c = a.contiguous(), b_c = b.contiguous();
+  Tensor out = bias ? bias->expand({M, N}).contiguous() : at::empty({M, N}, a.options());
+  cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), N, out.data_ptr<float>(),
+            N, /*accumulate=*/bias.has_value());
+  return out;
+}
+
+// a^T @ b for a (R, M), b (R, N) with many rows R (steps x batch): the weight
+// gradients. Computed as (b^T a)^T, which transposes the narrower b.
+Tensor gemm_tn_over_steps(const Tensor& a, const Tensor& b) {
+  if (!use_cpu_gemm(a)) return a.t().mm(b);
+  return gemm_over_steps(b.t(), a).t().contiguous();
+}
+
 // x (T, B, I) @ w_ih^T + bias, for all steps in one GEMM: (T, B, G*H).
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias) {
   const Tensor rows = x.reshape({x.size(0) * x.size(1), x.size(2)});
-  const Tensor xproj = bias ? at::addmm(*bias, rows, w_ih.t()) : at::mm(rows, w_ih.t());
-  return xproj.view({x.size(0), x.size(1), w_ih.size(0)});
+  return gemm_over_steps(rows, w_ih.t(), bias).view({x.size(0), x.size(1), w_ih.size(0)});
 }
 
 // The input's and the input weights' gradients from the gradient of the
@@ -87,8 +113,9 @@ InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x,
   const int64_t rows = d_xproj.size(0) * d_xproj.size(1);
   const Tensor d_rows = d_xproj.view({rows, d_xproj.size(2)});
   InputGrads grads;
-  grads.input = grad_input ? d_rows.mm(w_ih).view(x.sizes()) : at::empty({0}, x.options());
-  grads.w_ih = d_rows.t().mm(x.reshape({rows, x.size(2)}));
+  grads.input =
+      grad_input ? gemm_over_steps(d_rows, w_ih).view(x.sizes()) : at::empty({0}, x.options());
+  grads.w_ih = gemm_tn_over_steps(d_rows, x.reshape({rows, x.size(2)}));
   grads.bias = d_rows.sum(0);
   return grads;
 }
@@ -117,14 +144,11 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 }
 
 // ------------------------------------------------------ persistent path
-// The whole-sequence kernels (cuda/persistent.cuh) run when the caller asks
-// for them (the `persistent` op argument, decided in fusedrnn/ops.py) and
-// the call is one they cover: CUDA, no projection, H within the on-chip limit.
-
-void check_persistent_device(bool persistent, const Tensor& input) {
-  TORCH_CHECK(!persistent || input.is_cuda(),
-              "fusedrnn: persistent=True needs CUDA tensors, got a tensor on ", input.device());
-}
+// The whole-sequence loops run when the caller asks for them (the
+// `persistent` op argument, decided in fusedrnn/ops.py) and the call is one
+// they cover (no projection): on CPU the persistent loop of cpu/persistent.h
+// (fp32 LSTM), on CUDA the kernels of cuda/persistent.cuh (H within the
+// on-chip limit). Otherwise the step loop runs.
 
 #ifdef FUSEDRNN_WITH_CUDA
 template <typename T>
@@ -133,11 +157,11 @@ template <typename T>
 bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru_forward<T>(seq); }
 #endif
 
-// Runs the persistent kernel for `seq`; false, with a one-time warning, when
-// it cannot take this size, so the caller falls back to the step loop.
+// Runs the persistent CUDA kernel for `seq`; false, with a one-time warning,
+// when it cannot take this size, so the caller falls back to the step loop.
 // Empty sizes always go to the step loop, which handles them without a launch.
 template <typename Seq>
-bool run_persistent(const Seq& seq, const char* cell) {
+bool run_persistent_cuda(const Seq& seq, const char* cell) {
   if (seq.steps == 0 || seq.batch == 0 || seq.hidden == 0) return false;
 #ifdef FUSEDRNN_WITH_CUDA
   if (persistent_kernel(seq)) return true;
@@ -145,6 +169,28 @@ bool run_persistent(const Seq& seq, const char* cell) {
                   "(hidden ", seq.hidden, ", batch ", seq.batch, "); using the standard kernels");
 #endif
   return false;
+}
+
+template <typename T>
+bool run_persistent(const LstmSequence<T>& seq, const Tensor& on) {
+  if (on.is_cuda()) return run_persistent_cuda(seq, "LSTM");
+  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+  cpu::persistent_lstm_forward<T>(seq);
+  return true;
+}
+
+template <typename T>
+bool run_persistent(const GruSequence<T>& seq, const Tensor& on) {
+  if (on.is_cuda()) return run_persistent_cuda(seq, "GRU");
+  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+  cpu::persistent_gru_forward<T>(seq);
+  return true;
+}
+
+// Whether a backward runs the persistent CPU loop (the forward's choice).
+template <typename T>
+bool persistent_cpu_backward(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
+  return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
 }
 
 // -------------------------------------------------------- LSTM checks
@@ -190,7 +236,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   args.tensor(h0, "h0", {s.batch, s.h_size}, out_type);
   args.tensor(c0, "c0", {s.batch, s.hidden}, out_type);
   const auto lengths = args.lengths(lengths_in, s.batch);
-  check_persistent_device(persistent, input);
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
@@ -228,7 +273,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
           .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
           .c_n = c.data_ptr<scalar_t>(), .gates = saved_at<scalar_t>(gates, 0),
           .cells = saved_at<scalar_t>(cells, 0), .lengths = lens};
-      if (run_persistent(seq, "LSTM")) return;
+      if (run_persistent(seq, xproj)) return;
     }
     const auto kernels = kernels_for<scalar_t>(xproj);
     for (int64_t step = 0; step < s.steps; ++step) {
@@ -259,7 +304,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
     const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths_in,
-    bool reverse, bool grad_input) {
+    bool reverse, bool grad_input, bool persistent) {
   const OpArgs args("lstm_backward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
   const auto out_type = input.scalar_type();
@@ -283,15 +328,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const auto opts = gates_c.options();
 
   Tensor d_gates = at::empty({steps, batch, 4 * hidden}, opts);
-  Tensor dh_total = at::empty({steps, batch, h_size}, opts);
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor dc = grad_c_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
-  Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
-  const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
+  Tensor dh_total;  // (T, B, P): every step's dh, for the step loop and w_hr's gradient
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
-    const auto kernels = kernels_for<scalar_t>(gates_c);
     const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (!s.projected && persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+      const Tensor c0_c = to_compute(c0, compute_type);
+      cpu::persistent_lstm_backward<scalar_t>(
+          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+           .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
+           .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
+           .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
+           .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
+           .lengths = lens});
+      return;
+    }
+    const auto kernels = kernels_for<scalar_t>(gates_c);
+    dh_total = at::empty({steps, batch, h_size}, opts);
+    Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
+    const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       const Tensor dh_total_t = dh_total.select(0, t), d_gates_t = d_gates.select(0, t);
@@ -323,8 +380,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
                                         reverse);
-  const Tensor grad_w_hh =
-      d_gates.view({steps * batch, 4 * hidden}).t().mm(h_prev.reshape({steps * batch, h_size}));
+  const Tensor grad_w_hh = gemm_tn_over_steps(d_gates.view({steps * batch, 4 * hidden}),
+                                     h_prev.reshape({steps * batch, h_size}));
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (s.projected) {
     // Unprojected hidden state o * tanh(c); zero where inactive (o saved as 0).
@@ -379,7 +436,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   if (b_hh) args.tensor(*b_hh, "b_hh", {3 * s.hidden}, out_type);
   args.tensor(h0, "h0", {s.batch, s.hidden}, out_type);
   const auto lengths = args.lengths(lengths_in, s.batch);
-  check_persistent_device(persistent, input);
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
@@ -407,7 +463,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
           .b_hh = data_or_null<scalar_t>(b_hh_c), .h0 = h0_c.data_ptr<scalar_t>(),
           .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
           .gates = saved_at<scalar_t>(gates, 0), .lengths = lens};
-      if (run_persistent(seq, "GRU")) return;
+      if (run_persistent(seq, xproj)) return;
     }
     const auto kernels = kernels_for<scalar_t>(xproj);
     for (int64_t step = 0; step < s.steps; ++step) {
@@ -430,7 +486,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input) {
+    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent) {
   const OpArgs args("gru_backward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
   const auto out_type = input.scalar_type();
@@ -457,8 +513,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                                         reverse);
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
-    const auto kernels = kernels_for<scalar_t>(gates_c);
     const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+      const Tensor h0_c = to_compute(h0, compute_type), output_c = to_compute(output, compute_type);
+      cpu::persistent_gru_backward<scalar_t>(
+          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+           .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+           .output = output_c.data_ptr<scalar_t>(), .grad_out = grad_output.data_ptr<scalar_t>(),
+           .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
+           .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
+           .lengths = lens});
+      return;
+    }
+    const auto kernels = kernels_for<scalar_t>(gates_c);
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,
@@ -478,7 +545,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   });
 
   const Tensor d_hh_rows = d_hh.view({steps * batch, 3 * hidden});
-  const Tensor grad_w_hh = d_hh_rows.t().mm(h_prev.reshape({steps * batch, hidden}));
+  const Tensor grad_w_hh = gemm_tn_over_steps(d_hh_rows, h_prev.reshape({steps * batch, hidden}));
   const Tensor grad_b_hh = d_hh_rows.sum(0);
   const InputGrads in = input_projection_backward(d_xproj, to_compute(input, compute_type),
                                                   to_compute(w_ih, compute_type), grad_input);

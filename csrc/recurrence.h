@@ -23,7 +23,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
     const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths, bool reverse,
-    bool grad_input);
+    bool grad_input, bool persistent);
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
@@ -34,6 +34,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths, bool reverse, bool grad_input);
+    const std::optional<Tensor>& lengths, bool reverse, bool grad_input, bool persistent);
 
 }  // namespace fusedrnn

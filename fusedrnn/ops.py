@@ -79,10 +79,15 @@ def set_persistent(mode: str) -> None:
 
 
 def use_persistent(x: Tensor) -> bool:
-    """Whether a layer on ``x`` runs the persistent kernels. ``auto`` keeps the
-    standard path: the persistent kernels have not been timed on a GPU yet, so
-    no measured rule picks them (the README's Speed section)."""
-    return x.is_cuda and _persistent_mode == "on"
+    """Whether a layer on ``x`` runs the whole-sequence (persistent) path.
+
+    On the CPU ``auto`` takes it (the persistent CPU loop, measured faster than
+    the step loop: README, Speed). On CUDA ``auto`` keeps the standard kernels:
+    the persistent ones have not been timed on a GPU yet, so no measured rule
+    picks them."""
+    if x.is_cuda:
+        return _persistent_mode == "on"
+    return _persistent_mode != "off"
 
 
 # ----------------------------------------------------------------- layers
@@ -162,7 +167,7 @@ if HAVE_EXTENSION:
 
     @torch.library.register_fake("fusedrnn::lstm_backward")
     def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, output,
-                            gates, cells, lengths, reverse, grad_input=True):
+                            gates, cells, lengths, reverse, grad_input=True, persistent=False):
         grad_w_hr = w_hh.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0)
         return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
                 w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape), grad_w_hr,
@@ -180,7 +185,7 @@ if HAVE_EXTENSION:
 
     @torch.library.register_fake("fusedrnn::gru_backward")
     def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
-                           reverse, grad_input=True):
+                           reverse, grad_input=True, persistent=False):
         gates3 = w_ih.shape[0]
         return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
                 w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
@@ -223,10 +228,11 @@ def _differentiable_backward(layer, inputs, needs_grad, layer_args, grads):
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, *_ = inputs
+    x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, _save, persistent = inputs
     out, h_n, c_n, gates, cells = output
     ctx.save_for_backward(x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths)
     ctx.reverse = reverse
+    ctx.persistent = persistent
     ctx.mark_non_differentiable(gates, cells)
 
 
@@ -242,17 +248,18 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
         torch.ops.fusedrnn.lstm_backward(
             _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
             _zeros_if_none(grad_c_n, c0), x, w_ih, w_hh, w_hr, h0, c0, out, gates, cells, lengths,
-            ctx.reverse, ctx.needs_input_grad[0]))
+            ctx.reverse, ctx.needs_input_grad[0], ctx.persistent))
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_bias if bias is not None else None, grad_w_hh,
             grad_w_hr if w_hr is not None else None, grad_h0, grad_c0) + unused
 
 
 def _gru_setup_context(ctx, inputs, output):
-    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, *_ = inputs
+    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, _save, persistent = inputs
     out, h_n, gates = output
     ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths)
     ctx.reverse = reverse
+    ctx.persistent = persistent
     ctx.mark_non_differentiable(gates)
 
 
@@ -266,7 +273,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_gates):
     _check_saved(gates, out)
     grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = torch.ops.fusedrnn.gru_backward(
         _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih, w_hh, h0, out,
-        gates, lengths, ctx.reverse, ctx.needs_input_grad[0])
+        gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent)
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_b_ih if b_ih is not None else None, grad_w_hh,
             grad_b_hh if b_hh is not None else None, grad_h0) + unused

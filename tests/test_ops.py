@@ -42,17 +42,27 @@ def make_gru_inputs(T, B, H, dtype, bias=True, lengths=None, seed=0):
 
 
 def grads_of(outputs, inputs, seed=1):
-    """Gradients of a random linear function of ``outputs`` w.r.t. ``inputs``."""
+    """Gradients of a random linear function of ``outputs`` w.r.t. ``inputs``
+    (zeros for an input the outputs do not depend on, e.g. x when T = 0)."""
     g = torch.Generator().manual_seed(seed)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
     wanted = [x for x in inputs if x is not None]
-    return torch.autograd.grad(loss, wanted)
+    grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+    return [torch.zeros_like(x) if gx is None else gx for x, gx in zip(wanted, grads)]
 
 
 def assert_close_all(actual, expected, tol):
     for a, e in zip(actual, expected, strict=True):
         assert a.shape == e.shape
         torch.testing.assert_close(a, e, atol=tol, rtol=0)
+
+
+@pytest.fixture(params=["step_loop", "persistent"])
+def cpu_path(request):
+    """The CPU LSTM runs the persistent loop by default; the step loop with it off."""
+    ops.set_persistent("off" if request.param == "step_loop" else "auto")
+    yield request.param
+    ops.set_persistent("auto")
 
 
 LSTM_CASES = [
@@ -70,7 +80,7 @@ LSTM_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,P,lengths,reverse", LSTM_CASES)
-def test_lstm_op_matches_reference(T, B, H, P, lengths, reverse, dtype):
+def test_lstm_op_matches_reference(T, B, H, P, lengths, reverse, dtype, cpu_path):
     inputs, lens = make_lstm_inputs(T, B, H, P, dtype, lengths, bias=H != 7)
     fused = ops.lstm_layer(*inputs, lens, reverse)
     expected = reference.lstm_layer(*inputs, lens, reverse)
@@ -91,7 +101,7 @@ GRU_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,bias,lengths,reverse", GRU_CASES)
-def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype):
+def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype, cpu_path):
     inputs, lens = make_gru_inputs(T, B, H, dtype, bias, lengths)
     fused = ops.gru_layer(*inputs, lens, reverse)
     expected = reference.gru_layer(*inputs, lens, reverse)
@@ -253,10 +263,48 @@ def test_unsupported_dtype_is_refused_by_name(dtype):
                                         None, False)
 
 
-def test_persistent_path_is_refused_for_cpu_tensors():
-    inputs, _ = make_gru_inputs(2, 1, 3, torch.float32)
-    with pytest.raises(RuntimeError, match="persistent=True needs CUDA"):
-        torch.ops.fusedrnn.gru_forward(*_detached(inputs), None, False, False, True)
+PERSISTENT_CASES = [
+    # T, B, H, lengths, reverse: two threads with a partial last slice (H = 72),
+    # one thread, H below one SIMD vector, batch 1, lengths both ways, empty sizes
+    (6, 4, 72, None, False),
+    (6, 4, 72, [6, 2, 4, 5], True),
+    (5, 4, 72, [3, 5, 0, 5], False),
+    (6, 3, 40, None, False),
+    (6, 3, 40, [6, 2, 4], True),
+    (5, 4, 7, [3, 5, 0, 5], False),
+    (7, 1, 64, None, True),
+    (4, 2, 33, [4, 1], False),
+    (0, 2, 8, None, False),
+    (3, 0, 8, None, False),
+]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,B,H,lengths,reverse", PERSISTENT_CASES)
+def test_cpu_paths_match_reference(cell, T, B, H, lengths, reverse, dtype, cpu_path):
+    if cell == "lstm":
+        inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
+        layer, expected_layer = ops.lstm_layer, reference.lstm_layer
+    else:
+        inputs, lens = make_gru_inputs(T, B, H, dtype, True, lengths)
+        layer, expected_layer = ops.gru_layer, reference.gru_layer
+    fused = layer(*inputs, lens, reverse)
+    expected = expected_layer(*inputs, lens, reverse)
+    assert_close_all(fused, expected, TOL[dtype])
+    assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[dtype])
+
+
+def test_persistent_cpu_loop_splits_the_units_over_threads():
+    """The cases above with H = 72, B = 4 run on two threads when two are there."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = torch.ops.fusedrnn_debug.cpu_persistent_threads
+        assert threads(4, 72, 4) == 2 and threads(4, 72, 3) == 2
+        assert threads(3, 40, 4) == 1 and threads(3, 40, 3) == 1
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])

@@ -1,6 +1,9 @@
 // CPU StepKernels: spread the batch rows of a step over ATen's thread pool
-// and run the row kernels of the widest instruction set the CPU has.
+// and run the row kernels of the instruction set ATen itself runs.
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
+
+#include <string>
 
 #include "cpu/row_kernels.h"
 #include "fusedrnn/step_kernels.h"
@@ -8,21 +11,16 @@
 namespace fusedrnn::cpu {
 namespace {
 
-bool cpu_has_avx2() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c");
-  return has;
-#else
-  return false;
-#endif
+// ATen's own choice ("DEFAULT", "AVX2" or "AVX512"), which follows the CPU
+// and honours ATEN_CPU_CAPABILITY, so one setting tests every build.
+const std::string& cpu_capability() {
+  static const std::string capability = at::get_cpu_capability();
+  return capability;
 }
 
 template <typename T>
 const RowKernels<T>& rows() {
-  static const RowKernels<T> kernels =
-      cpu_has_avx2() ? AVX2::row_kernels<T>() : DEFAULT::row_kernels<T>();
-  return kernels;
+  return best_row_kernels<T>();
 }
 
 // Threads only pay off once a step has a few thousand elements.
@@ -52,6 +50,17 @@ void gru_backward(const GruBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, r
 }  // namespace
 
 template <typename T>
+const RowKernels<T>& best_row_kernels() {
+  static const RowKernels<T> kernels = cpu_capability() == "AVX512" ? AVX512::row_kernels<T>()
+                                       : cpu_capability() == "AVX2" ? AVX2::row_kernels<T>()
+                                                                    : DEFAULT::row_kernels<T>();
+  return kernels;
+}
+
+template const RowKernels<float>& best_row_kernels<float>();
+template const RowKernels<double>& best_row_kernels<double>();
+
+template <typename T>
 StepKernels<T> step_kernels() {
   return {&lstm_forward<T>,     &lstm_backward<T>, &projected_commit<T>, &grad_h_accumulate<T>,
           &grad_h_carry<T>,     &gru_forward<T>,   &gru_backward<T>};
@@ -60,6 +69,8 @@ StepKernels<T> step_kernels() {
 template StepKernels<float> step_kernels<float>();
 template StepKernels<double> step_kernels<double>();
 
-const char* simd_name() { return cpu_has_avx2() ? "avx2" : "default"; }
+const char* simd_name() {
+  return cpu_capability() == "AVX512" ? "avx512" : cpu_capability() == "AVX2" ? "avx2" : "default";
+}
 
 }  // namespace fusedrnn::cpu
