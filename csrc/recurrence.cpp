@@ -83,7 +83,9 @@ Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Ten
   if (!use_cpu_gemm(a)) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   const Tensor a_c = a.contiguous(), b_c = b.contiguous();
-  Tensor out = bias ? bias->expand({M, N}).contiguous() : at::empty({M, N}, a.options());
+  // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
+  Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
+                    : at::empty({M, N}, a.options());
   cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), N, out.data_ptr<float>(),
             N, /*accumulate=*/bias.has_value());
   return out;

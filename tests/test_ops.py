@@ -307,6 +307,21 @@ def test_persistent_cpu_loop_splits_the_units_over_threads():
         torch.set_num_threads(saved)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("T,B", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ops_never_modify_their_inputs(cell, T, B, dtype):
+    """One row in all (T * B == 1) once made the input GEMM accumulate into the bias."""
+    make = make_lstm_inputs if cell == "lstm" else make_gru_inputs
+    inputs, _ = make(T, B, 6, 0, dtype) if cell == "lstm" else make(T, B, 6, dtype)
+    before = [None if t is None else t.detach().clone() for t in inputs]
+    layer = ops.lstm_layer if cell == "lstm" else ops.gru_layer
+    outputs = layer(*inputs)
+    grads_of(outputs, inputs)
+    for t, saved in zip(inputs, before):
+        assert t is None or torch.equal(t, saved)
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_module_double_backward_matches_torch(mode):
     """A gradient penalty: d/dw of |d loss / d x|^2, through the whole module."""
