@@ -2,6 +2,7 @@
 #   make bench      the main job: benchmark harness, default preset (fusedrnn vs torch.nn)
 #   make test       the test suite
 #   make demo       train a small fusedrnn.LSTM next to torch.nn.LSTM
+#   make wheel      sdist and a wheel built from it, in dist/ (same CUDA settings as build)
 #   make gpu-check OUT=dir   on a GPU machine with torch installed (no network)
 
 VENV     ?= .venv
@@ -11,14 +12,15 @@ BUILD_ENV := MAX_JOBS=$${MAX_JOBS:-2}
 PYTEST_ARGS ?=
 OUT      ?= gpu-report
 
-.PHONY: setup build test bench demo gpu-check clean
+.PHONY: setup build test bench demo wheel gpu-check clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
 $(VENV)/.deps: $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch numpy pybind11 ninja setuptools wheel pytest pytest-benchmark expecttest matplotlib
+	$(PY) -m pip install -q torch numpy pybind11 ninja setuptools wheel pytest pytest-benchmark expecttest matplotlib \
+		onnx onnxscript onnxruntime build
 	touch $@
 
 setup: $(VENV)/.deps
@@ -35,8 +37,11 @@ bench: build
 demo: build
 	$(PY) -m fusedrnn.demo
 
+wheel: setup
+	$(BUILD_ENV) $(PY) -m build --no-isolation --outdir dist .
+
 gpu-check:
 	bash benchmarks/gpu_check.sh $(OUT)
 
 clean:
-	rm -rf build fusedrnn/_C*.so *.egg-info
+	rm -rf build dist fusedrnn/_C*.so *.egg-info

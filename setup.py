@@ -7,8 +7,9 @@ Environment:
   FUSEDRNN_PTXAS_VERBOSE=1     print ptxas register/spill reports
   MAX_JOBS                     parallel compile jobs (ninja)
 
-Build with `pip install --no-build-isolation .` so the extension compiles
-against the torch already installed.
+Build with `pip install --no-build-isolation .` (or `python -m build
+--no-isolation`) so the extension compiles against the torch already
+installed; the package then requires that torch version (the C++ ABI).
 """
 
 import glob
@@ -74,10 +75,14 @@ def make_extension():
     with_cuda = _with_cuda()
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
-    cxx = ["-O3", "-fvisibility=hidden"]
+    # OpenMP: without it ATen's parallel_for in our sources runs on one thread.
+    # The library binds to the libgomp torch has already loaded.
+    cxx = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link = ["-fopenmp"]
     if not with_cuda:
         return CppExtension(
-            "fusedrnn._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+            "fusedrnn._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
         )
     _default_arch_list()
     sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
@@ -90,36 +95,47 @@ def make_extension():
         include_dirs=include_dirs + _extra_include_dirs(),
         define_macros=[("FUSEDRNN_WITH_CUDA", "1")],
         extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+        extra_link_args=link,
     )
 
 
-class BuildExt(BuildExtension):
-    """Compiles the `*_avx2.cpp` files with AVX2/FMA flags (ninja takes one flag
-    set for all sources), then builds the extension as usual. The AVX2 code
-    runs only where the CPU reports the features (csrc/cpu/step_kernels.cpp)."""
+def requirements() -> list:
+    """The compiled kernels link against this torch's C++ ABI: pin its release."""
+    release = torch.__version__.split("+")[0]
+    return [f"torch=={release}", "numpy"]
 
-    AVX2_FLAGS = ["-mavx2", "-mfma", "-mf16c"]
+
+class BuildExt(BuildExtension):
+    """Compiles the `*_avx2.cpp` and `*_avx512.cpp` files with their
+    instruction-set flags (ninja takes one flag set for all sources), then
+    builds the extension as usual. That code runs only where ATen's CPU
+    capability says the CPU has it (csrc/cpu/step_kernels.cpp)."""
+
+    ISA_FLAGS = {
+        "_avx2.cpp": ["-mavx2", "-mfma", "-mf16c"],
+        "_avx512.cpp": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    }
 
     def build_extensions(self):
         x86 = platform.machine().lower() in ("x86_64", "amd64")
+        abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+        common = ["-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden",
+                  f"-D_GLIBCXX_USE_CXX11_ABI={abi}"]
         for ext in self.extensions:
-            avx2 = [s for s in ext.sources if s.endswith("_avx2.cpp")]
-            if not avx2 or not x86:
-                continue
-            ext.sources = [s for s in ext.sources if s not in avx2]
-            abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-            ext.extra_objects += self.compiler.compile(
-                avx2,
-                output_dir=self.build_temp,
-                include_dirs=ext.include_dirs,
-                extra_postargs=["-O3", "-std=c++20", "-fPIC", "-fvisibility=hidden",
-                                f"-D_GLIBCXX_USE_CXX11_ABI={abi}"] + self.AVX2_FLAGS,
-            )
+            for suffix, flags in self.ISA_FLAGS.items():
+                isa_sources = [s for s in ext.sources if s.endswith(suffix)]
+                if not isa_sources or not x86:
+                    continue
+                ext.sources = [s for s in ext.sources if s not in isa_sources]
+                ext.extra_objects += self.compiler.compile(
+                    isa_sources, output_dir=self.build_temp, include_dirs=ext.include_dirs,
+                    extra_postargs=common + flags)
         super().build_extensions()
 
 
 setup(
     packages=find_packages(include=["fusedrnn", "fusedrnn.*"]),
     ext_modules=[make_extension()],
+    install_requires=requirements(),
     cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
 )

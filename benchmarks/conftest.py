@@ -6,7 +6,8 @@
     pytest benchmarks/ --benchmark-only --benchmark-compare      # ... and compare with it later
 
 Options (also as environment variables FUSEDRNN_BENCH_PRESET, ..._DEVICE, ..._DTYPE):
-  --rnn-preset NAME     quick | default | cpu | fastrnns | flashrnn | cudnn (default: default)
+  --rnn-preset NAME     a preset of ``python -m fusedrnn.bench`` (``--help`` lists them;
+                        default: default)
   --rnn-device DEV      cpu | cuda (default: cuda when available)
   --rnn-dtype LIST      comma-separated dtypes (default: the preset's)
   --rnn-cell C          lstm | gru | both;  --rnn-mode M: train | infer | both
@@ -15,7 +16,9 @@ Options (also as environment variables FUSEDRNN_BENCH_PRESET, ..._DEVICE, ..._DT
 Each configuration is one benchmark group holding one test per peer, so the
 pytest-benchmark table compares fusedrnn with torch.nn directly.  Before a
 non-baseline peer is timed it must pass the same correctness gate as in the
-harness; a wrong kernel fails its test instead of being timed.
+harness; a wrong kernel fails its test instead of being timed.  The timed
+call is the harness's (``fusedrnn.bench.make_timed_call``); pytest-benchmark
+does the timing.
 """
 
 import importlib.util
@@ -32,7 +35,7 @@ if importlib.util.find_spec("fusedrnn") is None:
 
 from fusedrnn import bench  # noqa: E402
 
-PEERS = {"torch.nn": None, "fusedrnn": bench.FusedRNNPeer, "reference": bench.ReferencePeer}
+PEERS = {bench.BASELINE: None, "fusedrnn": bench.FusedRNNPeer, "reference": bench.ReferencePeer}
 
 
 def pytest_addoption(parser):
@@ -50,7 +53,7 @@ def pytest_addoption(parser):
 def _configs(config):
     opt = config.getoption
     device = opt("--rnn-device") or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtypes = bench._dtypes(opt("--rnn-dtype")) if opt("--rnn-dtype") else None
+    dtypes = bench.parse_dtypes(opt("--rnn-dtype")) if opt("--rnn-dtype") else None
     cells = ("lstm", "gru") if opt("--rnn-cell") == "both" else (opt("--rnn-cell"),)
     modes = ("train", "infer") if opt("--rnn-mode") == "both" else (opt("--rnn-mode"),)
     return bench.preset_configs(opt("--rnn-preset"), device, dtypes, cells, modes)
@@ -96,24 +99,25 @@ def rnn_case(rnn_config, _case_cache):
 
 
 @pytest.fixture
-def rnn_step(rnn_config, rnn_peer, rnn_case):
-    """The timed callable for (configuration, peer), after the correctness gate."""
+def rnn_timed_call(rnn_config, rnn_peer, rnn_case):
+    """The timed call for (configuration, peer), after the correctness gate,
+    and the row's note."""
     cfg, train = rnn_config, rnn_config.mode == "train"
-    if rnn_peer == "torch.nn":
-        runner, note = rnn_case.baseline_runner(), "baseline"
+    if rnn_peer == bench.BASELINE:
+        built, note = rnn_case.built_baseline(), "baseline"
     else:
         try:
-            runner, gate = bench.check_peer(PEERS[rnn_peer](), rnn_case, train)
-        except Exception as e:  # noqa: BLE001
-            pytest.fail(f"{rnn_peer}: {bench._err(e)}", pytrace=False)
+            built, gate = bench.check_peer(PEERS[rnn_peer](), rnn_case, train)
+        except Exception as e:  # noqa: BLE001  (the test fails with the peer's error)
+            pytest.fail(f"{rnn_peer}: {bench.describe_error(e)}", pytrace=False)
         if not gate.passed:
             pytest.fail(f"{rnn_peer} {cfg.label}: {gate.summary()}", pytrace=False)
-        note = runner.note
-    step = bench.make_step(runner, rnn_case, train)
+        note = built.note
+    call = bench.make_timed_call(built, rnn_case, train)
     if cfg.device == "cuda":
-        inner = step
+        unsynchronized = call
 
-        def step():
-            inner()
+        def call():
+            unsynchronized()
             torch.cuda.synchronize()
-    return step, note
+    return call, note

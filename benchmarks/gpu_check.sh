@@ -48,7 +48,7 @@ $PY - <<'PYEOF' 2>&1 | tee -a "$OUT/report.md"
 import torch, fusedrnn
 sms = torch.cuda.get_device_properties(0).multi_processor_count
 for blocks in (sms // 4, sms // 2, sms):
-    us = torch.ops.fusedrnn.persistent_barrier_us(10000, blocks)
+    us = torch.ops.fusedrnn_debug.persistent_barrier_us(10000, blocks)
     print(f"grid barrier, {blocks} blocks: {us / 10000:.3f} us per step")
 PYEOF
 

@@ -5,24 +5,34 @@
 // fusedrnn/modules.py). Autograd and fake (meta) kernels are registered in
 // fusedrnn/ops.py with torch.library, so the ops trace under torch.compile.
 //
-//   xproj    (T, B, G*H)  input projection of all steps: x @ W_ih^T + b_ih
-//                         (+ b_hh for LSTM; GRU takes b_hh separately)
+//   input    (T, B, I)    the layer's input, time-major
+//   w_ih     (G*H, I)     input weights; G = 4 gates for LSTM, 3 for GRU
+//   bias     (4H)         LSTM: b_ih + b_hh, or None
+//   b_ih, b_hh (3H)       GRU: the two biases (b_hh enters inside r * (.)), or None
 //   w_hh     (G*H, P)     recurrent weights; P = proj_size or H
 //   w_hr     (P, H)       LSTM projection weights, or None
 //   h0, c0   (B, P), (B, H)
 //   lengths  (B,) int64   per-sequence lengths on the input's device, or None:
 //                         steps t >= lengths[b] carry the state, output zero
 //   reverse               run the steps from T-1 down to 0
+//   persistent            run the whole-sequence loops where they fit: the
+//                         persistent CPU loop (LSTM and GRU) or the CUDA
+//                         kernels; the choice is made in Python
+//   grad_input            whether the backward computes the input's gradient
 //
 // The forward ops also return what the backward needs: the activated gates
 // (LSTM i|f|g|o; GRU r|z|n|W_hn h + b_hn) and the LSTM cell states, in the
 // compute dtype (fp32 for fp16/bf16 inputs); with save_for_backward=false
 // (inference) these come back with zero steps and are never written.
+//
+// Namespace fusedrnn_debug holds what is not a model op: the persistent
+// loops' thread plan and planning bound, and the grid-barrier micro-benchmark.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "fusedrnn/kernels.h"
+#include "cpu/persistent.h"
 #include "fusedrnn/persistent.h"
+#include "fusedrnn/step_kernels.h"
 #include "recurrence.h"
 
 #ifdef FUSEDRNN_WITH_CUDA
@@ -32,6 +42,7 @@
 namespace fusedrnn {
 namespace {
 
+// The one place that reports how this library was built.
 std::string build_info() {
   std::string info = std::string("cpu:") + cpu::simd_name();
 #ifdef FUSEDRNN_WITH_CUDA
@@ -40,39 +51,47 @@ std::string build_info() {
   return info;
 }
 
+#ifdef FUSEDRNN_WITH_CUDA
 // Microseconds for `steps` grid barriers with no work (the persistent
 // kernels' per-step synchronisation cost), on the current CUDA device.
 double persistent_barrier_us(int64_t steps, int64_t blocks) {
-#ifdef FUSEDRNN_WITH_CUDA
   return cuda::persistent::barrier_microbench(steps, blocks);
-#else
-  TORCH_CHECK(false, "fusedrnn: this build has no CUDA kernels");
-#endif
 }
+
+// Largest hidden size the persistent kernels take on the current device.
+int64_t persistent_max_hidden(at::ScalarType dtype, int64_t gates) {
+  const int num_gates = static_cast<int>(gates);
+  if (dtype == at::kDouble) return cuda::persistent::max_hidden<double>(num_gates);
+  return cuda::persistent::max_hidden<float>(num_gates);  // fp16/bf16 run in fp32
+}
+#endif
 
 }  // namespace
 
 TORCH_LIBRARY(fusedrnn, m) {
   m.def(
-      "lstm_forward(Tensor xproj, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, "
-      "Tensor? lengths, bool reverse, bool save_for_backward=True) -> (Tensor output, "
-      "Tensor h_n, Tensor c_n, "
-      "Tensor gates, Tensor cells)");
+      "lstm_forward(Tensor input, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, "
+      "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save_for_backward=True, "
+      "bool persistent=False) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
+      "Tensor cells)");
   m.def(
-      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
-      "Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, Tensor gates, Tensor cells, "
-      "Tensor? lengths, bool reverse) -> (Tensor grad_xproj, Tensor grad_w_hh, "
+      "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
+      "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
+      "Tensor gates, Tensor cells, Tensor? lengths, bool reverse, bool grad_input=True, "
+      "bool persistent=False) -> "
+      "(Tensor grad_input, Tensor grad_w_ih, Tensor grad_bias, Tensor grad_w_hh, "
       "Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   m.def(
-      "gru_forward(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? lengths, "
-      "bool reverse, bool save_for_backward=True) -> (Tensor output, Tensor h_n, "
-      "Tensor gates)");
+      "gru_forward(Tensor input, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
+      "Tensor h0, Tensor? lengths, bool reverse, bool save_for_backward=True, "
+      "bool persistent=False) -> (Tensor output, Tensor h_n, Tensor gates)");
   m.def(
-      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor h0, "
-      "Tensor output, Tensor gates, Tensor? lengths, bool reverse) -> (Tensor grad_xproj, "
+      "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor w_ih, "
+      "Tensor w_hh, Tensor h0, Tensor output, Tensor gates, Tensor? lengths, bool reverse, "
+      "bool grad_input=True, bool persistent=False) -> (Tensor grad_input, Tensor grad_w_ih, "
+      "Tensor grad_b_ih, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   m.def("build_info() -> str", &build_info);
-  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
 }
 
 TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
@@ -80,6 +99,17 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
+}
+
+TORCH_LIBRARY(fusedrnn_debug, m) {
+  m.def("cpu_persistent_threads(int batch, int hidden, int gates) -> int",
+        [](int64_t batch, int64_t hidden, int64_t gates) {
+          return static_cast<int64_t>(cpu::persistent_threads(batch, hidden, gates));
+        });
+#ifdef FUSEDRNN_WITH_CUDA
+  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
+  m.def("persistent_max_hidden(ScalarType dtype, int gates) -> int", &persistent_max_hidden);
+#endif
 }
 
 #ifdef FUSEDRNN_WITH_CUDA

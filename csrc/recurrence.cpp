@@ -1,15 +1,14 @@
 // The step loops of the four ops, written once for every device.
 //
-// Forward, per step: one GEMM for the recurrent product (ATen, so cuBLAS on
-// the current stream on CUDA) and one fused pointwise kernel that applies
-// the gates and writes the output, the new state and what the backward
-// needs. The input projection of all steps is one GEMM done by the caller
-// (fusedrnn/ops.py), outside the recurrence.
+// Forward: the input projection of all steps is one GEMM; then, per step,
+// one GEMM for the recurrent product (ATen, so cuBLAS on the current stream
+// on CUDA) and one fused pointwise kernel that applies the gates and writes
+// the output, the new state and what the backward needs.
 //
 // Backward, per step in reverse order: a small kernel adding the output's
 // gradient, one fused pointwise kernel for the gate gradients, and one GEMM
-// for the hidden state's gradient. Weight gradients are single GEMMs over
-// all steps once the loop is done.
+// for the hidden state's gradient. The input's gradient and the weight
+// gradients are single GEMMs over all steps once the loop is done.
 //
 // fp16/bf16 tensors are computed in fp32 (state, gates, accumulation); the
 // saved gates/cells are fp32 then, the outputs in the caller's dtype.
@@ -19,20 +18,17 @@
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
 
-#include <cstdlib>
-#include <string>
-
-#include "fusedrnn/kernels.h"
+#include "cpu/gemm.h"
+#include "cpu/persistent.h"
 #include "fusedrnn/persistent.h"
+#include "fusedrnn/step_kernels.h"
+#include "op_checks.h"
 
 namespace fusedrnn {
 namespace {
 
-using at::Tensor;
-
-at::ScalarType compute_type(at::ScalarType t) {
-  return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
-}
+using checks::compute_dtype_for;
+using checks::OpArgs;
 
 template <typename T>
 StepKernels<T> kernels_for(const Tensor& t) {
@@ -61,48 +57,69 @@ T* saved_at(const Tensor& seq, int64_t t) {
   return seq.size(0) == 0 ? nullptr : at_step<T>(seq, t);
 }
 
-const int64_t* lengths_data(const std::optional<Tensor>& lengths) {
-  return lengths ? lengths->data_ptr<int64_t>() : nullptr;
+template <typename T>
+T* data_or_null(const std::optional<Tensor>& t) {
+  return t ? t->data_ptr<T>() : nullptr;
 }
 
-// ------------------------------------------------------------- checks
-// The Python modules validate with friendlier messages first; these guard
-// the ops themselves, which are public.
-
-void check_rank_and_sizes(const Tensor& t, const char* name, at::IntArrayRef expected) {
-  TORCH_CHECK(t.sizes() == expected, "fusedrnn: ", name, " must have shape ", expected, ", got ",
-              t.sizes());
+Tensor to_compute(const Tensor& t, at::ScalarType compute_type) {
+  return t.to(compute_type).contiguous();
 }
 
-void check_same(const Tensor& ref, const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device() == ref.device(), "fusedrnn: ", name, " is on ", t.device(),
-              " but the input is on ", ref.device());
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fusedrnn: ", name, " has dtype ",
-              t.scalar_type(), " but the input has dtype ", ref.scalar_type());
-}
-
-std::optional<Tensor> prepare_lengths(const std::optional<Tensor>& lengths, const Tensor& ref,
-                                      int64_t steps, int64_t batch) {
-  if (!lengths) return std::nullopt;
-  TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == batch,
-              "fusedrnn: lengths must have shape [", batch, "], got ", lengths->sizes());
-  TORCH_CHECK(lengths->device() == ref.device(), "fusedrnn: lengths is on ", lengths->device(),
-              " but the input is on ", ref.device());
-  TORCH_CHECK(lengths->scalar_type() == at::kLong, "fusedrnn: lengths must be int64, got ",
-              lengths->scalar_type());
-  return lengths->contiguous();
-}
-
-void check_floating(const Tensor& t, const char* name) {
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "fusedrnn: ", name,
-              " must be a floating-point tensor, got ", t.scalar_type());
-}
-
-Tensor to_compute(const Tensor& t, at::ScalarType ct) { return t.to(ct).contiguous(); }
-
-std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType ct) {
+std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType compute_type) {
   if (!t) return std::nullopt;
-  return to_compute(*t, ct);
+  return to_compute(*t, compute_type);
+}
+
+// The big GEMMs of a layer (all steps at once). fp32 CPU tensors run on
+// cpu::gemm (oneDNN's micro-kernel at the CPU's widest vectors; see
+// cpu/gemm.h), the rest on ATen.
+bool use_cpu_gemm(const Tensor& t) {
+  return t.is_cpu() && t.scalar_type() == at::kFloat && cpu::have_brgemm();
+}
+
+// a (M, K) @ b (K, N) (+ bias (N) on every row).
+Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = {}) {
+  if (!use_cpu_gemm(a)) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  const Tensor a_c = a.contiguous(), b_c = b.contiguous();
+  // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
+  Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
+                    : at::empty({M, N}, a.options());
+  cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), N, out.data_ptr<float>(),
+            N, /*accumulate=*/bias.has_value());
+  return out;
+}
+
+// a^T @ b for a (R, M), b (R, N) with many rows R (steps x batch): the weight
+// gradients. Computed as (b^T a)^T, which transposes the narrower b.
+Tensor gemm_tn_over_steps(const Tensor& a, const Tensor& b) {
+  if (!use_cpu_gemm(a)) return a.t().mm(b);
+  return gemm_over_steps(b.t(), a).t().contiguous();
+}
+
+// x (T, B, I) @ w_ih^T + bias, for all steps in one GEMM: (T, B, G*H).
+Tensor input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias) {
+  const Tensor rows = x.reshape({x.size(0) * x.size(1), x.size(2)});
+  return gemm_over_steps(rows, w_ih.t(), bias).view({x.size(0), x.size(1), w_ih.size(0)});
+}
+
+// The input's and the input weights' gradients from the gradient of the
+// input projection, d_xproj (T, B, G*H): single GEMMs over all steps.
+struct InputGrads {
+  Tensor input, w_ih, bias;
+};
+
+InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x,
+                                     const Tensor& w_ih, bool grad_input) {
+  const int64_t rows = d_xproj.size(0) * d_xproj.size(1);
+  const Tensor d_rows = d_xproj.view({rows, d_xproj.size(2)});
+  InputGrads grads;
+  grads.input =
+      grad_input ? gemm_over_steps(d_rows, w_ih).view(x.sizes()) : at::empty({0}, x.options());
+  grads.w_ih = gemm_tn_over_steps(d_rows, x.reshape({rows, x.size(2)}));
+  grads.bias = d_rows.sum(0);
+  return grads;
 }
 
 // State before each step: init at the first step a sequence processes,
@@ -129,16 +146,11 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 }
 
 // ------------------------------------------------------ persistent path
-// FUSEDRNN_PERSISTENT=1 runs the whole-sequence kernels (cuda/persistent.cuh)
-// when the call is one they cover (CUDA, no projection, H within the
-// on-chip limit), =0 never. Unset ("auto") keeps the standard path until a
-// rule measured on a GPU replaces it: the kernels have not run on one yet.
-bool persistent_requested(const Tensor& xproj) {
-  // Empty sizes go to the standard path, which handles them without a launch.
-  if (!xproj.is_cuda() || xproj.numel() == 0) return false;
-  const char* env = std::getenv("FUSEDRNN_PERSISTENT");
-  return env != nullptr && (std::string(env) == "1" || std::string(env) == "on");
-}
+// The whole-sequence loops run when the caller asks for them (the
+// `persistent` op argument, decided in fusedrnn/ops.py) and the call is one
+// they cover (no projection): on CPU the persistent loop of cpu/persistent.h
+// (fp32 LSTM), on CUDA the kernels of cuda/persistent.cuh (H within the
+// on-chip limit). Otherwise the step loop runs.
 
 #ifdef FUSEDRNN_WITH_CUDA
 template <typename T>
@@ -147,10 +159,12 @@ template <typename T>
 bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru_forward<T>(seq); }
 #endif
 
-// Runs the persistent kernel for `seq`; false, with a one-time warning, when
-// it cannot take this size, so the caller falls back to the step loop.
+// Runs the persistent CUDA kernel for `seq`; false, with a one-time warning,
+// when it cannot take this size, so the caller falls back to the step loop.
+// Empty sizes always go to the step loop, which handles them without a launch.
 template <typename Seq>
-bool run_persistent(const Seq& seq, const char* cell) {
+bool run_persistent_cuda(const Seq& seq, const char* cell) {
+  if (seq.steps == 0 || seq.batch == 0 || seq.hidden == 0) return false;
 #ifdef FUSEDRNN_WITH_CUDA
   if (persistent_kernel(seq)) return true;
   TORCH_WARN_ONCE("fusedrnn: the persistent ", cell, " kernel cannot run this size on this GPU ",
@@ -159,270 +173,386 @@ bool run_persistent(const Seq& seq, const char* cell) {
   return false;
 }
 
+template <typename T>
+bool run_persistent(const LstmSequence<T>& seq, const Tensor& on) {
+  if (on.is_cuda()) return run_persistent_cuda(seq, "LSTM");
+  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+  cpu::persistent_lstm_forward<T>(seq);
+  return true;
+}
+
+template <typename T>
+bool run_persistent(const GruSequence<T>& seq, const Tensor& on) {
+  if (on.is_cuda()) return run_persistent_cuda(seq, "GRU");
+  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+  cpu::persistent_gru_forward<T>(seq);
+  return true;
+}
+
+// Whether a backward runs the persistent CPU loop (the forward's choice).
+template <typename T>
+bool persistent_cpu_backward(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
+  return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
+}
+
+// -------------------------------------------------------- LSTM checks
+
+struct LstmSizes {
+  int64_t steps, batch, input_size, hidden, h_size;
+  bool projected;
+};
+
+LstmSizes check_lstm(const OpArgs& args, const Tensor& input, const Tensor& w_ih,
+                     const Tensor& w_hh, const std::optional<Tensor>& w_hr) {
+  args.sequence(input, "input");
+  args.supported_dtype(input, "input");
+  const auto dtype = input.scalar_type();
+  LstmSizes s;
+  s.steps = input.size(0);
+  s.batch = input.size(1);
+  s.input_size = input.size(2);
+  if (w_ih.dim() != 2 || w_ih.size(0) % 4 != 0)
+    args.fail("w_ih must be a (4H, I) matrix, got shape " + c10::str(w_ih.sizes()));
+  s.hidden = w_ih.size(0) / 4;
+  s.projected = w_hr.has_value();
+  s.h_size = s.projected ? w_hr->size(0) : s.hidden;
+  args.tensor(w_ih, "w_ih", {4 * s.hidden, s.input_size}, dtype);
+  args.tensor(w_hh, "w_hh", {4 * s.hidden, s.h_size}, dtype);
+  if (s.projected) args.tensor(*w_hr, "w_hr", {s.h_size, s.hidden}, dtype);
+  return s;
+}
+
 }  // namespace
 
 // ============================================================== LSTM
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
-    const Tensor& xproj_in, const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in,
-    const Tensor& h0_in, const Tensor& c0_in, const std::optional<Tensor>& lengths_in,
-    bool reverse, bool save_for_backward) {
-  TORCH_CHECK(xproj_in.dim() == 3, "fusedrnn: xproj must be (T, B, 4H), got ", xproj_in.sizes());
-  check_floating(xproj_in, "xproj");
-  const int64_t steps = xproj_in.size(0), batch = xproj_in.size(1);
-  TORCH_CHECK(w_hh_in.dim() == 2 && w_hh_in.size(0) == xproj_in.size(2) &&
-                  xproj_in.size(2) % 4 == 0,
-              "fusedrnn: w_hh must be (4H, P) with 4H = xproj.size(2) = ", xproj_in.size(2),
-              ", got ", w_hh_in.sizes());
-  const int64_t hidden = w_hh_in.size(0) / 4, width = w_hh_in.size(1);
-  const bool proj = w_hr_in.has_value();
-  if (proj) {
-    check_rank_and_sizes(*w_hr_in, "w_hr", {width, hidden});
-    check_same(xproj_in, *w_hr_in, "w_hr");
-  } else {
-    TORCH_CHECK(width == hidden, "fusedrnn: w_hh must be (4H, H) without w_hr, got ",
-                w_hh_in.sizes());
-  }
-  check_rank_and_sizes(h0_in, "h0", {batch, width});
-  check_rank_and_sizes(c0_in, "c0", {batch, hidden});
-  check_same(xproj_in, w_hh_in, "w_hh");
-  check_same(xproj_in, h0_in, "h0");
-  check_same(xproj_in, c0_in, "c0");
-  c10::OptionalDeviceGuard guard(xproj_in.device());
-  const auto lengths = prepare_lengths(lengths_in, xproj_in, steps, batch);
+    const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& bias,
+    const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
+    const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
+    bool persistent) {
+  const OpArgs args("lstm_forward", input);
+  const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
+  const auto out_type = input.scalar_type();
+  if (bias) args.tensor(*bias, "bias", {4 * s.hidden}, out_type);
+  args.tensor(h0, "h0", {s.batch, s.h_size}, out_type);
+  args.tensor(c0, "c0", {s.batch, s.hidden}, out_type);
+  const auto lengths = args.lengths(lengths_in, s.batch);
+  c10::OptionalDeviceGuard guard(input.device());
 
-  const auto out_type = xproj_in.scalar_type();
-  const auto ct = compute_type(out_type);
-  const Tensor xproj = to_compute(xproj_in, ct), w_hh = to_compute(w_hh_in, ct);
-  const auto w_hr = to_compute(w_hr_in, ct);
+  const auto compute_type = compute_dtype_for(out_type);
+  const Tensor xproj = input_projection(to_compute(input, compute_type),
+                                        to_compute(w_ih, compute_type),
+                                        to_compute(bias, compute_type));
+  const Tensor w_hh_c = to_compute(w_hh, compute_type);
+  const auto w_hr_c = to_compute(w_hr, compute_type);
   const auto opts = xproj.options();
+  const int64_t batch = s.batch, hidden = s.hidden, h_size = s.h_size;
 
-  Tensor output = at::empty({steps, batch, width}, opts);
+  Tensor output = at::empty({s.steps, batch, h_size}, opts);
   // Inference saves nothing: the kernels skip null gates/cells.
-  const int64_t saved_steps = save_for_backward ? steps : 0;
+  const int64_t saved_steps = save_for_backward ? s.steps : 0;
   Tensor gates = at::empty({saved_steps, batch, 4 * hidden}, opts);
   Tensor cells = at::empty({saved_steps, batch, hidden}, opts);
-  Tensor h_state = h0_in.to(ct).clone(at::MemoryFormat::Contiguous);
-  Tensor c = c0_in.to(ct).clone(at::MemoryFormat::Contiguous);
+  Tensor h_state = h0.to(compute_type).clone(at::MemoryFormat::Contiguous);
+  Tensor c = c0.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor hh = at::empty({batch, 4 * hidden}, opts);
-  Tensor h_raw = proj ? at::empty({batch, hidden}, opts) : Tensor();
-  Tensor h_proj = proj ? at::empty({batch, width}, opts) : Tensor();
+  Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
+  Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
   // Row-major (P, 4H) copies: BLAS runs the per-step product several times
   // faster on them than on transposed views.
-  const Tensor w_hh_t = w_hh.t().contiguous();
-  const Tensor w_hr_t = proj ? w_hr->t().contiguous() : Tensor();
+  const Tensor w_hh_t = w_hh_c.t().contiguous();
+  const Tensor w_hr_t = s.projected ? w_hr_c->t().contiguous() : Tensor();
 
-  AT_DISPATCH_FLOATING_TYPES(ct, "fusedrnn::lstm_forward", [&] {
-    const int64_t* lens = lengths_data(lengths);
-    if (!proj && persistent_requested(xproj)) {
-      const Tensor h0 = h0_in.to(ct).contiguous();
-      const LstmSequence<scalar_t> seq{steps, batch, hidden, reverse,
-                                       xproj.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                       h0.data_ptr<scalar_t>(), c.data_ptr<scalar_t>(),
-                                       output.data_ptr<scalar_t>(), h_state.data_ptr<scalar_t>(),
-                                       c.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, 0),
-                                       saved_at<scalar_t>(cells, 0), lens};
-      if (run_persistent(seq, "LSTM")) return;
+  AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_forward", [&] {
+    const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (persistent && !s.projected) {
+      const Tensor h0_c = to_compute(h0, compute_type);
+      const LstmSequence<scalar_t> seq{
+          .steps = s.steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+          .xproj = xproj.data_ptr<scalar_t>(), .w_hh = w_hh_c.data_ptr<scalar_t>(),
+          .h0 = h0_c.data_ptr<scalar_t>(), .c0 = c.data_ptr<scalar_t>(),
+          .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
+          .c_n = c.data_ptr<scalar_t>(), .gates = saved_at<scalar_t>(gates, 0),
+          .cells = saved_at<scalar_t>(cells, 0), .lengths = lens};
+      if (run_persistent(seq, xproj)) return;
     }
-    const auto k = kernels_for<scalar_t>(xproj);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = step_time(s, steps, reverse);
+    const auto kernels = kernels_for<scalar_t>(xproj);
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = step_time(step, s.steps, reverse);
       at::mm_out(hh, h_state, w_hh_t);
       scalar_t* out_t = at_step<scalar_t>(output, t);
-      k.lstm_forward({batch, hidden, at_step<scalar_t>(xproj, t), hh.data_ptr<scalar_t>(),
-                      c.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, t),
-                      saved_at<scalar_t>(cells, t), proj ? h_raw.data_ptr<scalar_t>() : out_t,
-                      proj ? nullptr : h_state.data_ptr<scalar_t>(), lens, t});
-      if (proj) {
+      kernels.lstm_forward({.batch = batch, .hidden = hidden,
+                            .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
+                            .c = c.data_ptr<scalar_t>(), .gates = saved_at<scalar_t>(gates, t),
+                            .cells = saved_at<scalar_t>(cells, t),
+                            .h_out = s.projected ? h_raw.data_ptr<scalar_t>() : out_t,
+                            .h_state = s.projected ? nullptr : h_state.data_ptr<scalar_t>(),
+                            .lengths = lens, .t = t});
+      if (s.projected) {
         at::mm_out(h_proj, h_raw, w_hr_t);
-        k.masked_commit({batch, width, h_proj.data_ptr<scalar_t>(), out_t,
-                         h_state.data_ptr<scalar_t>(), lens, t});
+        kernels.projected_commit({.batch = batch, .h_size = h_size,
+                                  .h_new = h_proj.data_ptr<scalar_t>(), .out = out_t,
+                                  .h_state = h_state.data_ptr<scalar_t>(), .lengths = lens,
+                                  .t = t});
       }
     }
   });
   return {output.to(out_type), h_state.to(out_type), c.to(out_type), gates, cells};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
-    const Tensor& grad_output_in, const Tensor& grad_h_n_in, const Tensor& grad_c_n_in,
-    const Tensor& w_hh_in, const std::optional<Tensor>& w_hr_in, const Tensor& h0_in,
-    const Tensor& c0_in, const Tensor& output_in, const Tensor& gates, const Tensor& cells,
-    const std::optional<Tensor>& lengths_in, bool reverse) {
-  TORCH_CHECK(gates.dim() == 3 && cells.dim() == 3 && output_in.dim() == 3,
-              "fusedrnn: lstm_backward expects the (T, B, *) tensors saved by lstm_forward");
-  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = cells.size(2);
-  const int64_t width = w_hh_in.size(1);
-  const bool proj = w_hr_in.has_value();
-  check_rank_and_sizes(grad_output_in, "grad_output", {steps, batch, width});
-  check_rank_and_sizes(grad_h_n_in, "grad_h_n", {batch, width});
-  check_rank_and_sizes(grad_c_n_in, "grad_c_n", {batch, hidden});
-  check_rank_and_sizes(gates, "gates", {steps, batch, 4 * hidden});
-  c10::OptionalDeviceGuard guard(gates.device());
-  const auto lengths = prepare_lengths(lengths_in, gates, steps, batch);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& grad_c_n,
+    const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
+    const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
+    const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths_in,
+    bool reverse, bool grad_input, bool persistent) {
+  const OpArgs args("lstm_backward", input);
+  const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
+  const auto out_type = input.scalar_type();
+  const auto compute_type = compute_dtype_for(out_type);
+  const int64_t steps = s.steps, batch = s.batch, hidden = s.hidden, h_size = s.h_size;
+  args.tensor(grad_output_in, "grad_output", {steps, batch, h_size}, out_type);
+  args.tensor(grad_h_n, "grad_h_n", {batch, h_size}, out_type);
+  args.tensor(grad_c_n, "grad_c_n", {batch, hidden}, out_type);
+  args.tensor(h0, "h0", {batch, h_size}, out_type);
+  args.tensor(c0, "c0", {batch, hidden}, out_type);
+  args.tensor(output, "output", {steps, batch, h_size}, out_type);
+  args.tensor(gates, "gates", {steps, batch, 4 * hidden}, compute_type);
+  args.tensor(cells, "cells", {steps, batch, hidden}, compute_type);
+  const auto lengths = args.lengths(lengths_in, batch);
+  c10::OptionalDeviceGuard guard(input.device());
 
-  const auto out_type = w_hh_in.scalar_type();
-  const auto ct = gates.scalar_type();
-  const Tensor grad_output = to_compute(grad_output_in, ct), w_hh = to_compute(w_hh_in, ct);
-  const auto w_hr = to_compute(w_hr_in, ct);
+  const Tensor grad_output = to_compute(grad_output_in, compute_type);
+  const Tensor w_hh_c = to_compute(w_hh, compute_type);
+  const auto w_hr_c = to_compute(w_hr, compute_type);
   const Tensor gates_c = gates.contiguous(), cells_c = cells.contiguous();
   const auto opts = gates_c.options();
 
   Tensor d_gates = at::empty({steps, batch, 4 * hidden}, opts);
-  Tensor dh_total = at::empty({steps, batch, width}, opts);
-  Tensor dh_state = grad_h_n_in.to(ct).clone(at::MemoryFormat::Contiguous);
-  Tensor dc = grad_c_n_in.to(ct).clone(at::MemoryFormat::Contiguous);
-  Tensor dh_raw = proj ? at::empty({batch, hidden}, opts) : Tensor();
-  const Tensor c_prev = previous_states(cells_c, c0_in.to(ct), lengths, reverse);
+  Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
+  Tensor dc = grad_c_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
+  Tensor dh_total;  // (T, B, P): every step's dh, for the step loop and w_hr's gradient
 
-  AT_DISPATCH_FLOATING_TYPES(ct, "fusedrnn::lstm_backward", [&] {
-    const auto k = kernels_for<scalar_t>(gates_c);
-    const int64_t* lens = lengths_data(lengths);
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t t = step_time(s, steps, reverse);
+  AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
+    const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (!s.projected && persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+      const Tensor c0_c = to_compute(c0, compute_type);
+      cpu::persistent_lstm_backward<scalar_t>(
+          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+           .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
+           .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
+           .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
+           .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
+           .lengths = lens});
+      return;
+    }
+    const auto kernels = kernels_for<scalar_t>(gates_c);
+    dh_total = at::empty({steps, batch, h_size}, opts);
+    Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
+    const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
+    for (int64_t step = steps - 1; step >= 0; --step) {
+      const int64_t t = step_time(step, steps, reverse);
       const Tensor dh_total_t = dh_total.select(0, t), d_gates_t = d_gates.select(0, t);
-      k.grad_h_accumulate({batch, width, at_step<scalar_t>(grad_output, t),
-                           dh_state.data_ptr<scalar_t>(), dh_total_t.data_ptr<scalar_t>(), lens,
-                           t});
-      if (proj) at::mm_out(dh_raw, dh_total_t, *w_hr);
-      k.lstm_backward({batch, hidden, at_step<scalar_t>(gates_c, t),
-                       at_step<scalar_t>(cells_c, t), at_step<scalar_t>(c_prev, t),
-                       (proj ? dh_raw : dh_total_t).data_ptr<scalar_t>(), dc.data_ptr<scalar_t>(),
-                       d_gates_t.data_ptr<scalar_t>(), lens, t});
+      kernels.grad_h_accumulate({.batch = batch, .h_size = h_size,
+                                 .grad_out = at_step<scalar_t>(grad_output, t),
+                                 .dh_state = dh_state.data_ptr<scalar_t>(),
+                                 .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
+                                 .t = t});
+      if (s.projected) at::mm_out(dh_raw, dh_total_t, *w_hr_c);
+      kernels.lstm_backward({.batch = batch, .hidden = hidden,
+                             .gates = at_step<scalar_t>(gates_c, t),
+                             .cells = at_step<scalar_t>(cells_c, t),
+                             .c_prev = at_step<scalar_t>(c_prev, t),
+                             .dh = (s.projected ? dh_raw : dh_total_t).data_ptr<scalar_t>(),
+                             .dc = dc.data_ptr<scalar_t>(),
+                             .d_gates = d_gates_t.data_ptr<scalar_t>(), .lengths = lens,
+                             .t = t});
       if (lens) {
-        k.grad_h_carry({batch, width, nullptr, dh_state.data_ptr<scalar_t>(),
-                        dh_total_t.data_ptr<scalar_t>(), lens, t});
-        dh_state.addmm_(d_gates_t, w_hh);
+        kernels.grad_h_carry({.batch = batch, .h_size = h_size, .grad_out = nullptr,
+                              .dh_state = dh_state.data_ptr<scalar_t>(),
+                              .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
+                              .t = t});
+        dh_state.addmm_(d_gates_t, w_hh_c);
       } else {
-        at::mm_out(dh_state, d_gates_t, w_hh);
+        at::mm_out(dh_state, d_gates_t, w_hh_c);
       }
     }
   });
 
-  const Tensor h_prev = previous_states(output_in.to(ct), h0_in.to(ct), lengths, reverse);
-  const Tensor grad_w_hh =
-      d_gates.view({steps * batch, 4 * hidden}).t().mm(h_prev.reshape({steps * batch, width}));
-  Tensor grad_w_hr = at::empty({0}, w_hh_in.options());
-  if (proj) {
+  const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
+                                        reverse);
+  const Tensor grad_w_hh = gemm_tn_over_steps(d_gates.view({steps * batch, 4 * hidden}),
+                                     h_prev.reshape({steps * batch, h_size}));
+  Tensor grad_w_hr = at::empty({0}, input.options());
+  if (s.projected) {
     // Unprojected hidden state o * tanh(c); zero where inactive (o saved as 0).
     const Tensor h_raw_all = gates_c.narrow(2, 3 * hidden, hidden) * cells_c.tanh();
-    grad_w_hr = dh_total.view({steps * batch, width})
+    grad_w_hr = dh_total.view({steps * batch, h_size})
                     .t()
                     .mm(h_raw_all.view({steps * batch, hidden}))
                     .to(out_type);
   }
-  return {d_gates.to(out_type), grad_w_hh.to(out_type), grad_w_hr, dh_state.to(out_type),
-          dc.to(out_type)};
+  const InputGrads in = input_projection_backward(d_gates, to_compute(input, compute_type),
+                                                  to_compute(w_ih, compute_type), grad_input);
+  return {in.input.to(out_type), in.w_ih.to(out_type), in.bias.to(out_type),
+          grad_w_hh.to(out_type), grad_w_hr, dh_state.to(out_type), dc.to(out_type)};
 }
 
 // =============================================================== GRU
 
-std::tuple<Tensor, Tensor, Tensor> gru_forward(const Tensor& xproj_in, const Tensor& w_hh_in,
-                                               const std::optional<Tensor>& b_hh_in,
-                                               const Tensor& h0_in,
-                                               const std::optional<Tensor>& lengths_in,
-                                               bool reverse, bool save_for_backward) {
-  TORCH_CHECK(xproj_in.dim() == 3, "fusedrnn: xproj must be (T, B, 3H), got ", xproj_in.sizes());
-  check_floating(xproj_in, "xproj");
-  const int64_t steps = xproj_in.size(0), batch = xproj_in.size(1);
-  TORCH_CHECK(xproj_in.size(2) % 3 == 0, "fusedrnn: xproj.size(2) must be 3H, got ",
-              xproj_in.size(2));
-  const int64_t hidden = xproj_in.size(2) / 3;
-  check_rank_and_sizes(w_hh_in, "w_hh", {3 * hidden, hidden});
-  check_rank_and_sizes(h0_in, "h0", {batch, hidden});
-  check_same(xproj_in, w_hh_in, "w_hh");
-  check_same(xproj_in, h0_in, "h0");
-  if (b_hh_in) {
-    check_rank_and_sizes(*b_hh_in, "b_hh", {3 * hidden});
-    check_same(xproj_in, *b_hh_in, "b_hh");
-  }
-  c10::OptionalDeviceGuard guard(xproj_in.device());
-  const auto lengths = prepare_lengths(lengths_in, xproj_in, steps, batch);
+namespace {
 
-  const auto out_type = xproj_in.scalar_type();
-  const auto ct = compute_type(out_type);
-  const Tensor xproj = to_compute(xproj_in, ct), w_hh = to_compute(w_hh_in, ct);
-  const auto b_hh = to_compute(b_hh_in, ct);
+struct GruSizes {
+  int64_t steps, batch, input_size, hidden;
+};
+
+GruSizes check_gru(const OpArgs& args, const Tensor& input, const Tensor& w_ih,
+                   const Tensor& w_hh) {
+  args.sequence(input, "input");
+  args.supported_dtype(input, "input");
+  const auto dtype = input.scalar_type();
+  GruSizes s;
+  s.steps = input.size(0);
+  s.batch = input.size(1);
+  s.input_size = input.size(2);
+  if (w_ih.dim() != 2 || w_ih.size(0) % 3 != 0)
+    args.fail("w_ih must be a (3H, I) matrix, got shape " + c10::str(w_ih.sizes()));
+  s.hidden = w_ih.size(0) / 3;
+  args.tensor(w_ih, "w_ih", {3 * s.hidden, s.input_size}, dtype);
+  args.tensor(w_hh, "w_hh", {3 * s.hidden, s.hidden}, dtype);
+  return s;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor> gru_forward(
+    const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
+    const Tensor& w_hh, const std::optional<Tensor>& b_hh, const Tensor& h0,
+    const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
+    bool persistent) {
+  const OpArgs args("gru_forward", input);
+  const GruSizes s = check_gru(args, input, w_ih, w_hh);
+  const auto out_type = input.scalar_type();
+  if (b_ih) args.tensor(*b_ih, "b_ih", {3 * s.hidden}, out_type);
+  if (b_hh) args.tensor(*b_hh, "b_hh", {3 * s.hidden}, out_type);
+  args.tensor(h0, "h0", {s.batch, s.hidden}, out_type);
+  const auto lengths = args.lengths(lengths_in, s.batch);
+  c10::OptionalDeviceGuard guard(input.device());
+
+  const auto compute_type = compute_dtype_for(out_type);
+  const Tensor xproj = input_projection(to_compute(input, compute_type),
+                                        to_compute(w_ih, compute_type),
+                                        to_compute(b_ih, compute_type));
+  const Tensor w_hh_c = to_compute(w_hh, compute_type);
+  const auto b_hh_c = to_compute(b_hh, compute_type);
   const auto opts = xproj.options();
+  const int64_t batch = s.batch, hidden = s.hidden;
 
-  Tensor output = at::empty({steps, batch, hidden}, opts);
-  Tensor gates = at::empty({save_for_backward ? steps : 0, batch, 4 * hidden}, opts);
-  Tensor h_state = h0_in.to(ct).clone(at::MemoryFormat::Contiguous);
+  Tensor output = at::empty({s.steps, batch, hidden}, opts);
+  Tensor gates = at::empty({save_for_backward ? s.steps : 0, batch, 4 * hidden}, opts);
+  Tensor h_state = h0.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor hh = at::empty({batch, 3 * hidden}, opts);
-  const Tensor w_hh_t = w_hh.t().contiguous();  // see lstm_forward
+  const Tensor w_hh_t = w_hh_c.t().contiguous();  // see lstm_forward
 
-  AT_DISPATCH_FLOATING_TYPES(ct, "fusedrnn::gru_forward", [&] {
-    const int64_t* lens = lengths_data(lengths);
-    if (persistent_requested(xproj)) {
-      const Tensor h0 = h0_in.to(ct).contiguous();
-      const GruSequence<scalar_t> seq{steps, batch, hidden, reverse,
-                                      xproj.data_ptr<scalar_t>(), w_hh.data_ptr<scalar_t>(),
-                                      b_hh ? b_hh->data_ptr<scalar_t>() : nullptr,
-                                      h0.data_ptr<scalar_t>(), output.data_ptr<scalar_t>(),
-                                      h_state.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, 0),
-                                      lens};
-      if (run_persistent(seq, "GRU")) return;
+  AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_forward", [&] {
+    const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (persistent) {
+      const Tensor h0_c = to_compute(h0, compute_type);
+      const GruSequence<scalar_t> seq{
+          .steps = s.steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+          .xproj = xproj.data_ptr<scalar_t>(), .w_hh = w_hh_c.data_ptr<scalar_t>(),
+          .b_hh = data_or_null<scalar_t>(b_hh_c), .h0 = h0_c.data_ptr<scalar_t>(),
+          .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
+          .gates = saved_at<scalar_t>(gates, 0), .lengths = lens};
+      if (run_persistent(seq, xproj)) return;
     }
-    const auto k = kernels_for<scalar_t>(xproj);
-    for (int64_t s = 0; s < steps; ++s) {
-      const int64_t t = step_time(s, steps, reverse);
-      if (b_hh) {
-        at::addmm_out(hh, *b_hh, h_state, w_hh_t);
+    const auto kernels = kernels_for<scalar_t>(xproj);
+    for (int64_t step = 0; step < s.steps; ++step) {
+      const int64_t t = step_time(step, s.steps, reverse);
+      if (b_hh_c) {
+        at::addmm_out(hh, *b_hh_c, h_state, w_hh_t);
       } else {
         at::mm_out(hh, h_state, w_hh_t);
       }
-      k.gru_forward({batch, hidden, at_step<scalar_t>(xproj, t), hh.data_ptr<scalar_t>(),
-                     h_state.data_ptr<scalar_t>(), saved_at<scalar_t>(gates, t),
-                     at_step<scalar_t>(output, t), lens, t});
+      kernels.gru_forward({.batch = batch, .hidden = hidden,
+                           .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
+                           .h_state = h_state.data_ptr<scalar_t>(),
+                           .gates = saved_at<scalar_t>(gates, t),
+                           .h_out = at_step<scalar_t>(output, t), .lengths = lens, .t = t});
     }
   });
   return {output.to(out_type), h_state.to(out_type), gates};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> gru_backward(
-    const Tensor& grad_output_in, const Tensor& grad_h_n_in, const Tensor& w_hh_in,
-    const Tensor& h0_in, const Tensor& output_in, const Tensor& gates,
-    const std::optional<Tensor>& lengths_in, bool reverse) {
-  TORCH_CHECK(gates.dim() == 3 && output_in.dim() == 3,
-              "fusedrnn: gru_backward expects the (T, B, *) tensors saved by gru_forward");
-  const int64_t steps = gates.size(0), batch = gates.size(1), hidden = gates.size(2) / 4;
-  check_rank_and_sizes(grad_output_in, "grad_output", {steps, batch, hidden});
-  check_rank_and_sizes(grad_h_n_in, "grad_h_n", {batch, hidden});
-  check_rank_and_sizes(w_hh_in, "w_hh", {3 * hidden, hidden});
-  c10::OptionalDeviceGuard guard(gates.device());
-  const auto lengths = prepare_lengths(lengths_in, gates, steps, batch);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+    const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
+    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent) {
+  const OpArgs args("gru_backward", input);
+  const GruSizes s = check_gru(args, input, w_ih, w_hh);
+  const auto out_type = input.scalar_type();
+  const auto compute_type = compute_dtype_for(out_type);
+  const int64_t steps = s.steps, batch = s.batch, hidden = s.hidden;
+  args.tensor(grad_output_in, "grad_output", {steps, batch, hidden}, out_type);
+  args.tensor(grad_h_n, "grad_h_n", {batch, hidden}, out_type);
+  args.tensor(h0, "h0", {batch, hidden}, out_type);
+  args.tensor(output, "output", {steps, batch, hidden}, out_type);
+  args.tensor(gates, "gates", {steps, batch, 4 * hidden}, compute_type);
+  const auto lengths = args.lengths(lengths_in, batch);
+  c10::OptionalDeviceGuard guard(input.device());
 
-  const auto out_type = w_hh_in.scalar_type();
-  const auto ct = gates.scalar_type();
-  const Tensor grad_output = to_compute(grad_output_in, ct), w_hh = to_compute(w_hh_in, ct);
+  const Tensor grad_output = to_compute(grad_output_in, compute_type);
+  const Tensor w_hh_c = to_compute(w_hh, compute_type);
   const Tensor gates_c = gates.contiguous();
   const auto opts = gates_c.options();
 
   Tensor d_xproj = at::empty({steps, batch, 3 * hidden}, opts);
   Tensor d_hh = at::empty({steps, batch, 3 * hidden}, opts);
   Tensor dh_total = at::empty({batch, hidden}, opts);
-  Tensor dh_state = grad_h_n_in.to(ct).clone(at::MemoryFormat::Contiguous);
-  const Tensor h_prev = previous_states(output_in.to(ct), h0_in.to(ct), lengths, reverse);
+  Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
+  const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
+                                        reverse);
 
-  AT_DISPATCH_FLOATING_TYPES(ct, "fusedrnn::gru_backward", [&] {
-    const auto k = kernels_for<scalar_t>(gates_c);
-    const int64_t* lens = lengths_data(lengths);
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t t = step_time(s, steps, reverse);
-      k.grad_h_accumulate({batch, hidden, at_step<scalar_t>(grad_output, t),
-                           dh_state.data_ptr<scalar_t>(), dh_total.data_ptr<scalar_t>(), lens,
-                           t});
-      k.gru_backward({batch, hidden, at_step<scalar_t>(gates_c, t), at_step<scalar_t>(h_prev, t),
-                      dh_total.data_ptr<scalar_t>(), at_step<scalar_t>(d_xproj, t),
-                      at_step<scalar_t>(d_hh, t), dh_state.data_ptr<scalar_t>(), lens, t});
-      dh_state.addmm_(d_hh.select(0, t), w_hh);
+  AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
+    const int64_t* lens = data_or_null<int64_t>(lengths);
+    if (persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+      const Tensor h0_c = to_compute(h0, compute_type), output_c = to_compute(output, compute_type);
+      cpu::persistent_gru_backward<scalar_t>(
+          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+           .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+           .output = output_c.data_ptr<scalar_t>(), .grad_out = grad_output.data_ptr<scalar_t>(),
+           .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
+           .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
+           .lengths = lens});
+      return;
+    }
+    const auto kernels = kernels_for<scalar_t>(gates_c);
+    for (int64_t step = steps - 1; step >= 0; --step) {
+      const int64_t t = step_time(step, steps, reverse);
+      kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,
+                                 .grad_out = at_step<scalar_t>(grad_output, t),
+                                 .dh_state = dh_state.data_ptr<scalar_t>(),
+                                 .dh_total = dh_total.data_ptr<scalar_t>(), .lengths = lens,
+                                 .t = t});
+      kernels.gru_backward({.batch = batch, .hidden = hidden,
+                            .gates = at_step<scalar_t>(gates_c, t),
+                            .h_prev = at_step<scalar_t>(h_prev, t),
+                            .dh = dh_total.data_ptr<scalar_t>(),
+                            .d_xproj = at_step<scalar_t>(d_xproj, t),
+                            .d_hh = at_step<scalar_t>(d_hh, t),
+                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t});
+      dh_state.addmm_(d_hh.select(0, t), w_hh_c);
     }
   });
 
   const Tensor d_hh_rows = d_hh.view({steps * batch, 3 * hidden});
-  const Tensor grad_w_hh = d_hh_rows.t().mm(h_prev.reshape({steps * batch, hidden}));
+  const Tensor grad_w_hh = gemm_tn_over_steps(d_hh_rows, h_prev.reshape({steps * batch, hidden}));
   const Tensor grad_b_hh = d_hh_rows.sum(0);
-  return {d_xproj.to(out_type), grad_w_hh.to(out_type), grad_b_hh.to(out_type),
-          dh_state.to(out_type)};
+  const InputGrads in = input_projection_backward(d_xproj, to_compute(input, compute_type),
+                                                  to_compute(w_ih, compute_type), grad_input);
+  return {in.input.to(out_type), in.w_ih.to(out_type),     in.bias.to(out_type),
+          grad_w_hh.to(out_type), grad_b_hh.to(out_type), dh_state.to(out_type)};
 }
 
 }  // namespace fusedrnn

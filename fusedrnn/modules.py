@@ -180,9 +180,8 @@ class LSTM(_FusedRNNBase):
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
         bias = p["b_ih"] + p["b_hh"] if "b_ih" in p else None
-        xproj = F.linear(layer_input, p["w_ih"], bias)
-        return ops.lstm_layer(xproj, p["w_hh"], p.get("w_hr"), state[0], state[1], lengths,
-                              reverse)
+        return ops.lstm_layer(layer_input, p["w_ih"], bias, p["w_hh"], p.get("w_hr"), state[0],
+                              state[1], lengths, reverse)
 
 
 class GRU(_FusedRNNBase):
@@ -221,8 +220,8 @@ class GRU(_FusedRNNBase):
         return finals[0]
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
-        xproj = F.linear(layer_input, p["w_ih"], p.get("b_ih"))
-        return ops.gru_layer(xproj, p["w_hh"], p.get("b_hh"), state[0], lengths, reverse)
+        return ops.gru_layer(layer_input, p["w_ih"], p.get("b_ih"), p["w_hh"], p.get("b_hh"),
+                             state[0], lengths, reverse)
 
 
 # --------------------------------------------------------------------- cells
@@ -274,7 +273,7 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
     def forward(self, input, hx=None):
         x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
         bias = self.bias_ih + self.bias_hh if self.bias else None
-        _, h, c = ops.lstm_layer(F.linear(x, self.weight_ih, bias), self.weight_hh, None, h0, c0)
+        _, h, c = ops.lstm_layer(x, self.weight_ih, bias, self.weight_hh, None, h0, c0)
         h, c = h.to(result_dtype), c.to(result_dtype)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
@@ -287,6 +286,5 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
 
     def forward(self, input, hx=None):
         x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)
-        _, h = ops.gru_layer(F.linear(x, self.weight_ih, self.bias_ih), self.weight_hh,
-                             self.bias_hh, h0)
+        _, h = ops.gru_layer(x, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh, h0)
         return h.squeeze(0) if unbatched else h

@@ -3,13 +3,13 @@
 Written with plain torch ops, one time step at a time, so that autograd
 differentiates it and nobody has to trust our kernels to check our kernels.
 The layer functions have exactly the contract of the fused ops
-(``fusedrnn.ops``): one layer, one direction, the input projection already
-computed for all steps.
+(``fusedrnn.ops``): one layer, one direction, time-major input.
 
 Conventions shared with the kernels:
   * gate order ``i, f, g, o`` (LSTM) and ``r, z, n`` (GRU), as in torch.nn;
-  * ``xproj`` is ``(T, B, G*H)``; for LSTM it holds both biases, for GRU
-    only ``b_ih`` (``b_hh`` enters inside ``r * (W_hn h + b_hn)``);
+  * the input projection ``xproj = x @ w_ih^T + b`` is ``(T, B, G*H)``; for
+    LSTM ``b`` is ``b_ih + b_hh``, for GRU only ``b_ih`` (``b_hh`` enters
+    inside ``r * (W_hn h + b_hn)``);
   * ``lengths`` (``(B,)`` integers) marks steps ``t >= lengths[b]`` inactive:
     the state is carried through unchanged and the output there is zero;
   * ``reverse`` runs the steps from ``T - 1`` down to ``0``; with lengths a
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
 def lstm_cell(xproj_t: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Tensor | None):
@@ -57,8 +58,10 @@ def _active_rows(lengths: Tensor | None, t: int, like: Tensor) -> Tensor | None:
     return (lengths.to(like.device) > t).unsqueeze(-1)
 
 
-def lstm_layer(xproj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
-    """One LSTM layer in one direction: ``(output, h_n, c_n)``."""
+def lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+    """One LSTM layer in one direction: ``(output, h_n, c_n)``. ``bias`` is
+    ``b_ih + b_hh`` or None."""
+    xproj = torch.nn.functional.linear(x, w_ih, bias)
     h, c = h0, c0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
@@ -75,8 +78,9 @@ def lstm_layer(xproj, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
     return torch.stack(outputs), h, c
 
 
-def gru_layer(xproj, w_hh, b_hh, h0, lengths=None, reverse=False):
+def gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths=None, reverse=False):
     """One GRU layer in one direction: ``(output, h_n)``."""
+    xproj = torch.nn.functional.linear(x, w_ih, b_ih)
     h = h0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
@@ -113,12 +117,11 @@ def rnn(mode, input, hx, weights, *, num_layers, bidirectional, lengths=None,
             b_ih, b_hh, w_hr = _split_rest(rest)
             if mode == "LSTM":
                 b = None if b_ih is None else b_ih + b_hh
-                xproj = torch.nn.functional.linear(layer_input, w_ih, b)
-                out, h, c = lstm_layer(xproj, w_hh, w_hr, h0[k], c0[k], lengths, d == 1)
+                out, h, c = lstm_layer(layer_input, w_ih, b, w_hh, w_hr, h0[k], c0[k], lengths,
+                                       d == 1)
                 c_n.append(c)
             else:
-                xproj = torch.nn.functional.linear(layer_input, w_ih, b_ih)
-                out, h = gru_layer(xproj, w_hh, b_hh, h0[k], lengths, d == 1)
+                out, h = gru_layer(layer_input, w_ih, b_ih, w_hh, b_hh, h0[k], lengths, d == 1)
             outs.append(out)
             h_n.append(h)
         layer_input = torch.cat(outs, dim=-1)
@@ -139,3 +142,67 @@ def _split_rest(rest):
     if rest:
         w_hr = rest[0]
     return b_ih, b_hh, w_hr
+
+
+# ----------------------------------------------------------- whole module
+
+
+def module_forward(module, input, hx=None):
+    """``module``'s forward computed by :func:`rnn` with ``module``'s own parameters.
+
+    ``module`` is a ``torch.nn.LSTM``/``GRU`` or a fusedrnn one. Takes the
+    inputs torch.nn takes: batched (time- or batch-first), unbatched, or a
+    PackedSequence (the output is packed the same way), and returns what
+    torch.nn returns.
+    """
+    mode = module.mode  # "LSTM" or "GRU" (set by RNNBase)
+    D = 2 if module.bidirectional else 1
+    lengths = None
+    packed = isinstance(input, PackedSequence)
+    if packed:
+        x, lengths = pad_packed_sequence(input)
+    elif input.dim() == 2:
+        x = input.unsqueeze(1)
+    else:
+        x = input.transpose(0, 1) if module.batch_first else input
+    unbatched = not packed and input.dim() == 2
+    sizes = [module.proj_size or module.hidden_size, module.hidden_size]
+    sizes = sizes if mode == "LSTM" else sizes[:1]
+    if hx is None:
+        states = [x.new_zeros(module.num_layers * D, x.shape[1], s) for s in sizes]
+    else:
+        states = list(hx) if mode == "LSTM" else [hx]
+        states = [s.unsqueeze(1) for s in states] if unbatched else states
+    out, h = rnn(mode, x, tuple(states) if mode == "LSTM" else states[0],
+                 module.all_weights, num_layers=module.num_layers,
+                 bidirectional=module.bidirectional, lengths=lengths,
+                 dropout=module.dropout, training=module.training)
+    finals = list(h) if mode == "LSTM" else [h]
+    if packed:
+        order = input.sorted_indices
+        if order is not None:
+            out, lengths = out.index_select(1, order), lengths.index_select(0, order.cpu())
+        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+        out = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+    elif unbatched:
+        out, finals = out.squeeze(1), [f.squeeze(1) for f in finals]
+    elif module.batch_first:
+        out = out.transpose(0, 1)
+    return out, (tuple(finals) if mode == "LSTM" else finals[0])
+
+
+# ------------------------------------------------------------ tolerances
+# The project's accuracy rule (docs/design.md, Tolerances), for the tests and
+# the benchmark's correctness gate alike: the largest absolute error of every
+# output, final state and gradient against torch.nn or this reference.
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 5e-5}  # fp64 always; fp32 at T <= 64
+
+
+def low_precision_tolerance(torch_error: float) -> float:
+    """The bound where no fixed one applies (fp16/bf16, and fp32 at longer T).
+
+    No worse than twice torch.nn's own error in the same precision, both
+    errors taken against the same higher-precision run of torch.nn.
+    """
+    return 2.0 * torch_error

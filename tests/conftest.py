@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 import fusedrnn
 from fusedrnn import reference
+from fusedrnn.reference import module_forward as reference_forward  # noqa: F401  (used by tests)
 
-# DESIGN.md §4: fp64 within 1e-10; fp32 within 5e-5 absolute at T <= 64.
-TOL = {torch.float64: 1e-10, torch.float32: 5e-5}
+# The project's tolerances (docs/design.md, Tolerances): fp64 within 1e-10; fp32 within 5e-5
+# absolute at T <= 64.
+TOL = reference.TOLERANCE
 
 
 @pytest.fixture(autouse=True)
@@ -112,46 +114,3 @@ def assert_results_equal(actual: dict, expected: dict, what: str = "") -> None:
     assert actual.keys() == expected.keys(), f"{what}: {sorted(actual)} != {sorted(expected)}"
     for key in expected:
         assert torch.equal(actual[key], expected[key]), f"{what}: {key} differs"
-
-
-def reference_forward(module, input, hx=None):
-    """``module``'s forward computed by ``fusedrnn.reference.rnn`` with ``module``'s parameters.
-
-    Handles the same input forms as torch.nn: batched (time- or batch-first), unbatched and
-    PackedSequence (packed the same way as ``input``).
-    """
-    mode = "LSTM" if isinstance(module, (torch.nn.LSTM, fusedrnn.LSTM)) else "GRU"
-    D = 2 if module.bidirectional else 1
-    lengths = None
-    packed = isinstance(input, PackedSequence)
-    if packed:
-        x, lengths = pad_packed_sequence(input)
-    elif input.dim() == 2:
-        x = input.unsqueeze(1)
-    else:
-        x = input.transpose(0, 1) if module.batch_first else input
-    unbatched = not packed and input.dim() == 2
-    B = x.shape[1]
-    sizes = [module.proj_size or module.hidden_size, module.hidden_size]
-    sizes = sizes if mode == "LSTM" else sizes[:1]
-    if hx is None:
-        states = [x.new_zeros(module.num_layers * D, B, s) for s in sizes]
-    else:
-        states = list(hx) if mode == "LSTM" else [hx]
-        states = [s.unsqueeze(1) for s in states] if unbatched else states
-    out, h = reference.rnn(mode, x, tuple(states) if mode == "LSTM" else states[0],
-                           module.all_weights, num_layers=module.num_layers,
-                           bidirectional=module.bidirectional, lengths=lengths,
-                           dropout=module.dropout, training=module.training)
-    finals = list(h) if mode == "LSTM" else [h]
-    if packed:
-        order = input.sorted_indices
-        if order is not None:
-            out, lengths = out.index_select(1, order), lengths.index_select(0, order.cpu())
-        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
-        out = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
-    elif unbatched:
-        out, finals = out.squeeze(1), [f.squeeze(1) for f in finals]
-    elif module.batch_first:
-        out = out.transpose(0, 1)
-    return out, (tuple(finals) if mode == "LSTM" else finals[0])

@@ -1,10 +1,12 @@
-"""Tests of the benchmark harness (fusedrnn/bench.py): argument handling,
-the correctness gate (a wrong kernel is marked failed and never timed),
-the timing rows, and the files it writes.  Tiny shapes, one or two reps."""
+"""Tests of the benchmark harness (the fusedrnn.bench package): argument
+handling, the correctness gate (a wrong kernel is marked failed and never
+timed), the timing rows, and the files it writes, with or without matplotlib.
+Tiny shapes, one or two reps; nothing here asserts on a speed."""
 
 import importlib.util
 import json
 import math
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -15,7 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("fusedrnn") is None:
     sys.path.insert(0, str(ROOT))
-from fusedrnn import bench  # noqa: E402
+from fusedrnn import bench, reference  # noqa: E402
 
 
 FAST = dict(reps=2, warmup=1, min_sample_s=0.0)
@@ -126,6 +128,9 @@ def test_parse_defaults_and_overrides():
                           "--cell", "gru", "--mode", "infer", "--reps", "3", "--warmup", "0"])
     assert a.dtypes == ("bfloat16", "float32")
     assert (a.cells, a.modes, a.reps, a.warmup) == (("gru",), ("infer",), 3, 0)
+    assert bench.parse_dtypes("half, F64") == ("float16", "float64")  # benchmarks/ uses it
+    with pytest.raises(ValueError, match="unknown dtype"):
+        bench.parse_dtypes("fp8")
 
 
 def test_configs_from_args_default_cpu_is_design_shapes():
@@ -150,8 +155,8 @@ def test_list_prints_configurations(capsys):
 
 def test_presets_hold_the_design_grids():
     P = bench.PRESETS
-    assert set(P) == {"quick", "default", "cpu", "fastrnns", "flashrnn", "cudnn", "cuda",
-                      "persistent"}
+    assert set(P) == {"quick", "default", "cpu", "streaming", "fastrnns", "flashrnn", "cudnn",
+                      "cuda", "persistent"}
     assert bench.Shape(100, 64, 512, 512) in P["default"].shapes("cuda")
     assert any(s.B == 1 for s in P["default"].shapes("cuda"))  # small-batch latency row
     assert P["fastrnns"].shapes("cuda") == (bench.Shape(100, 64, 512, 512),
@@ -170,7 +175,16 @@ def test_presets_hold_the_design_grids():
     assert {s.H for s in cu} >= {64, 2048} and {s.B for s in cu} >= {1, 128}
     for name in ("default", "fastrnns", "flashrnn", "cudnn"):
         assert set(P[name].dtypes("cuda")) == {"float32", "bfloat16", "float16"}
-    assert P["cpu"].shapes("cpu") == P["default"].shapes("cpu") == bench.CPU_SHAPES
+    default_cpu = [(100, 64, 256, 256), (100, 16, 512, 512), (200, 1, 128, 128)]
+    assert P["default"].shapes("cpu") == tuple(bench.Shape(*s) for s in default_cpu)
+    cpu = default_cpu + [(100, 4, 64, 128), (32, 8, 64, 64), (35, 20, 200, 200)]
+    assert P["cpu"].shapes("cpu") == P["cpu"].shapes("cuda") == tuple(bench.Shape(*s) for s in cpu)
+    streaming = P["streaming"].shapes("cpu")
+    assert set(streaming) == {bench.Shape(*s) for s in [(200, 1, 128, 128), (100, 4, 64, 128),
+                                                       (32, 8, 64, 64), (1, 1, 128, 128)]}
+    assert all(s.B <= 8 for s in streaming) and len(streaming) == 4
+    ids = {c.id for c in bench.preset_configs("streaming", "cpu")}
+    assert {"lstm-infer-fp32-T1-B1-I128-H128", "gru-train-fp32-T1-B1-I128-H128"} <= ids
 
 
 def test_flops():
@@ -186,6 +200,9 @@ def test_flops():
 # --- the correctness gate --------------------------------------------------
 
 def test_tolerance_rules():
+    """The gate applies the project's tolerances, defined once in fusedrnn.reference."""
+    assert reference.TOLERANCE == {torch.float64: 1e-10, torch.float32: 5e-5}
+    assert reference.low_precision_tolerance(3e-3) == 6e-3      # twice torch's own error
     assert bench.tolerance("float64", None) == 1e-10
     assert bench.tolerance("float32", 1e-7) == 5e-5          # torch accurate: the absolute bound
     assert bench.tolerance("float32", 1e-4) == 2e-4          # otherwise twice torch's own error
@@ -216,7 +233,7 @@ def test_gate_check_compares_against_reference_with_twice_torch_error():
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gate_refuses_wrong_output_and_does_not_time_it(cell):
     peer, lstm, gru = module_peer("wrong", out_shift=1e-3)
-    rows = bench.run_config(cfg(cell=cell, mode="infer"), [peer], **FAST)
+    rows = bench.gate_and_time(cfg(cell=cell, mode="infer"), [peer], **FAST)
     base, bad = rows
     assert base["peer"] == "torch.nn" and base["status"] == "ok" and base["time_ms"]["median"] > 0
     assert bad["status"] == "failed" and "output" in bad["note"]
@@ -230,18 +247,18 @@ def test_gate_refuses_wrong_output_and_does_not_time_it(cell):
 
 def test_gate_checks_gradients_in_train_mode_only():
     peer, lstm, _ = module_peer("badgrad", grad_scale=1.001)
-    train = bench.run_config(cfg(mode="train"), [peer], **FAST)[1]
+    train = bench.gate_and_time(cfg(mode="train"), [peer], **FAST)[1]
     assert train["status"] == "failed" and "grad:" in train["note"]
     assert train["max_abs_diff_vs_torch"] == 0.0  # the forward is right, the gradients are not
     assert lstm.calls == 1
-    infer = bench.run_config(cfg(mode="infer"), [peer], **FAST)[1]
+    infer = bench.gate_and_time(cfg(mode="infer"), [peer], **FAST)[1]
     assert infer["status"] == "ok" and infer["time_ms"] is not None
     assert lstm.calls > 1 + FAST["reps"]  # timed this time
 
 
 def test_gate_passes_an_exact_dropin_and_times_it():
     peer, lstm, _ = module_peer("copy")
-    base, row = bench.run_config(cfg(mode="train", T=70), [peer], **FAST)  # T > 64: fp64 reference
+    base, row = bench.gate_and_time(cfg(mode="train", T=70), [peer], **FAST)  # fp64 reference
     assert row["status"] == "ok", row["note"]
     assert row["gate"]["passed"] and "grad:weight_hh_l0" in row["gate"]["checked"]
     assert "grad:input" in row["gate"]["checked"] and "grad:c0" in row["gate"]["checked"]
@@ -265,7 +282,7 @@ def test_peer_that_raises_gives_error_row_and_run_continues():
             raise RuntimeError("kernel exploded")
 
     peer, _, _ = module_peer("copy")
-    rows = bench.run_config(cfg(mode="infer"), [Broken(), peer], **FAST)
+    rows = bench.gate_and_time(cfg(mode="infer"), [Broken(), peer], **FAST)
     assert [r["status"] for r in rows] == ["ok", "error", "ok"]
     assert "kernel exploded" in rows[1]["note"]
 
@@ -274,9 +291,11 @@ def test_fusedrnn_peer_imports_its_module_lazily(monkeypatch):
     fake = types.ModuleType("_fake_fusedrnn")
     fake.LSTM, fake.GRU, fake.backend = torch.nn.LSTM, torch.nn.GRU, lambda: "stand-in"
     monkeypatch.setitem(sys.modules, "_fake_fusedrnn", fake)
-    row = bench.run_config(cfg(cell="gru", mode="infer"), [bench.FusedRNNPeer("_fake_fusedrnn")], **FAST)[1]
+    fake_peer = bench.FusedRNNPeer("_fake_fusedrnn")
+    row = bench.gate_and_time(cfg(cell="gru", mode="infer"), [fake_peer], **FAST)[1]
     assert (row["peer"], row["status"], row["note"]) == ("fusedrnn", "ok", "backend stand-in")
-    row = bench.run_config(cfg(mode="infer"), [bench.FusedRNNPeer("_no_such_fusedrnn")], **FAST)[1]
+    missing_peer = bench.FusedRNNPeer("_no_such_fusedrnn")
+    row = bench.gate_and_time(cfg(mode="infer"), [missing_peer], **FAST)[1]
     assert row["status"] == "error" and "ModuleNotFoundError" in row["note"]
 
 
@@ -284,15 +303,15 @@ def test_default_peers():
     peers = bench.default_peers("cpu")
     assert peers[0].name == "fusedrnn" and isinstance(peers[0], bench.FusedRNNPeer)
     assert "reference" in [p.name for p in bench.default_peers("cpu", reference=True)]
-    if bench._flashrnn_fn() is None:
+    if bench.flashrnn_function() is None:
         fl = [p for p in peers if p.name == "flashrnn"]
         assert fl and fl[0].skip_reason(cfg()) == "flashrnn: not installed"
     assert all(p.name != "flashrnn" for p in bench.default_peers("cpu", flashrnn=False))
 
 
 def test_reference_peer_matches_torch():
-    base, row = bench.run_config(cfg(cell="gru", mode="train", layers=2, bidirectional=True),
-                                 [bench.ReferencePeer()], **FAST)
+    base, row = bench.gate_and_time(cfg(cell="gru", mode="train", layers=2, bidirectional=True),
+                                    [bench.ReferencePeer()], **FAST)
     assert row["status"] == "ok", row["note"]
     assert row["max_abs_diff_vs_torch"] < 1e-5
 
@@ -300,7 +319,7 @@ def test_reference_peer_matches_torch():
 def test_real_fusedrnn_rows_pass_the_gate():
     """The harness with the real fusedrnn.LSTM/GRU (what `python -m fusedrnn.bench` runs)."""
     for c in (cfg(cell="lstm", mode="train"), cfg(cell="gru", mode="infer")):
-        row = bench.run_config(c, [bench.FusedRNNPeer()], **FAST)[1]
+        row = bench.gate_and_time(c, [bench.FusedRNNPeer()], **FAST)[1]
         assert row["status"] == "ok", row["note"]
         assert row["ratio_vs_torch"] > 0
 
@@ -360,10 +379,51 @@ def test_main_writes_json_markdown_and_png(tmp_path, capsys):
 
 
 def test_table_formatting():
-    rows = [bench._row(cfg(), "torch.nn", "ok", "baseline",
+    rows = [bench.make_row(cfg(), "torch.nn", "ok", "baseline",
                        stats={"median": 2e-3, "min": 1e-3, "max": 3e-3, "samples": 3,
                               "calls_per_sample": 1}, base_median=2e-3, mem=2**20, out_diff=0.0),
-            bench._row(cfg(), "x", "skipped", "x: not installed")]
+            bench.make_row(cfg(), "x", "skipped", "x: not installed")]
     text = bench.format_table(rows)
     assert "2.000" in text and "[1.000, 3.000]" in text and "1.00x" in text and "skipped" in text
     assert text.count("lstm train fp32 T=5") == 1  # config shown once per group on the terminal
+
+
+# Runs `python -m fusedrnn.bench ARGS` in a fresh interpreter where `import matplotlib` fails.
+WITHOUT_MATPLOTLIB = ("import runpy, sys; sys.modules['matplotlib'] = None; "
+                      "runpy.run_module('fusedrnn.bench', run_name='__main__', alter_sys=True)")
+
+
+def test_without_matplotlib_results_are_written_and_exit_is_0(tmp_path):
+    """`python -m fusedrnn.bench --preset quick --device cpu --out DIR` without matplotlib:
+    results.json and results.md, a one-line note instead of the plots, exit status 0."""
+    out = tmp_path / "quick"
+    argv = ["--preset", "quick", "--device", "cpu", "--out", str(out), "--no-progress",
+            "--reps", "1", "--warmup", "0", "--min-sample-ms", "0", "--threads", "1"]
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB] + argv, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.md"]
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["meta"]["preset"] == "quick"
+    statuses = {(r["peer"], r["status"]) for r in doc["rows"]}
+    assert statuses >= {("torch.nn", "ok"), ("fusedrnn", "ok")}
+    assert len([r for r in doc["rows"] if r["peer"] == "torch.nn"]) == 8  # every configuration ran
+    md = (out / "results.md").read_text()
+    assert sum(ln.startswith("| ") for ln in md.splitlines()) == 1 + len(doc["rows"])
+    assert "wrote " in proc.stdout and ".png" not in proc.stdout
+    note = proc.stderr.strip().splitlines()
+    assert len(note) == 1 and "matplotlib is not installed" in note[0], proc.stderr
+    assert "pip install 'fusedrnn[bench]'" in note[0]
+
+
+def test_time_calls_alternates_in_rotating_order():
+    """The timing utility on plain callables: warm-up, one calibration call each, then
+    one sample per callable per repetition, starting one later each time."""
+    order = []
+    calls = {n: (lambda n=n: order.append(n)) for n in "abc"}
+    stats = bench.time_calls(calls, reps=3, warmup=2, device="cpu")
+    assert order[:6] == list("abcabc") and order[6:9] == list("abc")
+    assert order[9:] == list("abcbcacab")
+    for s in stats.values():
+        assert s["samples"] == 3 and s["calls_per_sample"] == 1
+        assert 0 <= s["min"] <= s["median"] <= s["max"]

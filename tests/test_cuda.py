@@ -25,10 +25,11 @@ DEV = "cuda"
 
 
 @pytest.fixture(params=["standard", "persistent"])
-def kernel_path(request, monkeypatch):
+def kernel_path(request):
     """Every parity test runs on the standard kernels and with the persistent ones forced."""
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "1" if request.param == "persistent" else "0")
-    return request.param
+    ops.set_persistent("on" if request.param == "persistent" else "off")
+    yield request.param
+    ops.set_persistent("auto")
 
 
 def pair(mode, dtype=torch.float32, **kw):
@@ -137,14 +138,16 @@ def test_more_than_2_pow_31_gate_elements():
     if free < need:
         pytest.skip(f"needs about {need / 2**30:.0f} GiB free GPU memory")
     torch.manual_seed(0)
-    xproj = torch.randn(T, B, 4 * H, device=DEV) * 0.1
+    I = 8
+    x = torch.randn(T, B, I, device=DEV)
+    w_ih = torch.randn(4 * H, I, device=DEV) * 0.1
     w = torch.randn(4 * H, H, device=DEV) * 0.02
     h0 = torch.zeros(B, H, device=DEV)
-    out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(xproj, w, None, h0, h0, None,
-                                                                  False)
+    out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(x, w_ih, None, w, None, h0, h0,
+                                                                  None, False)
     tail = 3  # recompute the last steps from the saved state before them
-    expected, exp_h, exp_c = reference.lstm_layer(xproj[T - tail:], w, None, out[T - tail - 1],
-                                                  cells[T - tail - 1])
+    expected, exp_h, exp_c = reference.lstm_layer(x[T - tail:], w_ih, None, w, None,
+                                                  out[T - tail - 1], cells[T - tail - 1])
     torch.testing.assert_close(out[T - tail:], expected, atol=5e-5, rtol=0)
     torch.testing.assert_close(c_n, exp_c, atol=5e-5, rtol=0)
     torch.testing.assert_close(gates[-1, :, 3 * H:] * cells[-1].tanh(), out[-1], atol=5e-5, rtol=0)
@@ -152,16 +155,18 @@ def test_more_than_2_pow_31_gate_elements():
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
 def test_opcheck_on_cuda(name):
-    T, B, H = 4, 3, 8
-    xproj = torch.randn(T, B, (4 if name == "lstm" else 3) * H, device=DEV, requires_grad=True)
-    w = torch.randn(xproj.shape[-1], H, device=DEV, requires_grad=True)
+    T, B, I, H = 4, 3, 5, 8
+    G = 4 if name == "lstm" else 3
+    x = torch.randn(T, B, I, device=DEV, requires_grad=True)
+    w_ih = torch.randn(G * H, I, device=DEV, requires_grad=True)
+    w = torch.randn(G * H, H, device=DEV, requires_grad=True)
     h0 = torch.randn(B, H, device=DEV, requires_grad=True)
     lens = torch.tensor([4, 2, 3], device=DEV)
     if name == "lstm":
-        args = (xproj, w, None, h0, torch.randn(B, H, device=DEV), lens, True)
+        args = (x, w_ih, None, w, None, h0, torch.randn(B, H, device=DEV), lens, True)
         torch.library.opcheck(torch.ops.fusedrnn.lstm_forward, args)
     else:
-        args = (xproj, w, torch.randn(3 * H, device=DEV), h0, lens, False)
+        args = (x, w_ih, torch.randn(3 * H, device=DEV), w, None, h0, lens, False)
         torch.library.opcheck(torch.ops.fusedrnn.gru_forward, args)
 
 
@@ -217,23 +222,27 @@ def test_device_mismatch_is_a_clear_error():
         fused(torch.randn(3, 2, 4, device=DEV), (torch.zeros(1, 2, 8), torch.zeros(1, 2, 8)))
 
 
-def test_persistent_fallback_when_too_large(monkeypatch):
+def test_persistent_fallback_when_too_large():
     """Hidden beyond what fits on chip: a warning and the standard kernels' answer."""
-    monkeypatch.setenv("FUSEDRNN_PERSISTENT", "1")
     torch.manual_seed(0)
-    H = 2048
-    xproj = torch.randn(3, 2, 4 * H, device=DEV)
+    H = torch.ops.fusedrnn_debug.persistent_max_hidden(torch.float32, 4) + 1
+    x = torch.randn(3, 2, 8, device=DEV)
+    w_ih = torch.randn(4 * H, 8, device=DEV) * 0.1
     w = torch.randn(4 * H, H, device=DEV) * 0.01
     h0 = torch.randn(2, H, device=DEV)
     c0 = torch.randn(2, H, device=DEV)
-    with pytest.warns(UserWarning, match="persistent"):
-        got = ops.lstm_layer(xproj, w, None, h0, c0)
-    expected = reference.lstm_layer(xproj, w, None, h0, c0)
+    ops.set_persistent("on")
+    try:
+        with pytest.warns(UserWarning, match="persistent"):
+            got = ops.lstm_layer(x, w_ih, None, w, None, h0, c0)
+    finally:
+        ops.set_persistent("auto")
+    expected = reference.lstm_layer(x, w_ih, None, w, None, h0, c0)
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, atol=5e-5, rtol=0)
 
 
 def test_barrier_microbenchmark_runs():
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    us = torch.ops.fusedrnn.persistent_barrier_us(1000, sms)
+    us = torch.ops.fusedrnn_debug.persistent_barrier_us(1000, sms)
     assert 0 < us < 1e6

@@ -33,14 +33,22 @@ class Backend:
     name: str
     env: dict = field(default_factory=dict)  # environment of the process that runs it
     device: str = "cpu"  # where the modules and tensors live
-    reports: str = ""  # what "fusedrnn.backend() fusedrnn.build_info()" then contains
+    reports: str = ""  # what _describe() says in that process
 
 
-_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
-_SIMD = "cpu:avx2" if _AVX2 else "cpu:default"
+def _describe() -> str:
+    persistent = fusedrnn.ops.use_persistent(torch.empty(0))
+    return f"{fusedrnn.backend()} {fusedrnn.build_info()} persistent={persistent}"
+
+
+_CAPABILITY = torch.backends.cpu.get_cpu_capability()  # ATen's: DEFAULT, AVX2, AVX512, ...
+_SIMD = {"AVX512": "cpu:avx512", "AVX2": "cpu:avx2"}.get(_CAPABILITY, "cpu:default")
 BACKENDS = [
-    Backend("cpu-simd", reports=f"fused {_SIMD}"),  # fp32 AVX2 and fp64 where the CPU has AVX2
+    Backend("cpu-native", reports=f"fused {_SIMD} persistent=True"),  # the whole-sequence loop
+    *([Backend("cpu-avx2", {"ATEN_CPU_CAPABILITY": "avx2"}, reports="fused cpu:avx2")]
+      if torch.cpu._is_avx512_supported() else []),  # else the native one is AVX2 or less
     Backend("cpu-portable", {"ATEN_CPU_CAPABILITY": "default"}, reports="fused cpu:default"),
+    Backend("cpu-step-loop", {"FUSEDRNN_PERSISTENT": "0"}, reports="persistent=False"),
     Backend("reference", {"FUSEDRNN_BACKEND": "reference"}, reports="reference"),
 ]
 _CHILD = "FUSEDRNN_TEST_BACKEND"  # set in a child process: the name of the backend it runs
@@ -48,7 +56,7 @@ HERE = BACKENDS[[b.name for b in BACKENDS].index(os.environ.get(_CHILD, BACKENDS
 
 
 def test_this_process_runs_its_backend():
-    assert HERE.reports in f"{fusedrnn.backend()} {fusedrnn.build_info()}"
+    assert HERE.reports in _describe()
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != HERE and _CHILD not in os.environ],

@@ -12,44 +12,57 @@ from fusedrnn import ops, reference
 
 pytestmark = pytest.mark.skipif(not ops.HAVE_EXTENSION, reason="needs the compiled extension")
 
-TOL = {torch.float64: 1e-10, torch.float32: 5e-5}
+TOL = reference.TOLERANCE
 
 
-def make_lstm_inputs(T, B, H, P, dtype, lengths=None, seed=0):
+I = 5  # input size of every op test
+
+
+def _random(dtype, seed):
     g = torch.Generator().manual_seed(seed)
-    width = P or H
-    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=dtype) * scale).requires_grad_()
-    xproj = r(T, B, 4 * H)
-    w_hh = r(4 * H, width, scale=0.3)
-    w_hr = r(P, H, scale=0.3) if P else None
-    h0, c0 = r(B, width), r(B, H)
-    lens = None if lengths is None else torch.tensor(lengths)
-    return xproj, w_hh, w_hr, h0, c0, lens
+    return lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=dtype) * scale).requires_grad_()
+
+
+def make_lstm_inputs(T, B, H, P, dtype, lengths=None, seed=0, bias=True):
+    """``(x, w_ih, bias, w_hh, w_hr, h0, c0)`` and the lengths, in the ops' argument order."""
+    r = _random(dtype, seed)
+    h_size = P or H
+    inputs = (r(T, B, I), r(4 * H, I, scale=0.5), r(4 * H) if bias else None,
+              r(4 * H, h_size, scale=0.3), r(P, H, scale=0.3) if P else None,
+              r(B, h_size), r(B, H))
+    return inputs, None if lengths is None else torch.tensor(lengths)
 
 
 def make_gru_inputs(T, B, H, dtype, bias=True, lengths=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=dtype) * scale).requires_grad_()
-    xproj = r(T, B, 3 * H)
-    w_hh = r(3 * H, H, scale=0.3)
-    b_hh = r(3 * H) if bias else None
-    h0 = r(B, H)
-    lens = None if lengths is None else torch.tensor(lengths)
-    return xproj, w_hh, b_hh, h0, lens
+    """``(x, w_ih, b_ih, w_hh, b_hh, h0)`` and the lengths, in the ops' argument order."""
+    r = _random(dtype, seed)
+    inputs = (r(T, B, I), r(3 * H, I, scale=0.5), r(3 * H) if bias else None,
+              r(3 * H, H, scale=0.3), r(3 * H) if bias else None, r(B, H))
+    return inputs, None if lengths is None else torch.tensor(lengths)
 
 
 def grads_of(outputs, inputs, seed=1):
-    """Gradients of a random linear function of ``outputs`` w.r.t. ``inputs``."""
+    """Gradients of a random linear function of ``outputs`` w.r.t. ``inputs``
+    (zeros for an input the outputs do not depend on, e.g. x when T = 0)."""
     g = torch.Generator().manual_seed(seed)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outputs)
     wanted = [x for x in inputs if x is not None]
-    return torch.autograd.grad(loss, wanted)
+    grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+    return [torch.zeros_like(x) if gx is None else gx for x, gx in zip(wanted, grads)]
 
 
 def assert_close_all(actual, expected, tol):
     for a, e in zip(actual, expected, strict=True):
         assert a.shape == e.shape
         torch.testing.assert_close(a, e, atol=tol, rtol=0)
+
+
+@pytest.fixture(params=["step_loop", "persistent"])
+def cpu_path(request):
+    """The CPU LSTM runs the persistent loop by default; the step loop with it off."""
+    ops.set_persistent("off" if request.param == "step_loop" else "auto")
+    yield request.param
+    ops.set_persistent("auto")
 
 
 LSTM_CASES = [
@@ -67,11 +80,10 @@ LSTM_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,P,lengths,reverse", LSTM_CASES)
-def test_lstm_op_matches_reference(T, B, H, P, lengths, reverse, dtype):
-    xproj, w_hh, w_hr, h0, c0, lens = make_lstm_inputs(T, B, H, P, dtype, lengths)
-    inputs = (xproj, w_hh, w_hr, h0, c0)
-    fused = ops.lstm_layer(xproj, w_hh, w_hr, h0, c0, lens, reverse)
-    expected = reference.lstm_layer(xproj, w_hh, w_hr, h0, c0, lens, reverse)
+def test_lstm_op_matches_reference(T, B, H, P, lengths, reverse, dtype, cpu_path):
+    inputs, lens = make_lstm_inputs(T, B, H, P, dtype, lengths, bias=H != 7)
+    fused = ops.lstm_layer(*inputs, lens, reverse)
+    expected = reference.lstm_layer(*inputs, lens, reverse)
     assert_close_all(fused, expected, TOL[dtype])
     assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[dtype])
 
@@ -89,11 +101,10 @@ GRU_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,bias,lengths,reverse", GRU_CASES)
-def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype):
-    xproj, w_hh, b_hh, h0, lens = make_gru_inputs(T, B, H, dtype, bias, lengths)
-    inputs = (xproj, w_hh, b_hh, h0)
-    fused = ops.gru_layer(xproj, w_hh, b_hh, h0, lens, reverse)
-    expected = reference.gru_layer(xproj, w_hh, b_hh, h0, lens, reverse)
+def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype, cpu_path):
+    inputs, lens = make_gru_inputs(T, B, H, dtype, bias, lengths)
+    fused = ops.gru_layer(*inputs, lens, reverse)
+    expected = reference.gru_layer(*inputs, lens, reverse)
     assert_close_all(fused, expected, TOL[dtype])
     assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[dtype])
 
@@ -112,51 +123,66 @@ def test_longer_sequence_fp32_no_worse_than_twice_torch():
     assert err_fused <= 2 * err_torch + 1e-6
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("P", [0, 3])
-def test_lstm_gradcheck(P, reverse):
-    xproj, w_hh, w_hr, h0, c0, lens = make_lstm_inputs(4, 3, 5, P, torch.float64, [4, 2, 3])
-    args = [a for a in (xproj, w_hh, w_hr, h0, c0) if a is not None]
+def _over_present(layer, inputs, lens, reverse):
+    """``(f, args)``: ``f(*args)`` runs ``layer`` with ``args`` in place of the
+    inputs that are not None (what gradcheck perturbs)."""
+    present = [i for i, t in enumerate(inputs) if t is not None]
 
-    def f(*a):
-        it = iter(a)
-        xp, whh = next(it), next(it)
-        whr = next(it) if P else None
-        return ops.lstm_layer(xp, whh, whr, next(it), next(it), lens, reverse)
+    def f(*args):
+        full = list(inputs)
+        for i, a in zip(present, args):
+            full[i] = a
+        return layer(*full, lens, reverse)
 
+    return f, [inputs[i] for i in present]
+
+
+LSTM_GRADCHECK = [(0, True, False), (3, True, True), (0, False, True), (3, False, False)]
+GRU_GRADCHECK = [(True, False), (False, True)]
+
+
+@pytest.mark.parametrize("P,bias,reverse", LSTM_GRADCHECK)
+def test_lstm_gradcheck_and_gradgradcheck(P, bias, reverse):
+    inputs, lens = make_lstm_inputs(4, 3, 5, P, torch.float64, [4, 2, 3], bias=bias)
+    f, args = _over_present(ops.lstm_layer, inputs, lens, reverse)
     assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_gru_gradcheck(reverse):
-    xproj, w_hh, b_hh, h0, lens = make_gru_inputs(4, 3, 5, torch.float64, True, [4, 2, 3])
-    f = lambda xp, w, b, h: ops.gru_layer(xp, w, b, h, lens, reverse)
-    assert torch.autograd.gradcheck(f, (xproj, w_hh, b_hh, h0))
+@pytest.mark.parametrize("bias,reverse", GRU_GRADCHECK)
+def test_gru_gradcheck_and_gradgradcheck(bias, reverse):
+    inputs, lens = make_gru_inputs(4, 3, 5, torch.float64, bias, [4, 2, 3])
+    f, args = _over_present(ops.gru_layer, inputs, lens, reverse)
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+def _detached(inputs):
+    return tuple(None if t is None else t.detach() for t in inputs)
 
 
 def _opcheck_samples():
-    lstm = make_lstm_inputs(4, 3, 6, 0, torch.float32)
-    lstm_proj = make_lstm_inputs(4, 3, 6, 4, torch.float32, [4, 1, 3])
-    gru = make_gru_inputs(4, 3, 6, torch.float32, True, [2, 4, 3])
-    gru_nobias = make_gru_inputs(4, 3, 6, torch.float32, False)
     samples = []
-    for (xp, w, wr, h, c, lens), rev in ((lstm, False), (lstm_proj, True)):
-        samples.append(("lstm_forward", (xp, w, wr, h, c, lens, rev)))
-        samples.append(("lstm_forward", (xp.detach(), w.detach(), None if wr is None else
-                                          wr.detach(), h.detach(), c.detach(), lens, rev, False)))
-        out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(xp, w, wr, h, c, lens, rev)
+    for P, lengths, rev in ((0, None, False), (4, [4, 1, 3], True)):
+        inputs, lens = make_lstm_inputs(4, 3, 6, P, torch.float32, lengths)
+        x, w_ih, bias, w_hh, w_hr, h0, c0 = _detached(inputs)
+        samples.append(("lstm_forward", (*inputs, lens, rev)))
+        samples.append(("lstm_forward", (*_detached(inputs), lens, rev, False)))
+        out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(*inputs, lens, rev)
         grads = [torch.randn_like(t) for t in (out, h_n, c_n)]
-        samples.append(("lstm_backward", (*grads, w.detach(), None if wr is None else wr.detach(),
-                                          h.detach(), c.detach(), out.detach(), gates, cells,
-                                          lens, rev)))
-    for (xp, w, b, h, lens), rev in ((gru, False), (gru_nobias, True)):
-        samples.append(("gru_forward", (xp, w, b, h, lens, rev)))
-        samples.append(("gru_forward", (xp.detach(), w.detach(), None if b is None else
-                                         b.detach(), h.detach(), lens, rev, False)))
-        out, h_n, gates = torch.ops.fusedrnn.gru_forward(xp, w, b, h, lens, rev)
+        for grad_input in (True, False):
+            samples.append(("lstm_backward", (*grads, x, w_ih, w_hh, w_hr, h0, c0, out.detach(),
+                                              gates, cells, lens, rev, grad_input)))
+    for bias, lengths, rev in ((True, [2, 4, 3], False), (False, None, True)):
+        inputs, lens = make_gru_inputs(4, 3, 6, torch.float32, bias, lengths)
+        x, w_ih, b_ih, w_hh, b_hh, h0 = _detached(inputs)
+        samples.append(("gru_forward", (*inputs, lens, rev)))
+        samples.append(("gru_forward", (*_detached(inputs), lens, rev, False)))
+        out, h_n, gates = torch.ops.fusedrnn.gru_forward(*inputs, lens, rev)
         grads = [torch.randn_like(t) for t in (out, h_n)]
-        samples.append(("gru_backward", (*grads, w.detach(), h.detach(), out.detach(), gates,
-                                         lens, rev)))
+        for grad_input in (True, False):
+            samples.append(("gru_backward", (*grads, x, w_ih, w_hh, h0, out.detach(), gates, lens,
+                                             rev, grad_input)))
     return samples
 
 
@@ -181,26 +207,137 @@ def test_inference_saves_nothing_and_matches_training_forward(mode):
         flat = lambda s: list(s) if isinstance(s, tuple) else [s]
         for a, b in zip(flat(train_state), flat(infer_state)):
             assert torch.equal(a, b)
-    xproj = torch.randn(4, 2, 12)
-    gates = torch.ops.fusedrnn.gru_forward(xproj, torch.randn(12, 4), None, torch.zeros(2, 4),
-                                           None, False, False)[2]
+    inputs, _ = make_gru_inputs(4, 2, 4, torch.float32)
+    gates = torch.ops.fusedrnn.gru_forward(*_detached(inputs), None, False, False)[2]
     assert gates.shape == (0, 2, 16)
 
 
 def test_backward_without_saved_state_is_a_clear_error():
-    xproj = torch.randn(4, 2, 12, requires_grad=True)
-    out, _, _ = torch.ops.fusedrnn.gru_forward(xproj, torch.randn(12, 4), None, torch.zeros(2, 4),
-                                               None, False, False)
+    inputs, _ = make_gru_inputs(4, 2, 4, torch.float32)
+    out, _, _ = torch.ops.fusedrnn.gru_forward(*inputs, None, False, False)
     with pytest.raises(RuntimeError, match="save_for_backward=False"):
         out.sum().backward()
 
 
-def test_second_order_gradients_raise():
-    xproj, w_hh, w_hr, h0, c0, _ = make_lstm_inputs(3, 2, 4, 0, torch.float64)
-    out, _, _ = ops.lstm_layer(xproj, w_hh, None, h0, c0)
-    (g,) = torch.autograd.grad(out.square().sum(), w_hh, create_graph=True)
-    with pytest.raises(RuntimeError, match="second-order"):
-        g.sum().backward()
+def test_backward_op_differentiated_directly_raises():
+    inputs, _ = make_lstm_inputs(3, 2, 4, 0, torch.float64)
+    x, w_ih, bias, w_hh, w_hr, h0, c0 = inputs
+    out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(*inputs, None, False)
+    grads = torch.ops.fusedrnn.lstm_backward(out.detach(), h_n.detach(), c_n.detach(), x, w_ih,
+                                             w_hh, None, h0, c0, out, gates, cells, None, False)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        grads[3].sum().backward()
+
+
+def _bad_backward_args():
+    """lstm_backward with one saved tensor of the wrong size or dtype at a time."""
+    inputs, _ = make_lstm_inputs(6, 3, 4, 0, torch.float32)
+    x, w_ih, bias, w_hh, w_hr, h0, c0 = _detached(inputs)
+    out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(x, w_ih, bias, w_hh, w_hr, h0,
+                                                                  c0, None, False)
+    args = dict(grad_output=out, grad_h_n=h_n, grad_c_n=c_n, input=x, w_ih=w_ih, w_hh=w_hh,
+                w_hr=None, h0=h0, c0=c0, output=out, gates=gates, cells=cells, lengths=None,
+                reverse=False)
+    return args, [("cells", cells[:2]), ("c0", c0[:1]), ("h0", h0[:, :2]),
+                  ("output", out[:, :2]), ("gates", gates[..., :-1]),
+                  ("gates", gates.double()), ("lengths", torch.tensor([1, 2, 3], dtype=torch.int32)),
+                  ("grad_output", out.double())]
+
+
+@pytest.mark.parametrize("index", range(8))
+def test_backward_op_checks_every_saved_tensor(index):
+    args, bad = _bad_backward_args()
+    name, value = bad[index]
+    args[name] = value
+    with pytest.raises(RuntimeError, match=f"fusedrnn.lstm_backward: {name}"):
+        torch.ops.fusedrnn.lstm_backward(*args.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.int32, torch.complex64])
+def test_unsupported_dtype_is_refused_by_name(dtype):
+    x = torch.zeros(2, 1, 3).to(dtype)
+    w = torch.zeros(8, 3).to(dtype)
+    with pytest.raises(RuntimeError, match="float32, float64, float16 and bfloat16"):
+        torch.ops.fusedrnn.lstm_forward(x, w, None, torch.zeros(8, 2).to(dtype), None,
+                                        torch.zeros(1, 2).to(dtype), torch.zeros(1, 2).to(dtype),
+                                        None, False)
+
+
+PERSISTENT_CASES = [
+    # T, B, H, lengths, reverse: two threads with a partial last slice (H = 72),
+    # one thread, H below one SIMD vector, batch 1, lengths both ways, empty sizes
+    (6, 4, 72, None, False),
+    (6, 4, 72, [6, 2, 4, 5], True),
+    (5, 4, 72, [3, 5, 0, 5], False),
+    (6, 3, 40, None, False),
+    (6, 3, 40, [6, 2, 4], True),
+    (5, 4, 7, [3, 5, 0, 5], False),
+    (7, 1, 64, None, True),
+    (4, 2, 33, [4, 1], False),
+    (0, 2, 8, None, False),
+    (3, 0, 8, None, False),
+]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,B,H,lengths,reverse", PERSISTENT_CASES)
+def test_cpu_paths_match_reference(cell, T, B, H, lengths, reverse, dtype, cpu_path):
+    if cell == "lstm":
+        inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
+        layer, expected_layer = ops.lstm_layer, reference.lstm_layer
+    else:
+        inputs, lens = make_gru_inputs(T, B, H, dtype, True, lengths)
+        layer, expected_layer = ops.gru_layer, reference.gru_layer
+    fused = layer(*inputs, lens, reverse)
+    expected = expected_layer(*inputs, lens, reverse)
+    assert_close_all(fused, expected, TOL[dtype])
+    assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[dtype])
+
+
+def test_persistent_cpu_loop_splits_the_units_over_threads():
+    """The cases above with H = 72, B = 4 run on two threads when two are there."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threads = torch.ops.fusedrnn_debug.cpu_persistent_threads
+        assert threads(4, 72, 4) == 2 and threads(4, 72, 3) == 2
+        assert threads(3, 40, 4) == 1 and threads(3, 40, 3) == 1
+    finally:
+        torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("T,B", [(1, 1), (3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ops_never_modify_their_inputs(cell, T, B, dtype):
+    """One row in all (T * B == 1) once made the input GEMM accumulate into the bias."""
+    make = make_lstm_inputs if cell == "lstm" else make_gru_inputs
+    inputs, _ = make(T, B, 6, 0, dtype) if cell == "lstm" else make(T, B, 6, dtype)
+    before = [None if t is None else t.detach().clone() for t in inputs]
+    layer = ops.lstm_layer if cell == "lstm" else ops.gru_layer
+    outputs = layer(*inputs)
+    grads_of(outputs, inputs)
+    for t, saved in zip(inputs, before):
+        assert t is None or torch.equal(t, saved)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_module_double_backward_matches_torch(mode):
+    """A gradient penalty: d/dw of |d loss / d x|^2, through the whole module."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, mode)(3, 4, num_layers=2, bidirectional=True).double()
+    fused = getattr(fusedrnn, mode)(3, 4, num_layers=2, bidirectional=True).double()
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+
+    def penalty_grads(m):
+        xi = x.clone().requires_grad_()
+        out, _ = m(xi)
+        (gx,) = torch.autograd.grad(out.tanh().sum(), xi, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), list(m.parameters()))
+
+    assert_close_all(penalty_grads(fused), penalty_grads(ref), TOL[torch.float64])
 
 
 # Inductor (the default backend) once; aot_eager, which traces the same

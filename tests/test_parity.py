@@ -197,7 +197,7 @@ def _low_precision_cases():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("kind,kwargs,packed", _low_precision_cases())
 def test_low_precision_error_within_twice_torch(kind, kwargs, packed, dtype):
-    """DESIGN §4: fused-16-bit error vs an fp32 run <= 2x torch.nn-16-bit error vs the same."""
+    """docs/design.md, Tolerances: fused 16-bit error <= 2x torch.nn 16-bit error, same reference."""
     I, H, T = 13, 13, 6
     ref32, _ = make_pair(kind, I, H, **kwargs)
     # Round the weights to the low precision first: every run then uses the same weights.

@@ -9,8 +9,7 @@ and parameter must agree within the project's tolerances, and the sample's
 own reference_fn, applied to the fusedrnn module, must give its output. Every
 error input must raise torch's exception type (torch.nn's own type, checked
 too) with the message the ModuleInfo's regex asks for. The ModuleInfos also
-declare second-order gradients: gradgradcheck runs on every fp64 sample and
-is an expected failure (strict) until double backward lands.
+declare second-order gradients: gradgradcheck runs on every fp64 sample.
 
 Importing common_modules runs ``torch.backends.disable_global_flags()``,
 which would forbid the rest of the session (the benchmark harness) to set
@@ -198,12 +197,6 @@ def test_packed_sample_reference_fn_fails_on_torch_too(info, dtype, training, sa
 # ----------------------------------------------------------- double backward
 
 
-class DoubleBackwardMissing(Exception):
-    """The one failure expected today: fusedrnn's backward ops have no backward yet."""
-
-
-@pytest.mark.xfail(strict=True, raises=DoubleBackwardMissing,
-                   reason="issue 9 item 2: double backward is not implemented yet")
 @pytest.mark.parametrize("info,dtype,training,sample",
                          [p for p in SAMPLES if p.values[1] == torch.float64 and not p.values[2]])
 def test_sample_gradgradcheck(info, dtype, training, sample):
@@ -214,18 +207,12 @@ def test_sample_gradgradcheck(info, dtype, training, sample):
     names = [n for n, _ in fused.named_parameters()]
 
     def fn(*tensors):
-        inputs = iter(tensors[:len(leaves)])
         params = dict(zip(names, tensors[len(leaves):]))
-        call_args = _replace_leaves(args, inputs)
+        call_args = _replace_leaves(args, iter(tensors[:len(leaves)]))
         return tuple(_tensors(torch.func.functional_call(fused, params, call_args, kwargs)))
 
     tensors = tuple(leaves) + tuple(p.detach().requires_grad_() for p in fused.parameters())
-    try:
-        assert torch.autograd.gradgradcheck(fn, tensors, fast_mode=True)
-    except RuntimeError as exc:
-        if "second-order gradients are not supported" in str(exc):
-            raise DoubleBackwardMissing(str(exc)) from exc
-        raise
+    assert torch.autograd.gradgradcheck(fn, tensors, fast_mode=True)
 
 
 def _replace_leaves(value, leaves):

@@ -1,9 +1,9 @@
 // AVX2+FMA build of the CPU row kernels: ATen's 256-bit Vectorized, with the
 // activations of cpu/vec_math.h (fp32: its own polynomial exp; fp64: Sleef's
 // exp). setup.py compiles this one file with -mavx2 -mfma -mf16c (x86-64
-// only); step_kernels.cpp calls it only when ATen runs at AVX2 or above and
-// the CPU reports those features. It holds no threading or ATen op code, so
-// nothing compiled here with AVX2 runs on the portable path.
+// only); step_kernels.cpp calls it only where ATen's own CPU capability is
+// AVX2. It holds no threading or ATen op code, so nothing compiled here with
+// AVX2 runs on the portable path.
 #include "cpu/row_kernels.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)

@@ -96,8 +96,8 @@ void lstm_backward_row(const LstmBackwardStep<T>& p, int64_t b) {
 }
 
 template <typename T>
-void masked_commit_row(const MaskedCommit<T>& p, int64_t b) {
-  const int64_t W = p.width;
+void projected_commit_row(const ProjectedCommit<T>& p, int64_t b) {
+  const int64_t W = p.h_size;
   T* out = p.out + b * W;
   if (!row_active(p.lengths, p.t, b)) {
     std::fill_n(out, W, T(0));
@@ -109,7 +109,7 @@ void masked_commit_row(const MaskedCommit<T>& p, int64_t b) {
 
 template <typename T>
 void grad_h_accumulate_row(const GradHStep<T>& p, int64_t b) {
-  const int64_t W = p.width;
+  const int64_t W = p.h_size;
   const T* state = p.dh_state + b * W;
   T* total = p.dh_total + b * W;
   if (!row_active(p.lengths, p.t, b)) {
@@ -124,7 +124,7 @@ void grad_h_accumulate_row(const GradHStep<T>& p, int64_t b) {
 
 template <typename T>
 void grad_h_carry_row(const GradHStep<T>& p, int64_t b) {
-  const int64_t W = p.width;
+  const int64_t W = p.h_size;
   T* state = p.dh_state + b * W;
   if (row_active(p.lengths, p.t, b)) {
     std::fill_n(state, W, T(0));
@@ -186,10 +186,111 @@ void gru_backward_row(const GruBackwardStep<T>& p, int64_t b) {
 }
 
 template <typename T>
+void lstm_forward_slice(const LstmForwardSlice<T>& p) {
+  const int64_t H = p.hidden, U = p.units;
+  if (!p.active) {
+    if (p.gates) {
+      for (int g = 0; g < 4; ++g) std::fill_n(p.gates + g * H, U, T(0));
+    }
+    if (p.cells) std::copy_n(p.c, U, p.cells);
+    std::fill_n(p.h_out, U, T(0));
+    std::copy_n(p.h_prev, U, p.h_next);
+    return;
+  }
+  for_each_chunk<T>(U, [&](int64_t u, int64_t n) {
+    auto pre = [&](int g) { return load(p.xproj + g * H + u, n) + load(p.hh + g * U + u, n); };
+    const auto s = lstm_cell_forward(pre(0), pre(1), pre(2), pre(3), load(p.c + u, n));
+    if (p.gates) store_gates(p.gates + u, H, n, s.i, s.f, s.g, s.o);
+    store(s.c, p.c + u, n);
+    if (p.cells) store(s.c, p.cells + u, n);
+    store(s.h, p.h_out + u, n);
+    store(s.h, p.h_next + u, n);
+  });
+}
+
+template <typename T>
+void lstm_backward_slice(const LstmBackwardSlice<T>& p) {
+  const int64_t H = p.hidden, U = p.units;
+  if (!p.active) {
+    // dh and dc pass straight through; zero gate gradients add nothing to dh.
+    for (int g = 0; g < 4; ++g) std::fill_n(p.d_gates + g * H, U, T(0));
+    return;
+  }
+  for_each_chunk<T>(U, [&](int64_t u, int64_t n) {
+    auto gate = [&](int g) { return load(p.gates + g * H + u, n); };
+    const auto dh = load(p.dh + u, n) + load(p.grad_out + u, n);
+    const auto d = lstm_cell_backward(gate(0), gate(1), gate(2), gate(3), load(p.cells + u, n),
+                                      load(p.c_prev + u, n), dh, load(p.dc + u, n));
+    store_gates(p.d_gates + u, H, n, d.d_i, d.d_f, d.d_g, d.d_o);
+    store(d.d_c_prev, p.dc + u, n);
+    store(Vec<T>(T(0)), p.dh + u, n);  // all of h_{t-1}'s gradient goes through W_hh
+  });
+}
+
+template <typename T>
+void gru_forward_slice(const GruForwardSlice<T>& p) {
+  const int64_t H = p.hidden, U = p.units;
+  if (!p.active) {
+    if (p.gates) {
+      for (int g = 0; g < 4; ++g) std::fill_n(p.gates + g * H, U, T(0));
+    }
+    std::fill_n(p.h_out, U, T(0));
+    std::copy_n(p.h_prev, U, p.h_next);
+    return;
+  }
+  for_each_chunk<T>(U, [&](int64_t u, int64_t n) {
+    auto hh = [&](int g) {
+      const auto product = load(p.hh + g * U + u, n);
+      return p.b_hh ? product + load(p.b_hh + g * H + u, n) : product;
+    };
+    const auto hh_n = hh(2);
+    const auto s = gru_cell_forward(load(p.xproj + u, n), load(p.xproj + H + u, n),
+                                    load(p.xproj + 2 * H + u, n), hh(0), hh(1), hh_n,
+                                    load(p.h_prev + u, n));
+    if (p.gates) store_gates(p.gates + u, H, n, s.r, s.z, s.n, hh_n);
+    store(s.h, p.h_out + u, n);
+    store(s.h, p.h_next + u, n);
+  });
+}
+
+template <typename T>
+void gru_backward_slice(const GruBackwardSlice<T>& p) {
+  const int64_t H = p.hidden, U = p.units;
+  if (!p.active) {
+    for (int g = 0; g < 3; ++g) {
+      std::fill_n(p.d_xproj + g * H, U, T(0));
+      std::fill_n(p.d_hh + g * H, U, T(0));
+    }
+    return;  // dh passes straight through
+  }
+  for_each_chunk<T>(U, [&](int64_t u, int64_t n) {
+    auto gate = [&](int g) { return load(p.gates + g * H + u, n); };
+    const auto dh = load(p.dh + u, n) + load(p.grad_out + u, n);
+    const auto d = gru_cell_backward(gate(0), gate(1), gate(2), gate(3), load(p.h_prev + u, n),
+                                     dh);
+    store(d.dx_r, p.d_xproj + u, n);
+    store(d.dx_z, p.d_xproj + H + u, n);
+    store(d.dx_n, p.d_xproj + 2 * H + u, n);
+    store(d.dx_r, p.d_hh + u, n);
+    store(d.dx_z, p.d_hh + H + u, n);
+    store(d.dh_n, p.d_hh + 2 * H + u, n);
+    store(d.dh_prev, p.dh + u, n);  // z * dh; the loop adds d_hh @ W_hh
+  });
+}
+
+template <typename T>
 RowKernels<T> row_kernels() {
-  return {&lstm_forward_row<T>,        &lstm_backward_row<T>, &masked_commit_row<T>,
-          &grad_h_accumulate_row<T>,   &grad_h_carry_row<T>,  &gru_forward_row<T>,
-          &gru_backward_row<T>};
+  return {.lstm_forward = &lstm_forward_row<T>,
+          .lstm_backward = &lstm_backward_row<T>,
+          .projected_commit = &projected_commit_row<T>,
+          .grad_h_accumulate = &grad_h_accumulate_row<T>,
+          .grad_h_carry = &grad_h_carry_row<T>,
+          .gru_forward = &gru_forward_row<T>,
+          .gru_backward = &gru_backward_row<T>,
+          .lstm_forward_slice = &lstm_forward_slice<T>,
+          .lstm_backward_slice = &lstm_backward_slice<T>,
+          .gru_forward_slice = &gru_forward_slice<T>,
+          .gru_backward_slice = &gru_backward_slice<T>};
 }
 
 template RowKernels<float> row_kernels<float>();

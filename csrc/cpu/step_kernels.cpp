@@ -6,32 +6,21 @@
 #include <string>
 
 #include "cpu/row_kernels.h"
-#include "fusedrnn/kernels.h"
+#include "fusedrnn/step_kernels.h"
 
 namespace fusedrnn::cpu {
 namespace {
 
-// ATen's capability ("DEFAULT", "AVX2", "AVX512", ...) honours
-// ATEN_CPU_CAPABILITY, so ATEN_CPU_CAPABILITY=default runs the portable
-// kernels on an AVX2 machine, as it does ATen's own.
-bool use_avx2() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  static const bool use = [] {
-    const std::string aten = at::get_cpu_capability();
-    return (aten == "AVX2" || aten == "AVX512") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return use;
-#else
-  return false;
-#endif
+// ATen's own choice ("DEFAULT", "AVX2" or "AVX512"), which follows the CPU
+// and honours ATEN_CPU_CAPABILITY, so one setting tests every build.
+const std::string& cpu_capability() {
+  static const std::string capability = at::get_cpu_capability();
+  return capability;
 }
 
 template <typename T>
 const RowKernels<T>& rows() {
-  static const RowKernels<T> kernels =
-      use_avx2() ? AVX2::row_kernels<T>() : DEFAULT::row_kernels<T>();
-  return kernels;
+  return best_row_kernels<T>();
 }
 
 // Threads only pay off once a step has a few thousand elements.
@@ -48,11 +37,11 @@ void lstm_forward(const LstmForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, r
 template <typename T>
 void lstm_backward(const LstmBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().lstm_backward); }
 template <typename T>
-void masked_commit(const MaskedCommit<T>& p) { for_each_row(p, p.width, rows<T>().masked_commit); }
+void projected_commit(const ProjectedCommit<T>& p) { for_each_row(p, p.h_size, rows<T>().projected_commit); }
 template <typename T>
-void grad_h_accumulate(const GradHStep<T>& p) { for_each_row(p, p.width, rows<T>().grad_h_accumulate); }
+void grad_h_accumulate(const GradHStep<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_accumulate); }
 template <typename T>
-void grad_h_carry(const GradHStep<T>& p) { for_each_row(p, p.width, rows<T>().grad_h_carry); }
+void grad_h_carry(const GradHStep<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_carry); }
 template <typename T>
 void gru_forward(const GruForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().gru_forward); }
 template <typename T>
@@ -61,14 +50,27 @@ void gru_backward(const GruBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, r
 }  // namespace
 
 template <typename T>
+const RowKernels<T>& best_row_kernels() {
+  static const RowKernels<T> kernels = cpu_capability() == "AVX512" ? AVX512::row_kernels<T>()
+                                       : cpu_capability() == "AVX2" ? AVX2::row_kernels<T>()
+                                                                    : DEFAULT::row_kernels<T>();
+  return kernels;
+}
+
+template const RowKernels<float>& best_row_kernels<float>();
+template const RowKernels<double>& best_row_kernels<double>();
+
+template <typename T>
 StepKernels<T> step_kernels() {
-  return {&lstm_forward<T>,     &lstm_backward<T>, &masked_commit<T>, &grad_h_accumulate<T>,
+  return {&lstm_forward<T>,     &lstm_backward<T>, &projected_commit<T>, &grad_h_accumulate<T>,
           &grad_h_carry<T>,     &gru_forward<T>,   &gru_backward<T>};
 }
 
 template StepKernels<float> step_kernels<float>();
 template StepKernels<double> step_kernels<double>();
 
-const char* simd_name() { return use_avx2() ? "avx2" : "default"; }
+const char* simd_name() {
+  return cpu_capability() == "AVX512" ? "avx512" : cpu_capability() == "AVX2" ? "avx2" : "default";
+}
 
 }  // namespace fusedrnn::cpu

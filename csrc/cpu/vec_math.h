@@ -1,7 +1,7 @@
 // SIMD activations for the CPU kernels: specialises cells.h's Activations
 // for at::vec::Vectorized<T>, so the cell functions run a whole SIMD register
-// at a time. fp32 on AVX2 runs a polynomial exp (below), fp64 the exact exp
-// (Sleef's under AVX2); the DEFAULT build's Vectorized maps std::exp over the
+// at a time. fp32 on AVX2/AVX-512 runs a polynomial exp (below), fp64 the
+// exact exp (Sleef's); the DEFAULT build's Vectorized maps std::exp over the
 // lanes. NaN and +-Inf come out as std::exp gives them, so they propagate as
 // in torch.nn.
 #pragma once
@@ -15,34 +15,34 @@
 
 namespace fusedrnn {
 
-// exp for fp32 on AVX2, in fewer instructions than ATen's exp_u20 (whose
-// clamp loses NaN and keeps exp finite above ln FLT_MAX):
+// exp for fp32 in the AVX2 and AVX-512 builds, in fewer instructions than
+// ATen's exp_u20 (whose clamp loses NaN and keeps exp finite above
+// ln FLT_MAX):
 //   exp(x) = 2^n e^r,  n = round(x / ln 2),  |r| <= ln(2) / 2,
 // e^r by a degree-5 polynomial fitted for relative error on that interval
 // (Lawson-weighted least squares, 1e-7; exp within 4e-7 relative), 2^n
-// written into the exponent bits. The clamp keeps NaN (MAXPS/MINPS return
-// their second operand when one is NaN) and lets the last product overflow
-// to +inf above ln FLT_MAX; below -86.9 it returns exp(-86.9) ~ 2e-38, not 0,
-// which only ever meets 1 + e (sigmoid, tanh).
-#if defined(CPU_CAPABILITY_AVX2)
-inline __m256 exp_avx2(__m256 x) {
-  x = _mm256_min_ps(_mm256_set1_ps(88.75f), _mm256_max_ps(_mm256_set1_ps(-86.9f), x));
+// written into the exponent bits. The clamp keeps NaN (clamp_min/clamp_max
+// hand x to MAXPS/MINPS second, which return it when either is NaN) and lets
+// the last product overflow to +inf above ln FLT_MAX; below -86.9 it returns
+// exp(-86.9) ~ 2e-38, not 0, which only ever meets 1 + e (sigmoid, tanh).
+template <typename Vec>
+inline Vec exp_poly(const Vec& input) {
+  using Int = at::vec::Vectorized<int32_t>;
+  const Vec x = at::vec::clamp_max(at::vec::clamp_min(input, Vec(-86.9f)), Vec(88.75f));
   // Adding 1.5 * 2^23 rounds x / ln 2 to the integer n, held in t's low mantissa bits.
-  const __m256 shifter = _mm256_set1_ps(12582912.f);
-  const __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504f), shifter);
-  const __m256 r = _mm256_fnmadd_ps(_mm256_sub_ps(t, shifter), _mm256_set1_ps(0.693147182f), x);
+  const Vec shifter(12582912.f);
+  const Vec t = at::vec::fmadd(x, Vec(1.44269504f), shifter);
+  const Vec r = at::vec::fnmadd(t - shifter, Vec(0.693147182f), x);
   // 2 e^r (the factor 2 pairs with 2^(n-1) below: n = 128 has no exponent bits)
-  __m256 p = _mm256_set1_ps(0.0165806282f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.0837958604f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.333352715f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.999983013f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.99999940f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(2.f));
-  const __m256i two_n_minus_1 = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23),
-                                                 _mm256_set1_epi32(126 << 23));
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(two_n_minus_1));
+  Vec p(0.0165806282f);
+  p = at::vec::fmadd(p, r, Vec(0.0837958604f));
+  p = at::vec::fmadd(p, r, Vec(0.333352715f));
+  p = at::vec::fmadd(p, r, Vec(0.999983013f));
+  p = at::vec::fmadd(p, r, Vec(1.99999940f));
+  p = at::vec::fmadd(p, r, Vec(2.f));
+  const Int two_n_minus_1 = (at::vec::cast<int32_t>(t) << Int(23)) + Int(126 << 23);
+  return p * at::vec::cast<float>(two_n_minus_1);
 }
-#endif
 
 template <typename T>
 struct Activations<at::vec::Vectorized<T>> {
@@ -52,12 +52,12 @@ struct Activations<at::vec::Vectorized<T>> {
     return one / (one + exp(x.neg()));
   }
   // fp32: the polynomial exp above, a few times cheaper than Sleef's 1-ulp
-  // one (the DEFAULT build's Vectorized has std::exp); fp64 keeps the exact
+  // one (the DEFAULT build's Vectorized runs std::exp); fp64 keeps the exact
   // exp (its tolerance is 1e-10).
   static Vec exp(const Vec& x) {
-#if defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<T, float>) {
-      return exp_avx2(x);
+      return exp_poly(x);
     }
 #endif
     return x.exp();

@@ -113,7 +113,7 @@ struct LstmPolicy {
     T h = h_prev, c = in.c_prev;
     T act[4] = {T(0), T(0), T(0), T(0)};  // saved gates: zero where inactive
     if (in.active) {
-      const LstmGates<T> r = lstm_cell_forward(in.x[0] + hh[0], in.x[1] + hh[1],
+      const LstmGatesAndState<T> r = lstm_cell_forward(in.x[0] + hh[0], in.x[1] + hh[1],
                                                in.x[2] + hh[2], in.x[3] + hh[3], in.c_prev);
       h = r.h;
       c = r.c;
@@ -168,7 +168,7 @@ struct GruPolicy {
     T saved[4] = {T(0), T(0), T(0), T(0)};
     if (in.active) {
       const T hh_n = hh[2] + in.bias[2];
-      const GruGates<T> r = gru_cell_forward(in.x[0], in.x[1], in.x[2], hh[0] + in.bias[0],
+      const GruGatesAndState<T> r = gru_cell_forward(in.x[0], in.x[1], in.x[2], hh[0] + in.bias[0],
                                              hh[1] + in.bias[1], hh_n, h_prev);
       h = r.h;
       saved[0] = r.r;

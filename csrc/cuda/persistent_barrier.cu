@@ -1,6 +1,6 @@
 // The pieces of the persistent path not tied to one cell: the grid-barrier
 // micro-benchmark (the per-step floor of the persistent kernels) and
-// max_hidden (the planning bound, for docs and dispatch).
+// max_hidden (the planning bound, exposed as fusedrnn_debug::persistent_max_hidden).
 #include <c10/util/Exception.h>
 
 #include "persistent.cuh"
@@ -59,9 +59,9 @@ double barrier_microbench(int64_t steps, int64_t blocks) {
 }
 
 template <typename T>
-int64_t max_hidden(int device, int num_gates) {
+int64_t max_hidden(int num_gates) {
   TORCH_CHECK(num_gates == 3 || num_gates == 4, "max_hidden: num_gates must be 3 or 4");
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);
+  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(c10::cuda::current_device());
   if (!prop->cooperativeLaunch) return 0;
   // The shared memory need grows with H, so the accepted sizes are 1..max:
   // find the largest by bisection on the same plan the launch uses (batch 1,
@@ -84,7 +84,7 @@ int64_t max_hidden(int device, int num_gates) {
   return lo;
 }
 
-template int64_t max_hidden<float>(int, int);
-template int64_t max_hidden<double>(int, int);
+template int64_t max_hidden<float>(int);
+template int64_t max_hidden<double>(int);
 
 }  // namespace fusedrnn::cuda::persistent

@@ -1,4 +1,4 @@
-// CUDA versions of the per-step pointwise kernels declared in kernels.h.
+// CUDA versions of the per-step pointwise kernels declared in step_kernels.h.
 //
 // One small kernel per job. Each thread owns element (b, j) of a (B, W)
 // buffer and walks the batch with a grid-stride loop; the gate arithmetic is
@@ -20,7 +20,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "fusedrnn/cells.h"
-#include "fusedrnn/kernels.h"
+#include "fusedrnn/step_kernels.h"
 #include "fusedrnn/params.h"
 
 namespace fusedrnn {
@@ -64,7 +64,7 @@ __global__ void lstm_forward_kernel(const LstmForwardStep<T> p) {
     const int64_t b = idx / H, j = idx - b * H;
     const int64_t g0 = b * 4 * H + j;  // gate i of this element; f, g, o follow H apart
     if (row_active(p.lengths, p.t, b)) {
-      const LstmGates<T> s = lstm_cell_forward<T>(
+      const LstmGatesAndState<T> s = lstm_cell_forward<T>(
           p.xproj[g0] + p.hh[g0], p.xproj[g0 + H] + p.hh[g0 + H],
           p.xproj[g0 + 2 * H] + p.hh[g0 + 2 * H], p.xproj[g0 + 3 * H] + p.hh[g0 + 3 * H],
           p.c[idx]);
@@ -110,8 +110,8 @@ __global__ void lstm_backward_kernel(const LstmBackwardStep<T> p) {
 // ------------------------------------------- projection and dh bookkeeping
 
 template <typename T>
-__global__ void masked_commit_kernel(const MaskedCommit<T> p) {
-  const int64_t W = p.width, n = p.batch * W;
+__global__ void projected_commit_kernel(const ProjectedCommit<T> p) {
+  const int64_t W = p.h_size, n = p.batch * W;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     if (row_active(p.lengths, p.t, idx / W)) {
       const T h = p.h_new[idx];
@@ -125,7 +125,7 @@ __global__ void masked_commit_kernel(const MaskedCommit<T> p) {
 
 template <typename T>
 __global__ void grad_h_accumulate_kernel(const GradHStep<T> p) {
-  const int64_t W = p.width, n = p.batch * W;
+  const int64_t W = p.h_size, n = p.batch * W;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     // An inactive step's output is a constant zero: its gradient goes nowhere.
     const T g = row_active(p.lengths, p.t, idx / W) ? p.grad_out[idx] : T(0);
@@ -135,7 +135,7 @@ __global__ void grad_h_accumulate_kernel(const GradHStep<T> p) {
 
 template <typename T>
 __global__ void grad_h_carry_kernel(const GradHStep<T> p) {
-  const int64_t W = p.width, n = p.batch * W;
+  const int64_t W = p.h_size, n = p.batch * W;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     // Active rows restart from zero before the caller adds dG @ W_hh; inactive
     // rows carry the gradient to the earlier step unchanged.
@@ -154,7 +154,7 @@ __global__ void gru_forward_kernel(const GruForwardStep<T> p) {
     const int64_t g0 = b * 4 * H + j;  // r column of gates; z, n, hh_n follow
     if (row_active(p.lengths, p.t, b)) {
       const T hh_n = p.hh[x0 + 2 * H];
-      const GruGates<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
+      const GruGatesAndState<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
                                                 p.hh[x0], p.hh[x0 + H], hh_n, p.h_state[idx]);
       save_gates(p.gates, g0, H, s.r, s.z, s.n, hh_n);  // dr needs W_hn h + b_hn
       p.h_state[idx] = s.h;
@@ -220,18 +220,18 @@ void lstm_backward(const LstmBackwardStep<T>& p) {
 }
 
 template <typename T>
-void masked_commit(const MaskedCommit<T>& p) {
-  launch(masked_commit_kernel<T>, p, p.batch * p.width);
+void projected_commit(const ProjectedCommit<T>& p) {
+  launch(projected_commit_kernel<T>, p, p.batch * p.h_size);
 }
 
 template <typename T>
 void grad_h_accumulate(const GradHStep<T>& p) {
-  launch(grad_h_accumulate_kernel<T>, p, p.batch * p.width);
+  launch(grad_h_accumulate_kernel<T>, p, p.batch * p.h_size);
 }
 
 template <typename T>
 void grad_h_carry(const GradHStep<T>& p) {
-  launch(grad_h_carry_kernel<T>, p, p.batch * p.width);
+  launch(grad_h_carry_kernel<T>, p, p.batch * p.h_size);
 }
 
 template <typename T>
@@ -246,14 +246,14 @@ void gru_backward(const GruBackwardStep<T>& p) {
 
 }  // namespace step
 
-// The definition behind the declaration in kernels.h; each
+// The definition behind the declaration in step_kernels.h; each
 // step_kernels_<dtype>.cu explicitly instantiates it for one T.
 template <typename T>
 StepKernels<T> step_kernels() {
   StepKernels<T> k;
   k.lstm_forward = &step::lstm_forward<T>;
   k.lstm_backward = &step::lstm_backward<T>;
-  k.masked_commit = &step::masked_commit<T>;
+  k.projected_commit = &step::projected_commit<T>;
   k.grad_h_accumulate = &step::grad_h_accumulate<T>;
   k.grad_h_carry = &step::grad_h_carry<T>;
   k.gru_forward = &step::gru_forward<T>;

@@ -37,31 +37,33 @@ struct Activations<double> {
   static FUSEDRNN_HD double tanh(double x) { return ::tanh(x); }
 };
 
+// Called qualified (fusedrnn::tanh) below, so that argument-dependent lookup
+// never picks a library's own tanh for a SIMD type instead.
 template <typename V>
-FUSEDRNN_HD V fast_sigmoid(V x) { return Activations<V>::sigmoid(x); }
+FUSEDRNN_HD V sigmoid(V x) { return Activations<V>::sigmoid(x); }
 template <typename V>
-FUSEDRNN_HD V fast_tanh(V x) { return Activations<V>::tanh(x); }
+FUSEDRNN_HD V tanh(V x) { return Activations<V>::tanh(x); }
 
 // ---------------------------------------------------------------- LSTM
 
 // Activated gates and new state of one element. Inputs are the gate
 // pre-activations (input projection + recurrent product, biases included).
 template <typename V>
-struct LstmGates {
+struct LstmGatesAndState {
   V i, f, g, o;  // activated gates, saved for the backward
   V c;           // new cell state
   V h;           // new hidden state (before any projection)
 };
 
 template <typename V>
-FUSEDRNN_HD LstmGates<V> lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev) {
-  LstmGates<V> out;
-  out.i = fast_sigmoid(pre_i);
-  out.f = fast_sigmoid(pre_f);
-  out.g = fast_tanh(pre_g);
-  out.o = fast_sigmoid(pre_o);
+FUSEDRNN_HD LstmGatesAndState<V> lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev) {
+  LstmGatesAndState<V> out;
+  out.i = fusedrnn::sigmoid(pre_i);
+  out.f = fusedrnn::sigmoid(pre_f);
+  out.g = fusedrnn::tanh(pre_g);
+  out.o = fusedrnn::sigmoid(pre_o);
   out.c = out.f * c_prev + out.i * out.g;
-  out.h = out.o * fast_tanh(out.c);
+  out.h = out.o * fusedrnn::tanh(out.c);
   return out;
 }
 
@@ -77,7 +79,7 @@ struct LstmGrads {
 template <typename V>
 FUSEDRNN_HD LstmGrads<V> lstm_cell_backward(V i, V f, V g, V o, V c, V c_prev, V dh, V dc) {
   const V one(1);
-  const V tanh_c = fast_tanh(c);
+  const V tanh_c = fusedrnn::tanh(c);
   const V dc_total = dc + dh * o * (one - tanh_c * tanh_c);
   LstmGrads<V> out;
   out.d_i = dc_total * g * i * (one - i);
@@ -91,18 +93,18 @@ FUSEDRNN_HD LstmGrads<V> lstm_cell_backward(V i, V f, V g, V o, V c, V c_prev, V
 // ----------------------------------------------------------------- GRU
 
 template <typename V>
-struct GruGates {
+struct GruGatesAndState {
   V r, z, n;  // activated gates, saved for the backward
   V h;        // new hidden state
 };
 
 // x_*: input projection (b_ih included); h_*: recurrent product (b_hh included).
 template <typename V>
-FUSEDRNN_HD GruGates<V> gru_cell_forward(V x_r, V x_z, V x_n, V h_r, V h_z, V h_n, V h_prev) {
-  GruGates<V> out;
-  out.r = fast_sigmoid(x_r + h_r);
-  out.z = fast_sigmoid(x_z + h_z);
-  out.n = fast_tanh(x_n + out.r * h_n);
+FUSEDRNN_HD GruGatesAndState<V> gru_cell_forward(V x_r, V x_z, V x_n, V h_r, V h_z, V h_n, V h_prev) {
+  GruGatesAndState<V> out;
+  out.r = fusedrnn::sigmoid(x_r + h_r);
+  out.z = fusedrnn::sigmoid(x_z + h_z);
+  out.n = fusedrnn::tanh(x_n + out.r * h_n);
   out.h = out.n + out.z * (h_prev - out.n);
   return out;
 }

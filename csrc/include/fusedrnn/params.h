@@ -3,7 +3,8 @@
 // travels to a CPU loop, a CUDA launch or a persistent kernel.
 //
 // All buffers are dense, row-major, batch-major within a step: element
-// (b, j) of a (B, W) buffer is at b * W + j. Gate blocks follow torch.nn's
+// (b, j) of a (B, W) buffer is at b * W + j. P (`h_size`) is the size of h:
+// proj_size for a projected LSTM, else the hidden size H. Gate blocks follow torch.nn's
 // weight layout (i|f|g|o for LSTM, r|z|n for GRU), each `hidden` wide.
 //
 // A row b is active at step t when lengths == nullptr or t < lengths[b].
@@ -36,16 +37,16 @@ struct LstmForwardStep {
   T* h_out;        // (B, H) new hidden state, zero where inactive (the output
                    //        slot, or the input of the projection GEMM)
   T* h_state;      // (B, H) running hidden state, updated where active;
-                   //        nullptr when a projection follows (see MaskedCommit)
+                   //        nullptr when a projection follows (see ProjectedCommit)
   const int64_t* lengths;
   int64_t t;
 };
 
-// After the projection GEMM of a proj_size LSTM: out = active ? h_new : 0,
-// h_state = active ? h_new : h_state.
+// After the projection GEMM of a proj_size LSTM, commits the projected h:
+// out = active ? h_new : 0, h_state = active ? h_new : h_state.
 template <typename T>
-struct MaskedCommit {
-  int64_t batch, width;
+struct ProjectedCommit {
+  int64_t batch, h_size;
   const T* h_new;  // (B, P)
   T* out;          // (B, P) output slot of this step
   T* h_state;      // (B, P)
@@ -72,7 +73,7 @@ struct LstmBackwardStep {
 //   carry:      dh_state = active ? 0 : dh_total   (before dh_state += dG @ W)
 template <typename T>
 struct GradHStep {
-  int64_t batch, width;
+  int64_t batch, h_size;
   const T* grad_out;  // (B, P) gradient of this step's output
   T* dh_state;        // (B, P)
   T* dh_total;        // (B, P)

@@ -33,13 +33,13 @@ bool lstm_forward(const LstmSequence<T>& p);
 template <typename T>
 bool gru_forward(const GruSequence<T>& p);
 
-// Largest hidden size the persistent path accepts on `device` for this dtype:
-// num_gates = 4 for LSTM (the default, and the stricter bound), 3 for GRU.
+// Largest hidden size the persistent path accepts on the current device for
+// this dtype: num_gates = 4 for LSTM (the stricter bound), 3 for GRU.
 // From shared memory and SM count only; the launch also checks occupancy.
 // On an H100 (132 SMs, 227 KB): LSTM 1320 (float) / 908 (double),
 // GRU 1452 (float) / 1037 (double).
 template <typename T>
-int64_t max_hidden(int device, int num_gates = 4);
+int64_t max_hidden(int num_gates);
 
 // Micro-benchmark: runs `steps` grid barriers with no work on `blocks` blocks
 // (of the persistent kernels' block size) and returns the elapsed

@@ -14,7 +14,7 @@ template <typename T>
 struct StepKernels {
   void (*lstm_forward)(const LstmForwardStep<T>&);
   void (*lstm_backward)(const LstmBackwardStep<T>&);
-  void (*masked_commit)(const MaskedCommit<T>&);
+  void (*projected_commit)(const ProjectedCommit<T>&);
   void (*grad_h_accumulate)(const GradHStep<T>&);
   void (*grad_h_carry)(const GradHStep<T>&);
   void (*gru_forward)(const GruForwardStep<T>&);

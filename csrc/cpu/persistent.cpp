@@ -1,0 +1,305 @@
+// Persistent CPU loops (see persistent.h for the design).
+//
+// Threads are OpenMP's, the same pool ATen uses (this file is built with
+// -fopenmp and binds to the libgomp torch loaded). The team runs the whole
+// sequence; `omp barrier` separates the steps. Each thread's small GEMM is
+// oneDNN's micro-kernel (cpu/gemm.h), called without the dispatcher.
+#include "cpu/persistent.h"
+
+#include <c10/util/Exception.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <exception>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/row_kernels.h"
+
+namespace fusedrnn::cpu {
+namespace {
+
+// Hidden units per thread come in multiples of this (a 512-bit fp32
+// vector), so every thread's slice starts on a cache line.
+constexpr int64_t kUnitAlign = 16;
+// Below this many multiply-adds per step, a barrier per step costs more than
+// a second thread saves.
+constexpr int64_t kMinStepFmasPerThread = 16 * 1024;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The hidden units [begin, begin + units) thread `tid` of `threads` owns.
+struct UnitSlice {
+  int64_t begin, units;
+};
+
+UnitSlice slice_of(int64_t hidden, int threads, int tid) {
+  const int64_t per_thread = ceil_div(ceil_div(hidden, threads), kUnitAlign) * kUnitAlign;
+  const int64_t begin = std::min<int64_t>(hidden, tid * per_thread);
+  return {begin, std::min<int64_t>(hidden, begin + per_thread) - begin};
+}
+
+// How many threads a layer is worth: enough units and work for each.
+int threads_for(int64_t batch, int64_t hidden, int gates, int available) {
+  const int64_t step_fmas = batch * gates * hidden * hidden;
+  const int64_t by_units = ceil_div(hidden, kUnitAlign);
+  const int64_t by_work = std::max<int64_t>(1, step_fmas / kMinStepFmasPerThread);
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({available, by_units, by_work})));
+}
+
+// C (M x N, ld_c) = A (M x K, ld_a) * B (K x N, ld_b), all row-major, on
+// the calling thread.
+void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld_a, const float* B,
+                int64_t ld_b, float* C, int64_t ld_c, bool accumulate = false) {
+  gemm_one_thread(M, N, K, A, ld_a, B, ld_b, C, ld_c, accumulate);
+}
+
+// fp64 (tests, not speed): the compiler vectorises the inner loop over n.
+void small_gemm(int64_t M, int64_t N, int64_t K, const double* A, int64_t ld_a, const double* B,
+                int64_t ld_b, double* C, int64_t ld_c, bool accumulate = false) {
+  for (int64_t m = 0; m < M; ++m) {
+    double* c = C + m * ld_c;
+    if (!accumulate) std::fill_n(c, N, 0.0);
+    for (int64_t k = 0; k < K; ++k) {
+      const double a = A[m * ld_a + k];
+      const double* b = B + k * ld_b;
+      for (int64_t n = 0; n < N; ++n) c[n] += a * b[n];
+    }
+  }
+}
+
+// Runs `body(tid, threads)` on a team of `threads` OpenMP threads (fewer if
+// OpenMP gives fewer, e.g. inside another parallel region), each calling
+// `step_barrier()` the same number of times. An exception in one thread does
+// not strand the others at a barrier: the thread records it, stops
+// computing, and keeps arriving at the barriers until the loop ends; it is
+// rethrown after the region.
+class Team {
+ public:
+  template <typename Body>
+  static void run(int threads, const Body& body) {
+    std::exception_ptr error;
+    bool failed = false;
+#pragma omp parallel num_threads(threads)
+    {
+      const int team = omp_get_num_threads(), tid = omp_get_thread_num();
+      Team self(&failed);
+      try {
+        body(tid, team, self);
+      } catch (...) {
+#pragma omp critical(fusedrnn_team_error)
+        if (!error) error = std::current_exception();
+      }
+      self.drain();
+      release_gemm_thread();
+    }
+    if (error) std::rethrow_exception(error);
+  }
+
+  // The end of a step: every thread of the team arrives before any leaves.
+  void step_barrier() {
+#pragma omp barrier
+    ++barriers_;
+  }
+  // Whether a thread has failed: the others skip their work from then on.
+  bool failed() const {
+    bool f;
+#pragma omp atomic read
+    f = *failed_;
+    return f;
+  }
+  void set_steps(int64_t barriers) { expected_ = barriers; }
+
+ private:
+  explicit Team(bool* failed) : failed_(failed) {}
+  // After an exception, arrive at the barriers the others still wait at.
+  void drain() {
+    if (barriers_ == expected_) return;
+#pragma omp atomic write
+    *failed_ = true;
+    while (barriers_ < expected_) step_barrier();
+  }
+
+  bool* failed_;
+  int64_t barriers_ = 0, expected_ = 0;
+};
+
+// Index of the s-th step processed.
+int64_t step_time(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
+
+bool row_active_at(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Whether step t is the first a row processes (its previous state is the
+// initial one): t == 0 forward; its own last step, lengths[b] - 1, reverse.
+bool first_step_of_row(const int64_t* lengths, int64_t steps, bool reverse, int64_t t,
+                       int64_t b) {
+  if (!reverse) return t == 0;
+  return t == (lengths ? lengths[b] : steps) - 1;
+}
+
+// ----------------------------------------------------- the two loops
+// Shared by both cells. A cell supplies its gate count and a per-row
+// callback working on one thread's units; the loops own the panels, the
+// GEMMs and the barriers.
+
+// Forward: per step, hh = h_{t-1} @ panel, then `row(t, b, j0, U, hh_row,
+// h_prev_row, h_next_row)` for every batch row, then the barrier.
+template <typename T, typename Row>
+void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
+                  const T* h0, T* h_n, const Row& row) {
+  // Per-thread panels (H x G*U, side by side) and products (B x G*U); the
+  // double-buffered h all threads read.
+  std::vector<T> panels(static_cast<size_t>(H * G * H)), products(static_cast<size_t>(B * G * H));
+  std::vector<T> h_work(static_cast<size_t>(2 * B * H));
+  Team::run(persistent_threads(B, H, G), [&](int tid, int team, Team& sync) {
+    sync.set_steps(steps);
+    const UnitSlice slice = slice_of(H, team, tid);
+    const int64_t j0 = slice.begin, U = slice.units;
+    T* panel = panels.data() + H * G * j0;  // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]
+    T* hh = products.data() + B * G * j0;
+    for (int64_t k = 0; k < H; ++k)
+      for (int g = 0; g < G; ++g)
+        for (int64_t u = 0; u < U; ++u) panel[(k * G + g) * U + u] = w_hh[(g * H + j0 + u) * H + k];
+
+    for (int64_t s = 0; s < steps; ++s) {
+      if (U > 0 && !sync.failed()) {
+        const int64_t t = step_time(s, steps, reverse);
+        const T* h_prev = s == 0 ? h0 : h_work.data() + ((s - 1) & 1) * B * H;
+        T* h_next = h_work.data() + (s & 1) * B * H;
+        small_gemm(B, G * U, H, h_prev, H, panel, G * U, hh, G * U);
+        for (int64_t b = 0; b < B; ++b)
+          row(t, b, j0, U, hh + b * G * U, h_prev + b * H + j0, h_next + b * H + j0);
+        if (s == steps - 1)
+          for (int64_t b = 0; b < B; ++b) std::copy_n(h_next + b * H + j0, U, h_n + b * H + j0);
+      }
+      sync.step_barrier();
+    }
+  });
+  if (steps == 0) std::copy_n(h0, B * H, h_n);
+}
+
+// Backward: per step (in reverse), `row(t, b, j0, U)` for every batch row
+// (it writes the recurrent gradient d_rec[t] of its units and leaves in dh
+// the part of h_{t-1}'s gradient that skips W_hh), the barrier, then
+// dh[:, j0:j0+U] += d_rec[t] @ W_hh[:, j0:j0+U].
+template <typename T, typename Row>
+void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
+                   const T* d_rec, T* dh, const Row& row) {
+  std::vector<T> panels(static_cast<size_t>(G * H * H));
+  Team::run(persistent_threads(B, H, G), [&](int tid, int team, Team& sync) {
+    sync.set_steps(steps);
+    const UnitSlice slice = slice_of(H, team, tid);
+    const int64_t j0 = slice.begin, U = slice.units;
+    T* panel = panels.data() + G * H * j0;  // panel[k, u] = W_hh[k, j0 + u]
+    for (int64_t k = 0; k < G * H; ++k) std::copy_n(w_hh + k * H + j0, U, panel + k * U);
+
+    for (int64_t s = steps - 1; s >= 0; --s) {
+      const int64_t t = step_time(s, steps, reverse);
+      if (U > 0 && !sync.failed())
+        for (int64_t b = 0; b < B; ++b) row(t, b, j0, U);
+      sync.step_barrier();  // every thread's d_rec[t] is written
+      if (U > 0 && !sync.failed())
+        small_gemm(B, U, G * H, d_rec + t * B * G * H, G * H, panel, U, dh + j0, H,
+                   /*accumulate=*/true);
+    }
+  });
+}
+
+}  // namespace
+
+int persistent_threads(int64_t batch, int64_t hidden, int gates) {
+  return threads_for(batch, hidden, gates, omp_in_parallel() ? 1 : omp_get_max_threads());
+}
+
+template <typename T>
+bool persistent_fits(int64_t batch, int64_t hidden) {
+  return batch > 0 && hidden > 0 && (std::is_same_v<T, double> || have_brgemm());
+}
+
+// --------------------------------------------------------------------- LSTM
+
+template <typename T>
+void persistent_lstm_forward(const LstmSequence<T>& p) {
+  const int64_t B = p.batch, H = p.hidden;
+  const auto& rows = best_row_kernels<T>();
+  if (p.c_n != p.c0) std::copy_n(p.c0, B * H, p.c_n);
+  forward_loop<T>(p.steps, B, H, 4, p.reverse, p.w_hh, p.h0, p.h_n,
+                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* hh, const T* h_prev,
+                      T* h_next) {
+    const int64_t row = (t * B + b) * H + j0;         // (t, b, j0) of a (T, B, H) buffer
+    const int64_t gate_row = (t * B + b) * 4 * H + j0;  // of a (T, B, 4H) buffer
+    rows.lstm_forward_slice({.hidden = H, .units = U, .xproj = p.xproj + gate_row, .hh = hh,
+                             .h_prev = h_prev, .c = p.c_n + b * H + j0,
+                             .gates = p.gates ? p.gates + gate_row : nullptr,
+                             .cells = p.cells ? p.cells + row : nullptr, .h_out = p.output + row,
+                             .h_next = h_next, .active = row_active_at(p.lengths, t, b)});
+  });
+}
+
+template <typename T>
+void persistent_lstm_backward(const LstmBackwardSequence<T>& p) {
+  const int64_t B = p.batch, H = p.hidden, steps = p.steps;
+  const auto& rows = best_row_kernels<T>();
+  backward_loop<T>(steps, B, H, 4, p.reverse, p.w_hh, p.d_gates, p.dh,
+                   [&](int64_t t, int64_t b, int64_t j0, int64_t U) {
+    const bool first = first_step_of_row(p.lengths, steps, p.reverse, t, b);
+    const int64_t prev_t = p.reverse ? t + 1 : t - 1;
+    const T* c_prev = first ? p.c0 + b * H : p.cells + (prev_t * B + b) * H;
+    const int64_t row = (t * B + b) * H + j0, gate_row = (t * B + b) * 4 * H + j0;
+    rows.lstm_backward_slice({.hidden = H, .units = U, .gates = p.gates + gate_row,
+                              .cells = p.cells + row, .c_prev = c_prev + j0,
+                              .grad_out = p.grad_out + row, .dh = p.dh + b * H + j0,
+                              .dc = p.dc + b * H + j0, .d_gates = p.d_gates + gate_row,
+                              .active = row_active_at(p.lengths, t, b)});
+  });
+}
+
+// ---------------------------------------------------------------------- GRU
+
+template <typename T>
+void persistent_gru_forward(const GruSequence<T>& p) {
+  const int64_t B = p.batch, H = p.hidden;
+  const auto& rows = best_row_kernels<T>();
+  forward_loop<T>(p.steps, B, H, 3, p.reverse, p.w_hh, p.h0, p.h_n,
+                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* hh, const T* h_prev,
+                      T* h_next) {
+    rows.gru_forward_slice({.hidden = H, .units = U, .xproj = p.xproj + (t * B + b) * 3 * H + j0,
+                            .hh = hh, .b_hh = p.b_hh ? p.b_hh + j0 : nullptr, .h_prev = h_prev,
+                            .gates = p.gates ? p.gates + (t * B + b) * 4 * H + j0 : nullptr,
+                            .h_out = p.output + (t * B + b) * H + j0, .h_next = h_next,
+                            .active = row_active_at(p.lengths, t, b)});
+  });
+}
+
+template <typename T>
+void persistent_gru_backward(const GruBackwardSequence<T>& p) {
+  const int64_t B = p.batch, H = p.hidden, steps = p.steps;
+  const auto& rows = best_row_kernels<T>();
+  backward_loop<T>(steps, B, H, 3, p.reverse, p.w_hh, p.d_hh, p.dh,
+                   [&](int64_t t, int64_t b, int64_t j0, int64_t U) {
+    const bool first = first_step_of_row(p.lengths, steps, p.reverse, t, b);
+    const int64_t prev_t = p.reverse ? t + 1 : t - 1;
+    const T* h_prev = first ? p.h0 + b * H : p.output + (prev_t * B + b) * H;
+    const int64_t rec_row = (t * B + b) * 3 * H + j0;
+    rows.gru_backward_slice({.hidden = H, .units = U, .gates = p.gates + (t * B + b) * 4 * H + j0,
+                             .h_prev = h_prev + j0, .grad_out = p.grad_out + (t * B + b) * H + j0,
+                             .dh = p.dh + b * H + j0, .d_xproj = p.d_xproj + rec_row,
+                             .d_hh = p.d_hh + rec_row, .active = row_active_at(p.lengths, t, b)});
+  });
+}
+
+template bool persistent_fits<float>(int64_t, int64_t);
+template bool persistent_fits<double>(int64_t, int64_t);
+#define FUSEDRNN_INSTANTIATE(T)                                                  \
+  template void persistent_lstm_forward<T>(const LstmSequence<T>&);              \
+  template void persistent_lstm_backward<T>(const LstmBackwardSequence<T>&);     \
+  template void persistent_gru_forward<T>(const GruSequence<T>&);                \
+  template void persistent_gru_backward<T>(const GruBackwardSequence<T>&);
+FUSEDRNN_INSTANTIATE(float)
+FUSEDRNN_INSTANTIATE(double)
+#undef FUSEDRNN_INSTANTIATE
+
+}  // namespace fusedrnn::cpu

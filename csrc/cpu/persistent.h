@@ -1,0 +1,139 @@
+// Persistent CPU loops: the CPU analogue of cuda/persistent.cuh.
+//
+// One parallel region runs every step of one LSTM or GRU layer (no
+// projection) in one direction. Thread k owns a slice of hidden units
+// [j0, j0 + U) and, for the whole sequence, the matching W_hh rows of all G
+// gates packed as an (H, G*U) panel that stays in its own cache. Per step it
+// multiplies h_{t-1} by its panel (one small GEMM, no dispatcher, no
+// fork/join), applies the gate math to its units straight away and writes its
+// part of h_t; one barrier per step publishes h_t. The backward runs the same
+// way over column panels of W_hh (G*H, U): each thread computes the gate
+// gradients of its units, a barrier publishes them, and each thread then adds
+// its slice of (gate gradients) @ W_hh to dh_{t-1}. No reduction across
+// threads is needed.
+#pragma once
+
+#include <cstdint>
+
+#include "fusedrnn/params.h"
+
+namespace fusedrnn::cpu {
+
+// ----------------------------------------------- one row, one thread's units
+// Row kernels for one batch row restricted to the `units` hidden units a
+// thread owns. Pointers into full-width (B, W) buffers already point at the
+// thread's first unit j0 of the row, so gate g of unit u sits at
+// g * hidden + u; the thread's own products `hh` are packed as g * units + u.
+
+template <typename T>
+struct LstmForwardSlice {
+  int64_t hidden, units;
+  const T* xproj;   // input projection of this step (both biases in)
+  const T* hh;      // this thread's recurrent product, (4, units)
+  const T* h_prev;  // h before the step (carried where inactive)
+  T* c;             // running cell state, updated in place where active
+  T* gates;         // saved activated gates, or nullptr (inference)
+  T* cells;         // saved cell state after the step, or nullptr
+  T* h_out;         // output of this step: h, or zero where inactive
+  T* h_next;        // h after the step
+  bool active;
+};
+
+// The backward slices leave in `dh` the part of h_{t-1}'s gradient that
+// does not go through W_hh (LSTM: none; GRU: z * dh; an inactive row: all of
+// it); the loop then adds (recurrent gradient) @ W_hh with the other threads'.
+template <typename T>
+struct LstmBackwardSlice {
+  int64_t hidden, units;
+  const T* gates;     // saved activated gates of this step
+  const T* cells;     // saved cell state after this step
+  const T* c_prev;    // cell state before this step
+  const T* grad_out;  // gradient of this step's output
+  T* dh;              // in: gradient reaching h_t from later steps; out: see above
+  T* dc;              // in: from the later step; out: to the earlier one
+  T* d_gates;         // gradient of the pre-activations (zero where inactive)
+  bool active;
+};
+
+template <typename T>
+struct GruForwardSlice {
+  int64_t hidden, units;
+  const T* xproj;   // input projection of this step (b_ih in)
+  const T* hh;      // this thread's recurrent product, (3, units), without b_hh
+  const T* b_hh;    // recurrent bias at unit j0 (gate g at g * hidden), or nullptr
+  const T* h_prev;  // h before the step
+  T* gates;         // saved r | z | n | hh_n, or nullptr (inference)
+  T* h_out;         // output of this step: h, or zero where inactive
+  T* h_next;        // h after the step
+  bool active;
+};
+
+template <typename T>
+struct GruBackwardSlice {
+  int64_t hidden, units;
+  const T* gates;     // saved r | z | n | hh_n of this step
+  const T* h_prev;    // h before this step
+  const T* grad_out;  // gradient of this step's output
+  T* dh;              // in: gradient reaching h_t from later steps; out: see above
+  T* d_xproj;         // gradient of the input projection (zero where inactive)
+  T* d_hh;            // gradient of the recurrent product, b_hh included
+  bool active;
+};
+
+// ------------------------------------------------------------ whole sequences
+
+// Backward of one LSTM layer without projection (the forward's LstmSequence
+// with the gradients): fills d_gates for every step, leaves the gradients of
+// h0 and c0 in dh / dc.
+template <typename T>
+struct LstmBackwardSequence {
+  int64_t steps, batch, hidden;
+  bool reverse;
+  const T* w_hh;      // (4H, H)
+  const T* c0;        // (B, H)
+  const T* grad_out;  // (T, B, H)
+  const T* gates;     // (T, B, 4H) saved by the forward
+  const T* cells;     // (T, B, H) saved by the forward
+  T* d_gates;         // (T, B, 4H) out
+  T* dh;              // (B, H) in: grad of h_n; out: grad of h0
+  T* dc;              // (B, H) in: grad of c_n; out: grad of c0
+  const int64_t* lengths;
+};
+
+// Backward of one GRU layer: fills d_xproj and d_hh for every step, leaves
+// the gradient of h0 in dh.
+template <typename T>
+struct GruBackwardSequence {
+  int64_t steps, batch, hidden;
+  bool reverse;
+  const T* w_hh;      // (3H, H)
+  const T* h0;        // (B, H)
+  const T* output;    // (T, B, H) saved by the forward
+  const T* grad_out;  // (T, B, H)
+  const T* gates;     // (T, B, 4H) saved by the forward
+  T* d_xproj;         // (T, B, 3H) out
+  T* d_hh;            // (T, B, 3H) out
+  T* dh;              // (B, H) in: grad of h_n; out: grad of h0
+  const int64_t* lengths;
+};
+
+// Whether the persistent loops take a layer of this size and dtype (fp32
+// needs oneDNN's brgemm in this torch build; fp64 runs a plain GEMM loop).
+template <typename T>
+bool persistent_fits(int64_t batch, int64_t hidden);
+
+// How many threads a layer of `gates` gates uses, out of OpenMP's maximum.
+int persistent_threads(int64_t batch, int64_t hidden, int gates);
+
+// Run a whole sequence; the caller checked persistent_fits. c_n may alias c0;
+// h_n may not alias h0 (as for the CUDA kernels).
+template <typename T>
+void persistent_lstm_forward(const LstmSequence<T>& p);
+template <typename T>
+void persistent_lstm_backward(const LstmBackwardSequence<T>& p);
+template <typename T>
+void persistent_gru_forward(const GruSequence<T>& p);
+template <typename T>
+void persistent_gru_backward(const GruBackwardSequence<T>& p);
+
+}  // namespace fusedrnn::cpu
