@@ -202,7 +202,7 @@ def check_devices(x: Tensor, states: list, names: tuple, params: list) -> None:
                 f"Input and hidden tensors are not at the same device, found input tensor at "
                 f"{x.device} and hidden tensor at {state.device}", f"{name} is on {state.device}"))
     for p in params:
-        if p.device != x.device:
+        if p is not None and p.device != x.device:
             raise RuntimeError(_with_detail(
                 f"Input and parameter tensors are not at the same device, found input tensor at "
                 f"{x.device} and parameter tensor at {p.device}",
@@ -317,28 +317,32 @@ def cell_states(hx, batched: bool, lstm: bool) -> list:
 
 def check_cell_sizes(x: Tensor, states: list, input_size: int, hidden_size: int) -> None:
     """ATen's cell checks on the batched forms: input size, then each state's batch and size."""
-    if x.size(1) != input_size:
+    batch, features = x.shape
+    if features != input_size:
         raise RuntimeError(_with_detail(
-            f"input has inconsistent input_size: got {x.size(1)} expected {input_size}",
-            f"input of feature size {x.size(1)}, cell built with input_size={input_size}"))
+            f"input has inconsistent input_size: got {features} expected {input_size}",
+            f"input of feature size {features}, cell built with input_size={input_size}"))
     for i, h in enumerate(states):
-        name, want = ("h_0", "c_0")[i], (x.size(0), hidden_size)
-        if x.size(0) != h.size(0):
+        shape = h.shape
+        if len(shape) == 2 and shape[0] == batch and shape[1] == hidden_size:
+            continue
+        name, want = ("h_0", "c_0")[i], (batch, hidden_size)
+        if batch != shape[0]:
             raise RuntimeError(_with_detail(
-                f"Input batch size {x.size(0)} doesn't match hidden{i} batch size {h.size(0)}",
+                f"Input batch size {batch} doesn't match hidden{i} batch size {shape[0]}",
                 f"{name} must have shape {want}"))
-        if h.dim() < 2:
+        if len(shape) < 2:
             raise StateShapeError(_with_detail(
                 "Dimension out of range (expected to be in range of [-1, 0], but got 1)",
-                f"{name} of shape {_shape(h)} for a batched input: expected {want}"))
-        if h.size(1) != hidden_size:
+                f"{name} of shape {tuple(shape)} for a batched input: expected {want}"))
+        if shape[1] != hidden_size:
             raise RuntimeError(_with_detail(
-                f"hidden{i} has inconsistent hidden_size: got {h.size(1)}, expected {hidden_size}",
+                f"hidden{i} has inconsistent hidden_size: got {shape[1]}, expected {hidden_size}",
                 f"{name} must be 1-D ({hidden_size},) for a 1-D input, 2-D (N, {hidden_size}) "
                 f"for a 2-D one"))
-        if h.dim() != 2:  # torch.nn has no check left here and crashes
-            raise RuntimeError(f"{name} of shape {_shape(h)[1:]} for a 1-D input: expected "
-                               f"({hidden_size},)")
+        # torch.nn has no check left here and crashes
+        raise RuntimeError(f"{name} of shape {tuple(shape)[1:]} for a 1-D input: expected "
+                           f"({hidden_size},)")
 
 
 def _check_device(t: Tensor, weight: Tensor, name: str) -> None:

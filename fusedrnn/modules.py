@@ -97,8 +97,7 @@ class _FusedRNNBase(RNNBase):
         if hx is not None:
             self._check_hx_form(hx, not unbatched)
         checks.check_aten_arguments(self.mode, self.num_layers, self.bidirectional)
-        params = [getattr(self, name) for name in self._flat_weights_names]
-        checks.check_devices(x, states, self._STATE_NAMES, params)
+        checks.check_devices(x, states, self._STATE_NAMES, self._flat_weights)  # what ATen gets
         if steps is not None:
             checks.check_sequence_length(steps)
         return checks.match_state_dtypes(x, states, self._STATE_NAMES)
@@ -260,7 +259,8 @@ class _FusedCell:
         checks.check_cell_sizes(x, states, self.input_size, self.hidden_size)
         result_dtype = checks.check_cell_dtypes(x, states, self.weight_ih, hx is not None,
                                                hidden_first=lstm)
-        states = [s.to(self.weight_ih.dtype) for s in states]  # a c_0 of another dtype
+        dtype = self.weight_ih.dtype
+        states = [s if s.dtype == dtype else s.to(dtype) for s in states]  # c_0 of another dtype
         return x.unsqueeze(0), states, not batched, result_dtype
 
 
@@ -274,7 +274,8 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
         x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
         bias = self.bias_ih + self.bias_hh if self.bias else None
         _, h, c = ops.lstm_layer(x, self.weight_ih, bias, self.weight_hh, None, h0, c0)
-        h, c = h.to(result_dtype), c.to(result_dtype)
+        if result_dtype != h.dtype:
+            h, c = h.to(result_dtype), c.to(result_dtype)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
