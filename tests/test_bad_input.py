@@ -7,7 +7,8 @@ torch's words are incidental (they depend on which ATen path runs, oneDNN or
 native, or on the meta device) and then only the type is compared. What
 torch.nn accepts, fusedrnn accepts and computes the same; what fusedrnn
 alone rejects is listed with the reason. Edge cases that are not errors
-(empty batch, non-contiguous tensors, NaN in one sequence) close the file.
+(empty batch, non-contiguous tensors) close the file; NaN and Inf have
+tests/test_nan_inf.py.
 """
 
 from __future__ import annotations
@@ -609,48 +610,6 @@ def test_cell_empty_batch_like_torch(kind):
     ref, fused = make_pair(kind, 3, 5, dtype=F64)
     x = torch.randn(0, 3, dtype=F64)
     assert_results_close(run(fused, x), run(ref, x), TOL[F64], "empty batch")
-
-
-# ------------------------------------------------------ NaN stays contained
-
-
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-@pytest.mark.parametrize("kind", KINDS)
-def test_nan_stays_in_its_sequence(kind, packed):
-    _, fused = make_pair(kind, 3, 5, num_layers=2, bidirectional=True, dtype=F64)
-    T, B, bad = 5, 4, 1
-    keep = [b for b in range(B) if b != bad]
-    x = torch.randn(T, B, 3, dtype=F64)
-    x[2, bad, 1] = float("nan")
-    h0 = torch.randn(4, B, 5, dtype=F64)
-    hx = _hx(kind, h0, torch.randn(4, B, 5, dtype=F64))
-    lengths = torch.tensor([3, 5, 2, 4])
-
-    def forward(x, hx, rows):
-        x = x[:, rows]
-        hx = tuple(s[:, rows] for s in hx) if kind == "LSTM" else hx[:, rows]
-        if packed:
-            out, final = fused(pack_padded_sequence(x, lengths[rows], enforce_sorted=False), hx)
-            out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)[0]
-        else:
-            out, final = fused(x, hx)
-        finals = final if kind == "LSTM" else (final,)
-        return out, finals
-
-    x_all = x.clone().requires_grad_()
-    out, finals = forward(x_all, hx, list(range(B)))
-    out.nan_to_num(0.0).sum().backward()  # NaN rows give NaN gradients; the others must not
-    assert out[:, bad].isnan().any()
-    x_keep = x.clone().requires_grad_()  # the NaN row is left out by forward()
-    out_keep, finals_keep = forward(x_keep, hx, keep)
-    out_keep.sum().backward()
-
-    tol = TOL[F64]
-    torch.testing.assert_close(out[:, keep], out_keep, atol=tol, rtol=0)
-    for f, f_keep in zip(finals, finals_keep):
-        assert f[:, bad].isnan().any()
-        torch.testing.assert_close(f[:, keep], f_keep, atol=tol, rtol=0)
-    torch.testing.assert_close(x_all.grad[:, keep], x_keep.grad[:, keep], atol=tol, rtol=0)
 
 
 # ------------------------------------------------- non-contiguous / strided
