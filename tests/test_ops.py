@@ -59,8 +59,8 @@ def assert_close_all(actual, expected, tol):
 
 @pytest.fixture(params=["step_loop", "persistent"])
 def cpu_path(request):
-    """The CPU LSTM runs the persistent loop by default; the step loop with it off."""
-    ops.set_persistent("off" if request.param == "step_loop" else "auto")
+    """Each CPU test runs on the step loop (persistent off) and the persistent loop (forced on)."""
+    ops.set_persistent("off" if request.param == "step_loop" else "on")
     yield request.param
     ops.set_persistent("auto")
 
