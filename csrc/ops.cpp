@@ -102,9 +102,9 @@ TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
 }
 
 TORCH_LIBRARY(fusedrnn_debug, m) {
-  m.def("cpu_persistent_threads(int batch, int hidden, int gates) -> int",
-        [](int64_t batch, int64_t hidden, int64_t gates) {
-          return static_cast<int64_t>(cpu::persistent_threads(batch, hidden, gates));
+  m.def("cpu_persistent_threads(int steps, int batch, int hidden, int gates) -> int",
+        [](int64_t steps, int64_t batch, int64_t hidden, int64_t gates) {
+          return static_cast<int64_t>(cpu::persistent_threads(steps, batch, hidden, gates));
         });
 #ifdef FUSEDRNN_WITH_CUDA
   m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);

@@ -71,11 +71,22 @@ std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType 
   return to_compute(*t, compute_type);
 }
 
+// W^T for the step loop's per-step product h @ W^T. BLAS runs that product
+// several times faster on a row-major copy than on the transposed view, but
+// the copy costs more than it saves in a call of a step or two.
+Tensor per_step_operand(const Tensor& w, int64_t steps) {
+  return steps > 2 ? w.t().contiguous() : w.t();
+}
+
 // The big GEMMs of a layer (all steps at once). fp32 CPU tensors run on
 // cpu::gemm (oneDNN's micro-kernel at the CPU's widest vectors; see
 // cpu/gemm.h), the rest on ATen.
-bool use_cpu_gemm(const Tensor& t) {
-  return t.is_cpu() && t.scalar_type() == at::kFloat && cpu::have_brgemm();
+// Below kMinGemmRows rows (a short call) the copies cpu::gemm needs (row-major
+// operands) cost more than it saves.
+constexpr int64_t kMinGemmRows = 32;
+bool use_cpu_gemm(const Tensor& a) {
+  return a.is_cpu() && a.scalar_type() == at::kFloat && cpu::have_brgemm() &&
+         a.size(0) >= kMinGemmRows;
 }
 
 // a (M, K) @ b (K, N) (+ bias (N) on every row).
@@ -259,10 +270,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor hh = at::empty({batch, 4 * hidden}, opts);
   Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
   Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
-  // Row-major (P, 4H) copies: BLAS runs the per-step product several times
-  // faster on them than on transposed views.
-  const Tensor w_hh_t = w_hh_c.t().contiguous();
-  const Tensor w_hr_t = s.projected ? w_hr_c->t().contiguous() : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_forward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
@@ -278,6 +285,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       if (run_persistent(seq, xproj)) return;
     }
     const auto kernels = kernels_for<scalar_t>(xproj);
+    const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
+    const Tensor w_hr_t = s.projected ? per_step_operand(*w_hr_c, s.steps) : Tensor();
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
       at::mm_out(hh, h_state, w_hh_t);
@@ -453,7 +462,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   Tensor gates = at::empty({save_for_backward ? s.steps : 0, batch, 4 * hidden}, opts);
   Tensor h_state = h0.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor hh = at::empty({batch, 3 * hidden}, opts);
-  const Tensor w_hh_t = w_hh_c.t().contiguous();  // see lstm_forward
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_forward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
@@ -468,6 +476,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
       if (run_persistent(seq, xproj)) return;
     }
     const auto kernels = kernels_for<scalar_t>(xproj);
+    const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
       if (b_hh_c) {

@@ -79,15 +79,18 @@ def set_persistent(mode: str) -> None:
 
 
 def use_persistent(x: Tensor) -> bool:
-    """Whether a layer on ``x`` runs the whole-sequence (persistent) path.
+    """Whether a layer on ``x`` (time-major) runs the whole-sequence path.
 
-    On the CPU ``auto`` takes it (the persistent CPU loop, measured faster than
-    the step loop: README, Speed). On CUDA ``auto`` keeps the standard kernels:
-    the persistent ones have not been timed on a GPU yet, so no measured rule
-    picks them."""
+    On the CPU ``auto`` takes the persistent loop for sequences of two steps
+    or more (measured faster than the step loop: README, Speed); a single
+    step (streaming) is cheaper on the step loop, which packs no weights. On
+    CUDA ``auto`` keeps the standard kernels: the persistent ones have not been
+    timed on a GPU yet, so no measured rule picks them."""
     if x.is_cuda:
         return _persistent_mode == "on"
-    return _persistent_mode != "off"
+    if _persistent_mode == "auto":
+        return x.shape[0] > 1
+    return _persistent_mode == "on"
 
 
 # ----------------------------------------------------------------- layers

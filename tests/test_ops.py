@@ -59,8 +59,8 @@ def assert_close_all(actual, expected, tol):
 
 @pytest.fixture(params=["step_loop", "persistent"])
 def cpu_path(request):
-    """The CPU LSTM runs the persistent loop by default; the step loop with it off."""
-    ops.set_persistent("off" if request.param == "step_loop" else "auto")
+    """Each CPU test runs on the step loop (persistent off) and the persistent loop (forced on)."""
+    ops.set_persistent("off" if request.param == "step_loop" else "on")
     yield request.param
     ops.set_persistent("auto")
 
@@ -266,9 +266,9 @@ def test_unsupported_dtype_is_refused_by_name(dtype):
 PERSISTENT_CASES = [
     # T, B, H, lengths, reverse: two threads with a partial last slice (H = 72),
     # one thread, H below one SIMD vector, batch 1, lengths both ways, empty sizes
-    (6, 4, 72, None, False),
-    (6, 4, 72, [6, 2, 4, 5], True),
-    (5, 4, 72, [3, 5, 0, 5], False),
+    (12, 4, 72, None, False),
+    (12, 4, 72, [12, 2, 4, 5], True),
+    (12, 4, 72, [3, 12, 0, 5], False),
     (6, 3, 40, None, False),
     (6, 3, 40, [6, 2, 4], True),
     (5, 4, 7, [3, 5, 0, 5], False),
@@ -296,13 +296,14 @@ def test_cpu_paths_match_reference(cell, T, B, H, lengths, reverse, dtype, cpu_p
 
 
 def test_persistent_cpu_loop_splits_the_units_over_threads():
-    """The cases above with H = 72, B = 4 run on two threads when two are there."""
+    """The cases above with T = 12, B = 4, H = 72 run on two threads when two are there."""
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         threads = torch.ops.fusedrnn_debug.cpu_persistent_threads
-        assert threads(4, 72, 4) == 2 and threads(4, 72, 3) == 2
-        assert threads(3, 40, 4) == 1 and threads(3, 40, 3) == 1
+        assert threads(12, 4, 72, 4) == 2 and threads(12, 4, 72, 3) == 2
+        assert threads(6, 3, 40, 4) == 1 and threads(6, 3, 40, 3) == 1
+        assert threads(1, 1, 128, 4) == 1  # a streaming call stays on one thread
     finally:
         torch.set_num_threads(saved)
 

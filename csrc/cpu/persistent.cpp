@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 #include <exception>
-#include <vector>
+#include <memory>
 
 #include "cpu/gemm.h"
 #include "cpu/row_kernels.h"
@@ -24,8 +24,10 @@ namespace {
 // vector), so every thread's slice starts on a cache line.
 constexpr int64_t kUnitAlign = 16;
 // Below this many multiply-adds per step, a barrier per step costs more than
-// a second thread saves.
+// a second thread saves; below this many per call, waking a second thread does
+// (a short call, T = 1 in streaming use, stays on the calling thread).
 constexpr int64_t kMinStepFmasPerThread = 16 * 1024;
+constexpr int64_t kMinCallFmasPerThread = 256 * 1024;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -41,11 +43,13 @@ UnitSlice slice_of(int64_t hidden, int threads, int tid) {
 }
 
 // How many threads a layer is worth: enough units and work for each.
-int threads_for(int64_t batch, int64_t hidden, int gates, int available) {
+int threads_for(int64_t steps, int64_t batch, int64_t hidden, int gates, int available) {
   const int64_t step_fmas = batch * gates * hidden * hidden;
   const int64_t by_units = ceil_div(hidden, kUnitAlign);
-  const int64_t by_work = std::max<int64_t>(1, step_fmas / kMinStepFmasPerThread);
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({available, by_units, by_work})));
+  const int64_t by_step = std::max<int64_t>(1, step_fmas / kMinStepFmasPerThread);
+  const int64_t by_call = std::max<int64_t>(1, steps * step_fmas / kMinCallFmasPerThread);
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>({available, by_units, by_step, by_call})));
 }
 
 // C (M x N, ld_c) = A (M x K, ld_a) * B (K x N, ld_b), all row-major, on
@@ -79,8 +83,14 @@ class Team {
  public:
   template <typename Body>
   static void run(int threads, const Body& body) {
-    std::exception_ptr error;
     bool failed = false;
+    if (threads == 1) {  // no parallel region to open: a short call stays cheap
+      Team self(&failed);
+      body(0, 1, self);
+      release_gemm_thread();
+      return;
+    }
+    std::exception_ptr error;
 #pragma omp parallel num_threads(threads)
     {
       const int team = omp_get_num_threads(), tid = omp_get_thread_num();
@@ -125,6 +135,25 @@ class Team {
   int64_t barriers_ = 0, expected_ = 0;
 };
 
+// dst[k * ld_dst + u] = src[u * ld_src + k] for u < rows, k < cols: a
+// transpose in square tiles, so that reads and writes both stay in cache.
+template <typename T>
+void transpose_into(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst,
+                    int64_t ld_dst) {
+  constexpr int64_t kTile = 16;
+  for (int64_t u0 = 0; u0 < rows; u0 += kTile)
+    for (int64_t k0 = 0; k0 < cols; k0 += kTile)
+      for (int64_t u = u0; u < std::min(rows, u0 + kTile); ++u)
+        for (int64_t k = k0; k < std::min(cols, k0 + kTile); ++k)
+          dst[k * ld_dst + u] = src[u * ld_src + k];
+}
+
+// An uninitialised buffer (every element is written before it is read).
+template <typename T>
+std::unique_ptr<T[]> buffer(int64_t n) {
+  return std::make_unique_for_overwrite<T[]>(static_cast<size_t>(n));
+}
+
 // Index of the s-th step processed.
 int64_t step_time(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
 
@@ -152,23 +181,21 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, cons
                   const T* h0, T* h_n, const Row& row) {
   // Per-thread panels (H x G*U, side by side) and products (B x G*U); the
   // double-buffered h all threads read.
-  std::vector<T> panels(static_cast<size_t>(H * G * H)), products(static_cast<size_t>(B * G * H));
-  std::vector<T> h_work(static_cast<size_t>(2 * B * H));
-  Team::run(persistent_threads(B, H, G), [&](int tid, int team, Team& sync) {
+  const auto panels = buffer<T>(H * G * H), products = buffer<T>(B * G * H);
+  const auto h_work = buffer<T>(2 * B * H);
+  Team::run(persistent_threads(steps, B, H, G), [&](int tid, int team, Team& sync) {
     sync.set_steps(steps);
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
-    T* panel = panels.data() + H * G * j0;  // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]
-    T* hh = products.data() + B * G * j0;
-    for (int64_t k = 0; k < H; ++k)
-      for (int g = 0; g < G; ++g)
-        for (int64_t u = 0; u < U; ++u) panel[(k * G + g) * U + u] = w_hh[(g * H + j0 + u) * H + k];
+    T* panel = panels.get() + H * G * j0;  // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]
+    T* hh = products.get() + B * G * j0;
+    for (int g = 0; g < G; ++g) transpose_into(w_hh + (g * H + j0) * H, U, H, H, panel + g * U, G * U);
 
     for (int64_t s = 0; s < steps; ++s) {
       if (U > 0 && !sync.failed()) {
         const int64_t t = step_time(s, steps, reverse);
-        const T* h_prev = s == 0 ? h0 : h_work.data() + ((s - 1) & 1) * B * H;
-        T* h_next = h_work.data() + (s & 1) * B * H;
+        const T* h_prev = s == 0 ? h0 : h_work.get() + ((s - 1) & 1) * B * H;
+        T* h_next = h_work.get() + (s & 1) * B * H;
         small_gemm(B, G * U, H, h_prev, H, panel, G * U, hh, G * U);
         for (int64_t b = 0; b < B; ++b)
           row(t, b, j0, U, hh + b * G * U, h_prev + b * H + j0, h_next + b * H + j0);
@@ -188,12 +215,12 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, cons
 template <typename T, typename Row>
 void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
                    const T* d_rec, T* dh, const Row& row) {
-  std::vector<T> panels(static_cast<size_t>(G * H * H));
-  Team::run(persistent_threads(B, H, G), [&](int tid, int team, Team& sync) {
+  const auto panels = buffer<T>(G * H * H);
+  Team::run(persistent_threads(steps, B, H, G), [&](int tid, int team, Team& sync) {
     sync.set_steps(steps);
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
-    T* panel = panels.data() + G * H * j0;  // panel[k, u] = W_hh[k, j0 + u]
+    T* panel = panels.get() + G * H * j0;  // panel[k, u] = W_hh[k, j0 + u]
     for (int64_t k = 0; k < G * H; ++k) std::copy_n(w_hh + k * H + j0, U, panel + k * U);
 
     for (int64_t s = steps - 1; s >= 0; --s) {
@@ -210,8 +237,8 @@ void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, con
 
 }  // namespace
 
-int persistent_threads(int64_t batch, int64_t hidden, int gates) {
-  return threads_for(batch, hidden, gates, omp_in_parallel() ? 1 : omp_get_max_threads());
+int persistent_threads(int64_t steps, int64_t batch, int64_t hidden, int gates) {
+  return threads_for(steps, batch, hidden, gates, omp_in_parallel() ? 1 : omp_get_max_threads());
 }
 
 template <typename T>

@@ -123,7 +123,7 @@ template <typename T>
 bool persistent_fits(int64_t batch, int64_t hidden);
 
 // How many threads a layer of `gates` gates uses, out of OpenMP's maximum.
-int persistent_threads(int64_t batch, int64_t hidden, int gates);
+int persistent_threads(int64_t steps, int64_t batch, int64_t hidden, int gates);
 
 // Run a whole sequence; the caller checked persistent_fits. c_n may alias c0;
 // h_n may not alias h0 (as for the CUDA kernels).
