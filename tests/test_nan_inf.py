@@ -37,14 +37,14 @@ class Backend:
 
 
 def _describe() -> str:
-    persistent = fusedrnn.ops.use_persistent(torch.empty(0))
+    persistent = fusedrnn.ops.use_persistent(torch.empty(2, 1, 1))  # for a sequence (T > 1)
     return f"{fusedrnn.backend()} {fusedrnn.build_info()} persistent={persistent}"
 
 
 _CAPABILITY = torch.backends.cpu.get_cpu_capability()  # ATen's: DEFAULT, AVX2, AVX512, ...
 _SIMD = {"AVX512": "cpu:avx512", "AVX2": "cpu:avx2"}.get(_CAPABILITY, "cpu:default")
 BACKENDS = [
-    Backend("cpu-native", reports=f"fused {_SIMD} persistent=True"),  # the whole-sequence loop
+    Backend("cpu-native", reports=f"fused {_SIMD} persistent=True"),  # cells: the step loop
     *([Backend("cpu-avx2", {"ATEN_CPU_CAPABILITY": "avx2"}, reports="fused cpu:avx2")]
       if torch.cpu._is_avx512_supported() else []),  # else the native one is AVX2 or less
     Backend("cpu-portable", {"ATEN_CPU_CAPABILITY": "default"}, reports="fused cpu:default"),

@@ -26,6 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 import fusedrnn
 from conftest import TOL
+from fusedrnn import reference
 
 
 def _torch_test_data():
@@ -55,6 +56,7 @@ def _fused_class(info):
 
 def _samples():
     """Every sample of every ModuleInfo, dtype and mode (GRU's packed samples included)."""
+    torch.manual_seed(0)  # the samples are random: the same ones on every run
     params = []
     for info, dtype, training in itertools.product(INFOS, DTYPES, MODES):
         extra = [{}, {"with_packed_sequence": True}] if info.module_cls is torch.nn.GRU else [{}]
@@ -76,6 +78,7 @@ def _is_packed(sample) -> bool:
 
 
 def _errors():
+    torch.manual_seed(0)
     params = []
     for info, dtype, training in itertools.product(INFOS, DTYPES, MODES):
         errors = info.module_error_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False,
@@ -105,15 +108,16 @@ def _leaf(t):
     return t.detach().clone().requires_grad_(t.requires_grad)
 
 
-def _fresh(value):
-    """A copy of a forward argument whose tensors are new leaves (gradients land there)."""
+def _fresh(value, dtype=None):
+    """A copy of a forward argument whose tensors are new leaves (gradients land there),
+    converted to ``dtype`` if one is given."""
     if isinstance(value, PackedSequence):
-        return PackedSequence(_leaf(value.data), value.batch_sizes, value.sorted_indices,
+        return PackedSequence(_fresh(value.data, dtype), value.batch_sizes, value.sorted_indices,
                               value.unsorted_indices)
     if isinstance(value, torch.Tensor):
-        return _leaf(value)
+        return _leaf(value if dtype is None else value.to(dtype))
     if isinstance(value, (tuple, list)):
-        return type(value)(_fresh(v) for v in value)
+        return type(value)(_fresh(v, dtype) for v in value)
     return value
 
 
@@ -127,12 +131,13 @@ def _tensors(value) -> list:
     return []
 
 
-def _forward_backward(module, args, kwargs) -> dict:
-    """Outputs, then gradients of every input tensor and parameter, by name."""
-    args, kwargs = _fresh(args), _fresh(kwargs)
+def _forward_backward(module, args, kwargs, dtype=None) -> dict:
+    """Outputs, then gradients of every input tensor and parameter, by name (inputs
+    converted to ``dtype`` if one is given)."""
+    args, kwargs = _fresh(args, dtype), _fresh(kwargs, dtype)
     outputs = _tensors(module(*args, **kwargs))
     gen = torch.Generator().manual_seed(7)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outputs)
+    loss = sum((o * torch.randn(o.shape, generator=gen).to(o.dtype)).sum() for o in outputs)
     module.zero_grad(set_to_none=True)
     loss.backward()
     result = {f"output{i}": o.detach() for i, o in enumerate(outputs)}
@@ -161,12 +166,30 @@ def _pair(info, sample, dtype, training):
     return ref, fused
 
 
+def _errors_against(result: dict, exact: dict) -> dict:
+    return {k: (v.double() - exact[k]).abs().max().item() if v.numel() else 0.0
+            for k, v in result.items()}
+
+
 @pytest.mark.parametrize("info,dtype,training,sample", SAMPLES)
 def test_sample_matches_torch(info, dtype, training, sample):
+    """fp64: within 1e-10 of torch.nn. fp32: against torch.nn run in fp64, within 5e-5, or
+    no worse than twice torch.nn's own fp32 error where that is larger: the samples draw
+    values from [-9, 9], and their weight gradients reach sizes where fp32 rounding alone
+    passes 5e-5, in torch.nn too (up to 7e-5 seen)."""
     ref, fused = _pair(info, sample, dtype, training)
     args, kwargs = sample.forward_input.args, sample.forward_input.kwargs
-    _assert_close(_forward_backward(fused, args, kwargs), _forward_backward(ref, args, kwargs),
-                  TOL[dtype])
+    actual, expected = _forward_backward(fused, args, kwargs), _forward_backward(ref, args, kwargs)
+    if dtype == torch.float64:
+        _assert_close(actual, expected, TOL[dtype])
+        return
+    for key, e in expected.items():
+        assert actual[key].shape == e.shape and actual[key].dtype == e.dtype, key
+    exact = _forward_backward(ref.double(), args, kwargs, torch.float64)
+    ours, theirs = _errors_against(actual, exact), _errors_against(expected, exact)
+    for key, err in ours.items():
+        bound = max(TOL[dtype], reference.low_precision_tolerance(theirs[key]))
+        assert err <= bound, f"{key}: error {err:.3e} > {bound:.1e} (torch.nn's {theirs[key]:.1e})"
 
 
 @pytest.mark.parametrize("info,dtype,training,sample",
