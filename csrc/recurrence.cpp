@@ -89,16 +89,18 @@ bool use_cpu_gemm(const Tensor& a) {
          a.size(0) >= kMinGemmRows;
 }
 
-// a (M, K) @ b (K, N) (+ bias (N) on every row).
+// a (M, K) @ b (K, N) (+ bias (N) on every row). b may be a transposed view.
 Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = {}) {
   if (!use_cpu_gemm(a)) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  const Tensor a_c = a.contiguous(), b_c = b.contiguous();
+  const Tensor a_c = a.contiguous();
+  const bool b_transposed = b.stride(0) == 1 && b.stride(1) != 1;
+  const Tensor b_c = b_transposed ? b.t().contiguous() : b.contiguous();  // no copy for a view
   // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
   Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
                     : at::empty({M, N}, a.options());
-  cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), N, out.data_ptr<float>(),
-            N, /*accumulate=*/bias.has_value());
+  cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), b_transposed ? K : N,
+            b_transposed, out.data_ptr<float>(), N, /*accumulate=*/bias.has_value());
   return out;
 }
 

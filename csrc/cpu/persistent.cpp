@@ -52,27 +52,6 @@ int threads_for(int64_t steps, int64_t batch, int64_t hidden, int gates, int ava
       std::max<int64_t>(1, std::min<int64_t>({available, by_units, by_step, by_call})));
 }
 
-// C (M x N, ld_c) = A (M x K, ld_a) * B (K x N, ld_b), all row-major, on
-// the calling thread.
-void small_gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t ld_a, const float* B,
-                int64_t ld_b, float* C, int64_t ld_c, bool accumulate = false) {
-  gemm_one_thread(M, N, K, A, ld_a, B, ld_b, C, ld_c, accumulate);
-}
-
-// fp64 (tests, not speed): the compiler vectorises the inner loop over n.
-void small_gemm(int64_t M, int64_t N, int64_t K, const double* A, int64_t ld_a, const double* B,
-                int64_t ld_b, double* C, int64_t ld_c, bool accumulate = false) {
-  for (int64_t m = 0; m < M; ++m) {
-    double* c = C + m * ld_c;
-    if (!accumulate) std::fill_n(c, N, 0.0);
-    for (int64_t k = 0; k < K; ++k) {
-      const double a = A[m * ld_a + k];
-      const double* b = B + k * ld_b;
-      for (int64_t n = 0; n < N; ++n) c[n] += a * b[n];
-    }
-  }
-}
-
 // Runs `body(tid, threads)` on a team of `threads` OpenMP threads (fewer if
 // OpenMP gives fewer, e.g. inside another parallel region), each calling
 // `step_barrier()` the same number of times. An exception in one thread does
@@ -135,19 +114,6 @@ class Team {
   int64_t barriers_ = 0, expected_ = 0;
 };
 
-// dst[k * ld_dst + u] = src[u * ld_src + k] for u < rows, k < cols: a
-// transpose in square tiles, so that reads and writes both stay in cache.
-template <typename T>
-void transpose_into(const T* src, int64_t rows, int64_t cols, int64_t ld_src, T* dst,
-                    int64_t ld_dst) {
-  constexpr int64_t kTile = 16;
-  for (int64_t u0 = 0; u0 < rows; u0 += kTile)
-    for (int64_t k0 = 0; k0 < cols; k0 += kTile)
-      for (int64_t u = u0; u < std::min(rows, u0 + kTile); ++u)
-        for (int64_t k = k0; k < std::min(cols, k0 + kTile); ++k)
-          dst[k * ld_dst + u] = src[u * ld_src + k];
-}
-
 // An uninitialised buffer (every element is written before it is read).
 template <typename T>
 std::unique_ptr<T[]> buffer(int64_t n) {
@@ -179,24 +145,26 @@ bool first_step_of_row(const int64_t* lengths, int64_t steps, bool reverse, int6
 template <typename T, typename Row>
 void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
                   const T* h0, T* h_n, const Row& row) {
-  // Per-thread panels (H x G*U, side by side) and products (B x G*U); the
-  // double-buffered h all threads read.
+  // Per-thread panels (H x G*U each, side by side) and products (B x G*U);
+  // the double-buffered h all threads read.
   const auto panels = buffer<T>(H * G * H), products = buffer<T>(B * G * H);
   const auto h_work = buffer<T>(2 * B * H);
   Team::run(persistent_threads(steps, B, H, G), [&](int tid, int team, Team& sync) {
     sync.set_steps(steps);
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
-    T* panel = panels.get() + H * G * j0;  // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]
+    // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: this thread's rows of W_hh^T.
+    BlockedPanel<T> panel(panels.get() + H * G * j0, H, G * U);
+    for (int g = 0; g < G; ++g)
+      for (int64_t u = 0; u < U; ++u) panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
     T* hh = products.get() + B * G * j0;
-    for (int g = 0; g < G; ++g) transpose_into(w_hh + (g * H + j0) * H, U, H, H, panel + g * U, G * U);
 
     for (int64_t s = 0; s < steps; ++s) {
       if (U > 0 && !sync.failed()) {
         const int64_t t = step_time(s, steps, reverse);
         const T* h_prev = s == 0 ? h0 : h_work.get() + ((s - 1) & 1) * B * H;
         T* h_next = h_work.get() + (s & 1) * B * H;
-        small_gemm(B, G * U, H, h_prev, H, panel, G * U, hh, G * U);
+        panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/false);
         for (int64_t b = 0; b < B; ++b)
           row(t, b, j0, U, hh + b * G * U, h_prev + b * H + j0, h_next + b * H + j0);
         if (s == steps - 1)
@@ -220,8 +188,8 @@ void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, con
     sync.set_steps(steps);
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
-    T* panel = panels.get() + G * H * j0;  // panel[k, u] = W_hh[k, j0 + u]
-    for (int64_t k = 0; k < G * H; ++k) std::copy_n(w_hh + k * H + j0, U, panel + k * U);
+    BlockedPanel<T> panel(panels.get() + G * H * j0, G * H, U);  // panel[k, u] = W_hh[k, j0 + u]
+    for (int64_t k = 0; k < G * H; ++k) panel.set_row(k, w_hh + k * H + j0);
 
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = step_time(s, steps, reverse);
@@ -229,8 +197,7 @@ void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, con
         for (int64_t b = 0; b < B; ++b) row(t, b, j0, U);
       sync.step_barrier();  // every thread's d_rec[t] is written
       if (U > 0 && !sync.failed())
-        small_gemm(B, U, G * H, d_rec + t * B * G * H, G * H, panel, U, dh + j0, H,
-                   /*accumulate=*/true);
+        panel.multiply(B, d_rec + t * B * G * H, G * H, dh + j0, H, /*accumulate=*/true);
     }
   });
 }
