@@ -161,9 +161,10 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 // ------------------------------------------------------ persistent path
 // The whole-sequence loops run when the caller asks for them (the
 // `persistent` op argument, decided in fusedrnn/ops.py) and the call is one
-// they cover (no projection): on CPU the persistent loop of cpu/persistent.h
-// (fp32 LSTM), on CUDA the kernels of cuda/persistent.cuh (H within the
-// on-chip limit). Otherwise the step loop runs.
+// they cover (no projection): on CPU the persistent loops of cpu/persistent.h,
+// which also compute the input projection, on CUDA the kernels of
+// cuda/persistent.cuh (H within the on-chip limit). Otherwise the step loop
+// runs.
 
 #ifdef FUSEDRNN_WITH_CUDA
 template <typename T>
@@ -186,26 +187,19 @@ bool run_persistent_cuda(const Seq& seq, const char* cell) {
   return false;
 }
 
+// Whether a layer runs the persistent CPU loops: asked for, on the CPU, and a
+// size and dtype they take. The backward follows the forward's choice.
 template <typename T>
-bool run_persistent(const LstmSequence<T>& seq, const Tensor& on) {
-  if (on.is_cuda()) return run_persistent_cuda(seq, "LSTM");
-  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
-  cpu::persistent_lstm_forward<T>(seq);
-  return true;
-}
-
-template <typename T>
-bool run_persistent(const GruSequence<T>& seq, const Tensor& on) {
-  if (on.is_cuda()) return run_persistent_cuda(seq, "GRU");
-  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
-  cpu::persistent_gru_forward<T>(seq);
-  return true;
-}
-
-// Whether a backward runs the persistent CPU loop (the forward's choice).
-template <typename T>
-bool persistent_cpu_backward(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
+bool use_persistent_cpu(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
   return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
+}
+
+// The CPU loops' view of the input projection, x @ w_ih^T + bias.
+template <typename T>
+cpu::InputProjection<T> input_projection_of(const Tensor& x, const Tensor& w_ih,
+                                            const std::optional<Tensor>& bias) {
+  return {.input_size = x.size(2), .x = x.data_ptr<T>(), .w_ih = w_ih.data_ptr<T>(),
+          .bias = data_or_null<T>(bias)};
 }
 
 // -------------------------------------------------------- LSTM checks
@@ -254,12 +248,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
-  const Tensor xproj = input_projection(to_compute(input, compute_type),
-                                        to_compute(w_ih, compute_type),
-                                        to_compute(bias, compute_type));
+  const Tensor x_c = to_compute(input, compute_type), w_ih_c = to_compute(w_ih, compute_type);
+  const auto bias_c = to_compute(bias, compute_type);
   const Tensor w_hh_c = to_compute(w_hh, compute_type);
   const auto w_hr_c = to_compute(w_hr, compute_type);
-  const auto opts = xproj.options();
+  const auto opts = x_c.options();
   const int64_t batch = s.batch, hidden = s.hidden, h_size = s.h_size;
 
   Tensor output = at::empty({s.steps, batch, h_size}, opts);
@@ -269,23 +262,28 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   Tensor cells = at::empty({saved_steps, batch, hidden}, opts);
   Tensor h_state = h0.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor c = c0.to(compute_type).clone(at::MemoryFormat::Contiguous);
-  Tensor hh = at::empty({batch, 4 * hidden}, opts);
-  Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
-  Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_forward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (persistent && !s.projected) {
-      const Tensor h0_c = to_compute(h0, compute_type);
-      const LstmSequence<scalar_t> seq{
-          .steps = s.steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-          .xproj = xproj.data_ptr<scalar_t>(), .w_hh = w_hh_c.data_ptr<scalar_t>(),
-          .h0 = h0_c.data_ptr<scalar_t>(), .c0 = c.data_ptr<scalar_t>(),
-          .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
-          .c_n = c.data_ptr<scalar_t>(), .gates = saved_at<scalar_t>(gates, 0),
-          .cells = saved_at<scalar_t>(cells, 0), .lengths = lens};
-      if (run_persistent(seq, xproj)) return;
+    const Tensor h0_c = to_compute(h0, compute_type);
+    LstmSequence<scalar_t> seq{
+        .steps = s.steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+        .xproj = nullptr, .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+        .c0 = c.data_ptr<scalar_t>(), .output = output.data_ptr<scalar_t>(),
+        .h_n = h_state.data_ptr<scalar_t>(), .c_n = c.data_ptr<scalar_t>(),
+        .gates = saved_at<scalar_t>(gates, 0), .cells = saved_at<scalar_t>(cells, 0),
+        .lengths = lens};
+    if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+      cpu::persistent_lstm_forward<scalar_t>(seq,
+                                             input_projection_of<scalar_t>(x_c, w_ih_c, bias_c));
+      return;
     }
+    const Tensor xproj = input_projection(x_c, w_ih_c, bias_c);
+    seq.xproj = xproj.data_ptr<scalar_t>();
+    if (persistent && !s.projected && run_persistent_cuda(seq, "LSTM")) return;
+    Tensor hh = at::empty({batch, 4 * hidden}, opts);
+    Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
+    Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
     const Tensor w_hr_t = s.projected ? per_step_operand(*w_hr_c, s.steps) : Tensor();
@@ -347,7 +345,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (!s.projected && persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+    if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
       const Tensor c0_c = to_compute(c0, compute_type);
       cpu::persistent_lstm_backward<scalar_t>(
           {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
@@ -452,31 +450,34 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
-  const Tensor xproj = input_projection(to_compute(input, compute_type),
-                                        to_compute(w_ih, compute_type),
-                                        to_compute(b_ih, compute_type));
+  const Tensor x_c = to_compute(input, compute_type), w_ih_c = to_compute(w_ih, compute_type);
+  const auto b_ih_c = to_compute(b_ih, compute_type);
   const Tensor w_hh_c = to_compute(w_hh, compute_type);
   const auto b_hh_c = to_compute(b_hh, compute_type);
-  const auto opts = xproj.options();
+  const auto opts = x_c.options();
   const int64_t batch = s.batch, hidden = s.hidden;
 
   Tensor output = at::empty({s.steps, batch, hidden}, opts);
   Tensor gates = at::empty({save_for_backward ? s.steps : 0, batch, 4 * hidden}, opts);
   Tensor h_state = h0.to(compute_type).clone(at::MemoryFormat::Contiguous);
-  Tensor hh = at::empty({batch, 3 * hidden}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_forward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (persistent) {
-      const Tensor h0_c = to_compute(h0, compute_type);
-      const GruSequence<scalar_t> seq{
-          .steps = s.steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-          .xproj = xproj.data_ptr<scalar_t>(), .w_hh = w_hh_c.data_ptr<scalar_t>(),
-          .b_hh = data_or_null<scalar_t>(b_hh_c), .h0 = h0_c.data_ptr<scalar_t>(),
-          .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
-          .gates = saved_at<scalar_t>(gates, 0), .lengths = lens};
-      if (run_persistent(seq, xproj)) return;
+    const Tensor h0_c = to_compute(h0, compute_type);
+    GruSequence<scalar_t> seq{
+        .steps = s.steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+        .xproj = nullptr, .w_hh = w_hh_c.data_ptr<scalar_t>(),
+        .b_hh = data_or_null<scalar_t>(b_hh_c), .h0 = h0_c.data_ptr<scalar_t>(),
+        .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
+        .gates = saved_at<scalar_t>(gates, 0), .lengths = lens};
+    if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+      cpu::persistent_gru_forward<scalar_t>(seq, input_projection_of<scalar_t>(x_c, w_ih_c, b_ih_c));
+      return;
     }
+    const Tensor xproj = input_projection(x_c, w_ih_c, b_ih_c);
+    seq.xproj = xproj.data_ptr<scalar_t>();
+    if (persistent && run_persistent_cuda(seq, "GRU")) return;
+    Tensor hh = at::empty({batch, 3 * hidden}, opts);
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
     for (int64_t step = 0; step < s.steps; ++step) {
@@ -527,7 +528,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+    if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
       const Tensor h0_c = to_compute(h0, compute_type), output_c = to_compute(output, compute_type);
       cpu::persistent_gru_backward<scalar_t>(
           {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,

@@ -140,15 +140,66 @@ bool first_step_of_row(const int64_t* lengths, int64_t steps, bool reverse, int6
 // callback working on one thread's units; the loops own the panels, the
 // GEMMs and the barriers.
 
-// Forward: per step, hh = h_{t-1} @ panel, then `row(t, b, j0, U, hh_row,
-// h_prev_row, h_next_row)` for every batch row, then the barrier.
+// A thread's share of the input projection: its (I, G*U) panel of W_ih^T and
+// bias, and the projection of the current chunk of steps, (steps x B, G*U).
+template <typename T>
+class ChunkedProjection {
+ public:
+  ChunkedProjection(const InputProjection<T>& in, T* panel_storage, int64_t steps, int64_t B,
+                    int64_t H, int G, int64_t j0, int64_t U, bool reverse)
+      : in_(in), panel_(panel_storage, in.input_size, G * U), B_(B), steps_(steps),
+        chunk_(std::max<int64_t>(1, kChunkRows / std::max<int64_t>(B, 1))), width_(G * U),
+        reverse_(reverse), bias_(buffer<T>(G * U)), rows_(buffer<T>(chunk_ * B * G * U)) {
+    for (int g = 0; g < G; ++g)
+      for (int64_t u = 0; u < U; ++u) {
+        const int64_t row = g * H + j0 + u;
+        panel_.set_column(g * U + u, in.w_ih + row * in.input_size, 1);
+        bias_[g * U + u] = in.bias ? in.bias[row] : T(0);
+      }
+  }
+
+  // The projection (B, G*U) of the s-th step processed (time t), computing
+  // the chunk that holds it when s starts one. Writable: a cell may add its
+  // recurrent product in place.
+  T* at_step(int64_t s, int64_t t) {
+    if (s % chunk_ == 0) compute_chunk(s);
+    return rows_.get() + (t - first_time_) * B_ * width_;
+  }
+
+ private:
+  // Steps s .. s+n-1 cover times [first_time_, first_time_ + n), contiguous
+  // rows of x in either direction.
+  void compute_chunk(int64_t s) {
+    const int64_t n = std::min(chunk_, steps_ - s);
+    first_time_ = reverse_ ? steps_ - s - n : s;
+    const int64_t rows = n * B_;
+    for (int64_t r = 0; r < rows; ++r) std::copy_n(bias_.get(), width_, rows_.get() + r * width_);
+    panel_.multiply(rows, in_.x + first_time_ * B_ * in_.input_size, in_.input_size, rows_.get(),
+                    width_, /*accumulate=*/true);
+  }
+
+  static constexpr int64_t kChunkRows = 128;  // rows of x per chunk: the chunk stays in L2
+  const InputProjection<T>& in_;
+  BlockedPanel<T> panel_;
+  int64_t B_, steps_, chunk_, width_;
+  bool reverse_;
+  std::unique_ptr<T[]> bias_, rows_;
+  int64_t first_time_ = 0;
+};
+
+// Forward: per step, the input projection x_t (ChunkedProjection) and the
+// recurrent product h_{t-1} @ panel of this thread's units, then
+// `row(t, b, j0, U, x_row, hh_row, h_prev_row, h_next_row)` for every batch
+// row, then the barrier. With `sum_products` (LSTM) the recurrent product is
+// added to the projection in place and x_row == hh_row holds the sum.
 template <typename T, typename Row>
-void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
-                  const T* h0, T* h_n, const Row& row) {
-  // Per-thread panels (H x G*U each, side by side) and products (B x G*U);
-  // the double-buffered h all threads read.
-  const auto panels = buffer<T>(H * G * H), products = buffer<T>(B * G * H);
-  const auto h_work = buffer<T>(2 * B * H);
+void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
+                  const InputProjection<T>& in, bool sum_products, const T* w_hh, const T* h0,
+                  T* h_n, const Row& row) {
+  // Per-thread panels of W_hh^T (H x G*U) and W_ih^T (I x G*U), side by side;
+  // products (B x G*U); the double-buffered h all threads read.
+  const auto panels = buffer<T>(H * G * H), input_panels = buffer<T>(in.input_size * G * H);
+  const auto products = buffer<T>(B * G * H), h_work = buffer<T>(2 * B * H);
   Team::run(persistent_threads(steps, B, H, G), [&](int tid, int team, Team& sync) {
     sync.set_steps(steps);
     const UnitSlice slice = slice_of(H, team, tid);
@@ -157,16 +208,20 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, cons
     BlockedPanel<T> panel(panels.get() + H * G * j0, H, G * U);
     for (int g = 0; g < G; ++g)
       for (int64_t u = 0; u < U; ++u) panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
-    T* hh = products.get() + B * G * j0;
+    ChunkedProjection<T> projection(in, input_panels.get() + in.input_size * G * j0, steps, B, H,
+                                    G, j0, U, reverse);
 
     for (int64_t s = 0; s < steps; ++s) {
       if (U > 0 && !sync.failed()) {
         const int64_t t = step_time(s, steps, reverse);
         const T* h_prev = s == 0 ? h0 : h_work.get() + ((s - 1) & 1) * B * H;
         T* h_next = h_work.get() + (s & 1) * B * H;
-        panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/false);
+        T* x_part = projection.at_step(s, t);
+        T* hh = sum_products ? x_part : products.get() + B * G * j0;
+        panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/sum_products);
         for (int64_t b = 0; b < B; ++b)
-          row(t, b, j0, U, hh + b * G * U, h_prev + b * H + j0, h_next + b * H + j0);
+          row(t, b, j0, U, x_part + b * G * U, hh + b * G * U, h_prev + b * H + j0,
+              h_next + b * H + j0);
         if (s == steps - 1)
           for (int64_t b = 0; b < B; ++b) std::copy_n(h_next + b * H + j0, U, h_n + b * H + j0);
       }
@@ -216,16 +271,16 @@ bool persistent_fits(int64_t batch, int64_t hidden) {
 // --------------------------------------------------------------------- LSTM
 
 template <typename T>
-void persistent_lstm_forward(const LstmSequence<T>& p) {
+void persistent_lstm_forward(const LstmSequence<T>& p, const InputProjection<T>& in) {
   const int64_t B = p.batch, H = p.hidden;
   const auto& rows = best_row_kernels<T>();
   if (p.c_n != p.c0) std::copy_n(p.c0, B * H, p.c_n);
-  forward_loop<T>(p.steps, B, H, 4, p.reverse, p.w_hh, p.h0, p.h_n,
-                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* hh, const T* h_prev,
-                      T* h_next) {
+  forward_loop<T>(p.steps, B, H, 4, p.reverse, in, /*sum_products=*/true, p.w_hh, p.h0, p.h_n,
+                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T*, const T* pre,
+                      const T* h_prev, T* h_next) {
     const int64_t row = (t * B + b) * H + j0;         // (t, b, j0) of a (T, B, H) buffer
     const int64_t gate_row = (t * B + b) * 4 * H + j0;  // of a (T, B, 4H) buffer
-    rows.lstm_forward_slice({.hidden = H, .units = U, .xproj = p.xproj + gate_row, .hh = hh,
+    rows.lstm_forward_slice({.hidden = H, .units = U, .pre = pre,
                              .h_prev = h_prev, .c = p.c_n + b * H + j0,
                              .gates = p.gates ? p.gates + gate_row : nullptr,
                              .cells = p.cells ? p.cells + row : nullptr, .h_out = p.output + row,
@@ -254,14 +309,13 @@ void persistent_lstm_backward(const LstmBackwardSequence<T>& p) {
 // ---------------------------------------------------------------------- GRU
 
 template <typename T>
-void persistent_gru_forward(const GruSequence<T>& p) {
+void persistent_gru_forward(const GruSequence<T>& p, const InputProjection<T>& in) {
   const int64_t B = p.batch, H = p.hidden;
   const auto& rows = best_row_kernels<T>();
-  forward_loop<T>(p.steps, B, H, 3, p.reverse, p.w_hh, p.h0, p.h_n,
-                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* hh, const T* h_prev,
-                      T* h_next) {
-    rows.gru_forward_slice({.hidden = H, .units = U, .xproj = p.xproj + (t * B + b) * 3 * H + j0,
-                            .hh = hh, .b_hh = p.b_hh ? p.b_hh + j0 : nullptr, .h_prev = h_prev,
+  forward_loop<T>(p.steps, B, H, 3, p.reverse, in, /*sum_products=*/false, p.w_hh, p.h0, p.h_n,
+                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* xproj, const T* hh,
+                      const T* h_prev, T* h_next) {
+    rows.gru_forward_slice({.hidden = H, .units = U, .xproj = xproj, .hh = hh, .b_hh = p.b_hh ? p.b_hh + j0 : nullptr, .h_prev = h_prev,
                             .gates = p.gates ? p.gates + (t * B + b) * 4 * H + j0 : nullptr,
                             .h_out = p.output + (t * B + b) * H + j0, .h_next = h_next,
                             .active = row_active_at(p.lengths, t, b)});
@@ -288,9 +342,11 @@ void persistent_gru_backward(const GruBackwardSequence<T>& p) {
 template bool persistent_fits<float>(int64_t, int64_t);
 template bool persistent_fits<double>(int64_t, int64_t);
 #define FUSEDRNN_INSTANTIATE(T)                                                  \
-  template void persistent_lstm_forward<T>(const LstmSequence<T>&);              \
+  template void persistent_lstm_forward<T>(const LstmSequence<T>&,               \
+                                           const InputProjection<T>&);           \
   template void persistent_lstm_backward<T>(const LstmBackwardSequence<T>&);     \
-  template void persistent_gru_forward<T>(const GruSequence<T>&);                \
+  template void persistent_gru_forward<T>(const GruSequence<T>&,                 \
+                                          const InputProjection<T>&);            \
   template void persistent_gru_backward<T>(const GruBackwardSequence<T>&);
 FUSEDRNN_INSTANTIATE(float)
 FUSEDRNN_INSTANTIATE(double)

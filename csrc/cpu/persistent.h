@@ -23,13 +23,14 @@ namespace fusedrnn::cpu {
 // Row kernels for one batch row restricted to the `units` hidden units a
 // thread owns. Pointers into full-width (B, W) buffers already point at the
 // thread's first unit j0 of the row, so gate g of unit u sits at
-// g * hidden + u; the thread's own products `hh` are packed as g * units + u.
+// g * hidden + u; the thread's own products (`pre`, `xproj`, `hh`) are
+// packed as g * units + u.
 
 template <typename T>
 struct LstmForwardSlice {
   int64_t hidden, units;
-  const T* xproj;   // input projection of this step (both biases in)
-  const T* hh;      // this thread's recurrent product, (4, units)
+  const T* pre;     // gate pre-activations (4, units): input projection, both
+                    // biases and the recurrent product
   const T* h_prev;  // h before the step (carried where inactive)
   T* c;             // running cell state, updated in place where active
   T* gates;         // saved activated gates, or nullptr (inference)
@@ -58,8 +59,8 @@ struct LstmBackwardSlice {
 template <typename T>
 struct GruForwardSlice {
   int64_t hidden, units;
-  const T* xproj;   // input projection of this step (b_ih in)
-  const T* hh;      // this thread's recurrent product, (3, units), without b_hh
+  const T* xproj;   // input projection (3, units), b_ih in
+  const T* hh;      // recurrent product (3, units), without b_hh
   const T* b_hh;    // recurrent bias at unit j0 (gate g at g * hidden), or nullptr
   const T* h_prev;  // h before the step
   T* gates;         // saved r | z | n | hh_n, or nullptr (inference)
@@ -81,6 +82,18 @@ struct GruBackwardSlice {
 };
 
 // ------------------------------------------------------------ whole sequences
+
+// x @ W_ih^T + bias, which the forward loops compute themselves, a chunk of
+// steps at a time and each thread for its own units: the (T, B, G*H)
+// projection is never stored, and a chunk is still in cache when its steps
+// read it.
+template <typename T>
+struct InputProjection {
+  int64_t input_size;
+  const T* x;     // (T, B, I)
+  const T* w_ih;  // (G*H, I)
+  const T* bias;  // (G*H): LSTM b_ih + b_hh, GRU b_ih; or nullptr
+};
 
 // Backward of one LSTM layer without projection (the forward's LstmSequence
 // with the gradients): fills d_gates for every step, leaves the gradients of
@@ -125,14 +138,15 @@ bool persistent_fits(int64_t batch, int64_t hidden);
 // How many threads a layer of `gates` gates uses, out of OpenMP's maximum.
 int persistent_threads(int64_t steps, int64_t batch, int64_t hidden, int gates);
 
-// Run a whole sequence; the caller checked persistent_fits. c_n may alias c0;
-// h_n may not alias h0 (as for the CUDA kernels).
+// Run a whole sequence; the caller checked persistent_fits. The forward
+// loops take the input projection from `in` (p.xproj is not read). c_n may
+// alias c0; h_n may not alias h0 (as for the CUDA kernels).
 template <typename T>
-void persistent_lstm_forward(const LstmSequence<T>& p);
+void persistent_lstm_forward(const LstmSequence<T>& p, const InputProjection<T>& in);
 template <typename T>
 void persistent_lstm_backward(const LstmBackwardSequence<T>& p);
 template <typename T>
-void persistent_gru_forward(const GruSequence<T>& p);
+void persistent_gru_forward(const GruSequence<T>& p, const InputProjection<T>& in);
 template <typename T>
 void persistent_gru_backward(const GruBackwardSequence<T>& p);
 

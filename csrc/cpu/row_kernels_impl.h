@@ -198,7 +198,7 @@ void lstm_forward_slice(const LstmForwardSlice<T>& p) {
     return;
   }
   for_each_chunk<T>(U, [&](int64_t u, int64_t n) {
-    auto pre = [&](int g) { return load(p.xproj + g * H + u, n) + load(p.hh + g * U + u, n); };
+    auto pre = [&](int g) { return load(p.pre + g * U + u, n); };
     const auto s = lstm_cell_forward(pre(0), pre(1), pre(2), pre(3), load(p.c + u, n));
     if (p.gates) store_gates(p.gates + u, H, n, s.i, s.f, s.g, s.o);
     store(s.c, p.c + u, n);
@@ -244,8 +244,8 @@ void gru_forward_slice(const GruForwardSlice<T>& p) {
       return p.b_hh ? product + load(p.b_hh + g * H + u, n) : product;
     };
     const auto hh_n = hh(2);
-    const auto s = gru_cell_forward(load(p.xproj + u, n), load(p.xproj + H + u, n),
-                                    load(p.xproj + 2 * H + u, n), hh(0), hh(1), hh_n,
+    const auto s = gru_cell_forward(load(p.xproj + u, n), load(p.xproj + U + u, n),
+                                    load(p.xproj + 2 * U + u, n), hh(0), hh(1), hh_n,
                                     load(p.h_prev + u, n));
     if (p.gates) store_gates(p.gates + u, H, n, s.r, s.z, s.n, hh_n);
     store(s.h, p.h_out + u, n);
