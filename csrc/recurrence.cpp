@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include "cpu/gemm.h"
 #include "cpu/persistent.h"
@@ -29,6 +30,11 @@ namespace {
 
 using checks::compute_dtype_for;
 using checks::OpArgs;
+
+// Every op computes in its inputs' dtypes: the caller (fusedrnn/ops.py) casts
+// for torch.autocast as torch.nn would, and no ATen call inside an op is
+// autocast again.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 template <typename T>
 StepKernels<T> kernels_for(const Tensor& t) {
@@ -238,6 +244,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
     bool persistent) {
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("lstm_forward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
   const auto out_type = input.scalar_type();
@@ -316,6 +323,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
     const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths_in,
     bool reverse, bool grad_input, bool persistent) {
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("lstm_backward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
   const auto out_type = input.scalar_type();
@@ -440,6 +448,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& w_hh, const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
     bool persistent) {
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("gru_forward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
   const auto out_type = input.scalar_type();
@@ -501,6 +510,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
     const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent) {
+  const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("gru_backward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
   const auto out_type = input.scalar_type();

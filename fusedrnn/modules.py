@@ -22,6 +22,11 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import checks, ops
 
 
+def _cast_to(dtype: torch.dtype):
+    """A function casting a parameter (or None) to `dtype`; a no-op when it has it."""
+    return lambda t: t if t is None or t.dtype == dtype else t.to(dtype)
+
+
 def _int_arguments(module, names: tuple) -> dict:
     """The size arguments a failed torch.nn constructor had already stored."""
     return {name: module.__dict__[name] for name in names if name in module.__dict__}
@@ -116,6 +121,9 @@ class _FusedRNNBase(RNNBase):
         D = 2 if self.bidirectional else 1
         if lengths is not None:
             lengths = lengths.to(x.device)
+        compute = ops.autocast_dtype(x, casts_fp32=self.mode == "LSTM" or x.is_cuda)
+        if compute is not None:
+            x, states = x.to(compute), [s.to(compute) for s in states]
         layer_input = x
         finals = [[] for _ in states]
         for layer in range(self.num_layers):
@@ -178,9 +186,10 @@ class LSTM(_FusedRNNBase):
         return finals[0], finals[1]
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
-        bias = p["b_ih"] + p["b_hh"] if "b_ih" in p else None
-        return ops.lstm_layer(layer_input, p["w_ih"], bias, p["w_hh"], p.get("w_hr"), state[0],
-                              state[1], lengths, reverse)
+        like = _cast_to(layer_input.dtype)  # autocast's dtype, see _run_layers
+        bias = like(p["b_ih"] + p["b_hh"]) if "b_ih" in p else None  # summed at full precision
+        return ops.lstm_layer(layer_input, like(p["w_ih"]), bias, like(p["w_hh"]),
+                              like(p.get("w_hr")), state[0], state[1], lengths, reverse)
 
 
 class GRU(_FusedRNNBase):
@@ -219,8 +228,9 @@ class GRU(_FusedRNNBase):
         return finals[0]
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
-        return ops.gru_layer(layer_input, p["w_ih"], p.get("b_ih"), p["w_hh"], p.get("b_hh"),
-                             state[0], lengths, reverse)
+        like = _cast_to(layer_input.dtype)  # autocast's dtype, see _run_layers
+        return ops.gru_layer(layer_input, like(p["w_ih"]), like(p.get("b_ih")), like(p["w_hh"]),
+                             like(p.get("b_hh")), state[0], lengths, reverse)
 
 
 # --------------------------------------------------------------------- cells
@@ -259,8 +269,11 @@ class _FusedCell:
         checks.check_cell_sizes(x, states, self.input_size, self.hidden_size)
         result_dtype = checks.check_cell_dtypes(x, states, self.weight_ih, hx is not None,
                                                hidden_first=lstm)
-        dtype = self.weight_ih.dtype
-        states = [s if s.dtype == dtype else s.to(dtype) for s in states]  # c_0 of another dtype
+        autocast = ops.autocast_dtype(x, casts_fp32=False)
+        dtype = autocast or self.weight_ih.dtype
+        result_dtype = autocast or result_dtype
+        x = _cast_to(dtype)(x)
+        states = [_cast_to(dtype)(s) for s in states]  # c_0 of another dtype
         return x.unsqueeze(0), states, not batched, result_dtype
 
 
@@ -272,8 +285,9 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
 
     def forward(self, input, hx=None):
         x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
-        bias = self.bias_ih + self.bias_hh if self.bias else None
-        _, h, c = ops.lstm_layer(x, self.weight_ih, bias, self.weight_hh, None, h0, c0)
+        like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
+        bias = like(self.bias_ih + self.bias_hh) if self.bias else None  # at full precision
+        _, h, c = ops.lstm_layer(x, like(self.weight_ih), bias, like(self.weight_hh), None, h0, c0)
         if result_dtype != h.dtype:
             h, c = h.to(result_dtype), c.to(result_dtype)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
@@ -287,5 +301,7 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
 
     def forward(self, input, hx=None):
         x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)
-        _, h = ops.gru_layer(x, self.weight_ih, self.bias_ih, self.weight_hh, self.bias_hh, h0)
+        like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
+        _, h = ops.gru_layer(x, like(self.weight_ih), like(self.bias_ih), like(self.weight_hh),
+                             like(self.bias_hh), h0)
         return h.squeeze(0) if unbatched else h

@@ -93,6 +93,24 @@ def use_persistent(x: Tensor) -> bool:
     return _persistent_mode == "on"
 
 
+# --------------------------------------------------------------- autocast
+
+
+def autocast_dtype(x: Tensor, casts_fp32: bool) -> torch.dtype | None:
+    """The dtype a layer computes in under ``torch.autocast``, as torch.nn's does:
+    the autocast dtype for an input already in it, or for an fp32 input where
+    torch.nn's own kernel is on autocast's lower-precision list (``casts_fp32``:
+    the LSTM module on the CPU (oneDNN), LSTM and GRU on CUDA (cuDNN)); else
+    None, no cast. The ops themselves never autocast inside."""
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return None
+    dtype = torch.get_autocast_dtype(device)
+    if x.dtype == dtype or (casts_fp32 and x.dtype == torch.float32):
+        return dtype
+    return None
+
+
 # ----------------------------------------------------------------- layers
 
 
