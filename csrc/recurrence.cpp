@@ -24,14 +24,33 @@
 #include "fusedrnn/step_kernels.h"
 #include "op_checks.h"
 
+// The CUDA kernels are built for CUDA tensors (FUSEDRNN_WITH_CUDA), or in
+// the SIMT build (FUSEDRNN_SIMT, csrc/simt/) for CPU tensors: there the CUDA
+// sources run on the CPU and stand in for a GPU, in place of the CPU kernels,
+// with ATen's GEMMs in cuBLAS's place.
+#if defined(FUSEDRNN_WITH_CUDA) || defined(FUSEDRNN_SIMT)
+#define FUSEDRNN_CUDA_KERNELS 1
+#endif
+
 namespace fusedrnn {
 namespace {
 
 using checks::compute_dtype_for;
 using checks::OpArgs;
 
+// Whether CPU tensors run the C++ CPU kernels (cpu/): all but the SIMT build.
+#ifdef FUSEDRNN_SIMT
+constexpr bool kCpuKernels = false;
+#else
+constexpr bool kCpuKernels = true;
+#endif
+
 template <typename T>
 StepKernels<T> kernels_for(const Tensor& t) {
+#ifdef FUSEDRNN_SIMT
+  TORCH_CHECK(t.is_cpu(), "fusedrnn (SIMT build): CPU tensors only, got a tensor on ", t.device());
+  return cuda::step_kernels<T>();
+#else
   if (t.is_cuda()) {
 #ifdef FUSEDRNN_WITH_CUDA
     return cuda::step_kernels<T>();
@@ -41,6 +60,7 @@ StepKernels<T> kernels_for(const Tensor& t) {
   }
   TORCH_CHECK(t.is_cpu(), "fusedrnn: unsupported device ", t.device());
   return cpu::step_kernels<T>();
+#endif
 }
 
 // Index of the s-th step processed.
@@ -85,21 +105,28 @@ Tensor per_step_operand(const Tensor& w, int64_t steps) {
 // operands) cost more than it saves.
 constexpr int64_t kMinGemmRows = 32;
 bool use_cpu_gemm(const Tensor& a) {
-  return a.is_cpu() && a.scalar_type() == at::kFloat && cpu::have_brgemm() &&
-         a.size(0) >= kMinGemmRows;
+  if constexpr (kCpuKernels)
+    return a.is_cpu() && a.scalar_type() == at::kFloat && cpu::have_brgemm() &&
+           a.size(0) >= kMinGemmRows;
+  else
+    return false;
 }
 
 // a (M, K) @ b (K, N) (+ bias (N) on every row).
 Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = {}) {
-  if (!use_cpu_gemm(a)) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  const Tensor a_c = a.contiguous(), b_c = b.contiguous();
-  // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
-  Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
-                    : at::empty({M, N}, a.options());
-  cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), N, out.data_ptr<float>(),
-            N, /*accumulate=*/bias.has_value());
-  return out;
+  if constexpr (kCpuKernels) {
+    if (use_cpu_gemm(a)) {
+      const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+      const Tensor a_c = a.contiguous(), b_c = b.contiguous();
+      // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
+      Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
+                        : at::empty({M, N}, a.options());
+      cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), N,
+                out.data_ptr<float>(), N, /*accumulate=*/bias.has_value());
+      return out;
+    }
+  }
+  return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
 
 // a^T @ b for a (R, M), b (R, N) with many rows R (steps x batch): the weight
@@ -161,9 +188,9 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 // `persistent` op argument, decided in fusedrnn/ops.py) and the call is one
 // they cover (no projection): on CPU the persistent loop of cpu/persistent.h
 // (fp32 LSTM), on CUDA the kernels of cuda/persistent.cuh (H within the
-// on-chip limit). Otherwise the step loop runs.
+// on-chip limit; on CPU tensors in the SIMT build). Otherwise the step loop runs.
 
-#ifdef FUSEDRNN_WITH_CUDA
+#ifdef FUSEDRNN_CUDA_KERNELS
 template <typename T>
 bool persistent_kernel(const LstmSequence<T>& seq) { return cuda::persistent::lstm_forward<T>(seq); }
 template <typename T>
@@ -176,7 +203,7 @@ bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru
 template <typename Seq>
 bool run_persistent_cuda(const Seq& seq, const char* cell) {
   if (seq.steps == 0 || seq.batch == 0 || seq.hidden == 0) return false;
-#ifdef FUSEDRNN_WITH_CUDA
+#ifdef FUSEDRNN_CUDA_KERNELS
   if (persistent_kernel(seq)) return true;
   TORCH_WARN_ONCE("fusedrnn: the persistent ", cell, " kernel cannot run this size on this GPU ",
                   "(hidden ", seq.hidden, ", batch ", seq.batch, "); using the standard kernels");
@@ -186,24 +213,35 @@ bool run_persistent_cuda(const Seq& seq, const char* cell) {
 
 template <typename T>
 bool run_persistent(const LstmSequence<T>& seq, const Tensor& on) {
-  if (on.is_cuda()) return run_persistent_cuda(seq, "LSTM");
-  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
-  cpu::persistent_lstm_forward<T>(seq);
-  return true;
+  if constexpr (kCpuKernels) {
+    if (on.is_cpu()) {
+      if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+      cpu::persistent_lstm_forward<T>(seq);
+      return true;
+    }
+  }
+  return run_persistent_cuda(seq, "LSTM");
 }
 
 template <typename T>
 bool run_persistent(const GruSequence<T>& seq, const Tensor& on) {
-  if (on.is_cuda()) return run_persistent_cuda(seq, "GRU");
-  if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
-  cpu::persistent_gru_forward<T>(seq);
-  return true;
+  if constexpr (kCpuKernels) {
+    if (on.is_cpu()) {
+      if (!cpu::persistent_fits<T>(seq.batch, seq.hidden)) return false;
+      cpu::persistent_gru_forward<T>(seq);
+      return true;
+    }
+  }
+  return run_persistent_cuda(seq, "GRU");
 }
 
 // Whether a backward runs the persistent CPU loop (the forward's choice).
 template <typename T>
 bool persistent_cpu_backward(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
-  return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
+  if constexpr (kCpuKernels)
+    return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
+  else
+    return false;
 }
 
 // -------------------------------------------------------- LSTM checks
@@ -345,16 +383,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (!s.projected && persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
-      const Tensor c0_c = to_compute(c0, compute_type);
-      cpu::persistent_lstm_backward<scalar_t>(
-          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-           .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
-           .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
-           .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
-           .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
-           .lengths = lens});
-      return;
+    if constexpr (kCpuKernels) {
+      if (!s.projected && persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+        const Tensor c0_c = to_compute(c0, compute_type);
+        cpu::persistent_lstm_backward<scalar_t>(
+            {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+             .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
+             .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
+             .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
+             .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
+             .lengths = lens});
+        return;
+      }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
     dh_total = at::empty({steps, batch, h_size}, opts);
@@ -525,16 +565,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
-      const Tensor h0_c = to_compute(h0, compute_type), output_c = to_compute(output, compute_type);
-      cpu::persistent_gru_backward<scalar_t>(
-          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-           .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
-           .output = output_c.data_ptr<scalar_t>(), .grad_out = grad_output.data_ptr<scalar_t>(),
-           .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
-           .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
-           .lengths = lens});
-      return;
+    if constexpr (kCpuKernels) {
+      if (persistent_cpu_backward<scalar_t>(persistent, input, batch, hidden)) {
+        const Tensor h0_c = to_compute(h0, compute_type);
+        const Tensor output_c = to_compute(output, compute_type);
+        cpu::persistent_gru_backward<scalar_t>(
+            {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+             .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+             .output = output_c.data_ptr<scalar_t>(),
+             .grad_out = grad_output.data_ptr<scalar_t>(),
+             .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
+             .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
+             .lengths = lens});
+        return;
+      }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
     for (int64_t step = steps - 1; step >= 0; --step) {

@@ -8,14 +8,24 @@ gradient is asked for), so a model built on them traces with
 ``torch.compile(fullgraph=True)``.
 
 ``lstm_layer`` / ``gru_layer`` are what the modules call: one layer, one
-direction. Without the compiled extension they run ``reference.py``.
+direction. Which ops they run is the backend, chosen here:
 
-The kernel path (standard step loop or the persistent CUDA kernels) is an
-argument of the ops, decided here, in :func:`use_persistent`.
+* ``"fused"``: ``torch.ops.fusedrnn`` (``fusedrnn._C``), CPU and CUDA kernels;
+* ``"simt"``: ``torch.ops.fusedrnn_simt``, the CUDA kernel sources run on the
+  CPU for CPU tensors (``fusedrnn._simt``, or the library named by
+  ``FUSEDRNN_SIMT_LIBRARY``: a sanitizer build; see csrc/simt/);
+* ``"reference"``: ``reference.py``, also the fallback without the extension.
+
+``FUSEDRNN_BACKEND`` sets the starting backend (read once, at import);
+:func:`set_backend` / :func:`using_backend` change it. The kernel path
+(standard step loop or the persistent kernels) is an argument of the ops,
+decided here, in :func:`use_persistent`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import warnings
 
@@ -32,7 +42,8 @@ except ImportError as exc:  # the extension was not built
     _LOAD_ERROR = exc
 
 HAVE_EXTENSION = _LOAD_ERROR is None
-_FORCED_REFERENCE = os.environ.get("FUSEDRNN_BACKEND", "") == "reference"
+BACKENDS = ("fused", "simt", "reference")
+_NAMESPACES = {"fused": "fusedrnn", "simt": "fusedrnn_simt"}
 
 if not HAVE_EXTENSION:
     warnings.warn(
@@ -44,20 +55,66 @@ if not HAVE_EXTENSION:
     )
 
 
-def use_extension() -> bool:
-    return HAVE_EXTENSION and not _FORCED_REFERENCE
-
-
 def backend() -> str:
-    """Which path the modules run: ``"fused"`` (the C++/CUDA ops) or ``"reference"``."""
-    return "fused" if use_extension() else "reference"
+    """Which ops the modules run: ``"fused"``, ``"simt"`` or ``"reference"``."""
+    return _backend
+
+
+def use_extension() -> bool:
+    return _backend != "reference"
+
+
+def set_backend(name: str) -> None:
+    """Choose the ops the modules run (see the module docstring)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"fusedrnn.ops.set_backend: backend must be one of {BACKENDS}, "
+                         f"got {name!r}")
+    if name == "fused" and not HAVE_EXTENSION:
+        raise RuntimeError(f"fusedrnn: the fused backend needs fusedrnn._C ({_LOAD_ERROR})")
+    if name == "simt":
+        _load_simt()
+    _backend = name
+
+
+@contextlib.contextmanager
+def using_backend(name: str):
+    """``with using_backend("simt"): ...`` runs the block on that backend."""
+    previous = _backend
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def build_info() -> str:
-    """What the compiled extension contains, e.g. ``"cpu:avx2 cuda:13000"``."""
-    if not HAVE_EXTENSION:
-        return f"not built ({_LOAD_ERROR})"
-    return torch.ops.fusedrnn.build_info()
+    """What the backend's compiled library contains, e.g. ``"cpu:avx2 cuda:13000"``."""
+    if _backend == "reference":
+        return "reference" if HAVE_EXTENSION else f"not built ({_LOAD_ERROR})"
+    return _ops().build_info()
+
+
+def _ops():
+    """The op namespace of the backend, or None for the reference."""
+    return getattr(torch.ops, _NAMESPACES[_backend]) if _backend in _NAMESPACES else None
+
+
+def _load_simt() -> None:
+    """Load the SIMT ops once: the sanitizer build named by FUSEDRNN_SIMT_LIBRARY, else
+    fusedrnn._simt."""
+    if "simt" in _registered:
+        return
+    path = os.environ.get("FUSEDRNN_SIMT_LIBRARY")
+    if path:
+        torch.ops.load_library(path)
+    else:
+        try:
+            importlib.import_module("fusedrnn._simt")
+        except ImportError as exc:
+            raise RuntimeError(f"fusedrnn: the simt backend needs fusedrnn._simt ({exc}); "
+                               "build it with `python csrc/simt/build.py plain`") from exc
+    _register("simt")
 
 
 # ------------------------------------------------------------ kernel path
@@ -84,9 +141,10 @@ def use_persistent(x: Tensor) -> bool:
     On the CPU ``auto`` takes the persistent loop for sequences of two steps
     or more (measured faster than the step loop: README, Speed); a single
     step (streaming) is cheaper on the step loop, which packs no weights. On
-    CUDA ``auto`` keeps the standard kernels: the persistent ones have not been
+    CUDA, and on the simt backend (the CUDA kernels run on CPU tensors),
+    ``auto`` keeps the standard kernels: the persistent ones have not been
     timed on a GPU yet, so no measured rule picks them."""
-    if x.is_cuda:
+    if x.is_cuda or _backend == "simt":
         return _persistent_mode == "on"
     if _persistent_mode == "auto":
         return x.shape[0] > 1
@@ -100,12 +158,12 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, w_hr:
                h0: Tensor, c0: Tensor, lengths: Tensor | None = None, reverse: bool = False):
     """One LSTM layer, one direction: ``(output, h_n, c_n)``. See csrc/ops.cpp."""
     lengths = _prepare_lengths(lengths, x)
-    if not use_extension():
+    ops = _ops()
+    if ops is None:
         return reference.lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
     save = _needs_backward(x, w_ih, bias, w_hh, w_hr, h0, c0)
-    out, h_n, c_n, _, _ = torch.ops.fusedrnn.lstm_forward(x, w_ih, bias, w_hh, w_hr, h0, c0,
-                                                          lengths, reverse, save,
-                                                          use_persistent(x))
+    out, h_n, c_n, _, _ = ops.lstm_forward(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
+                                           save, use_persistent(x))
     return out, h_n, c_n
 
 
@@ -113,11 +171,12 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor, b_hh: 
               h0: Tensor, lengths: Tensor | None = None, reverse: bool = False):
     """One GRU layer, one direction: ``(output, h_n)``. See csrc/ops.cpp."""
     lengths = _prepare_lengths(lengths, x)
-    if not use_extension():
+    ops = _ops()
+    if ops is None:
         return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse)
     save = _needs_backward(x, w_ih, b_ih, w_hh, b_hh, h0)
-    out, h_n, _ = torch.ops.fusedrnn.gru_forward(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
-                                                 save, use_persistent(x))
+    out, h_n, _ = ops.gru_forward(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, save,
+                                  use_persistent(x))
     return out, h_n
 
 
@@ -154,45 +213,42 @@ def _grad_input_like(x: Tensor, grad_input: bool) -> Tensor:
     return x.new_empty(x.shape) if grad_input else x.new_empty(0)
 
 
-if HAVE_EXTENSION:
+def _lstm_forward_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
+                       save_for_backward=True, persistent=False):
+    steps, batch, _ = x.shape
+    gates, h_size = w_ih.shape[0], w_hh.shape[1]
+    hidden = gates // 4
+    ct = _compute_dtype(x.dtype)
+    saved = steps if save_for_backward else 0
+    return (x.new_empty(steps, batch, h_size), x.new_empty(batch, h_size),
+            x.new_empty(batch, hidden), x.new_empty(saved, batch, gates, dtype=ct),
+            x.new_empty(saved, batch, hidden, dtype=ct))
 
-    @torch.library.register_fake("fusedrnn::lstm_forward")
-    def _lstm_forward_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
-                           save_for_backward=True, persistent=False):
-        steps, batch, _ = x.shape
-        gates, h_size = w_ih.shape[0], w_hh.shape[1]
-        hidden = gates // 4
-        ct = _compute_dtype(x.dtype)
-        saved = steps if save_for_backward else 0
-        return (x.new_empty(steps, batch, h_size), x.new_empty(batch, h_size),
-                x.new_empty(batch, hidden), x.new_empty(saved, batch, gates, dtype=ct),
-                x.new_empty(saved, batch, hidden, dtype=ct))
 
-    @torch.library.register_fake("fusedrnn::lstm_backward")
-    def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, output,
-                            gates, cells, lengths, reverse, grad_input=True, persistent=False):
-        grad_w_hr = w_hh.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0)
-        return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
-                w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape), grad_w_hr,
-                h0.new_empty(h0.shape), c0.new_empty(c0.shape))
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, output,
+                        gates, cells, lengths, reverse, grad_input=True, persistent=False):
+    grad_w_hr = w_hh.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0)
+    return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
+            w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape), grad_w_hr,
+            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
 
-    @torch.library.register_fake("fusedrnn::gru_forward")
-    def _gru_forward_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
-                          save_for_backward=True, persistent=False):
-        steps, batch, _ = x.shape
-        hidden = w_ih.shape[0] // 3
-        ct = _compute_dtype(x.dtype)
-        saved = steps if save_for_backward else 0
-        return (x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden),
-                x.new_empty(saved, batch, 4 * hidden, dtype=ct))
 
-    @torch.library.register_fake("fusedrnn::gru_backward")
-    def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
-                           reverse, grad_input=True, persistent=False):
-        gates3 = w_ih.shape[0]
-        return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
-                w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
-                h0.new_empty(h0.shape))
+def _gru_forward_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
+                      save_for_backward=True, persistent=False):
+    steps, batch, _ = x.shape
+    hidden = w_ih.shape[0] // 3
+    ct = _compute_dtype(x.dtype)
+    saved = steps if save_for_backward else 0
+    return (x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden),
+            x.new_empty(saved, batch, 4 * hidden, dtype=ct))
+
+
+def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
+                       reverse, grad_input=True, persistent=False):
+    gates3 = w_ih.shape[0]
+    return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
+            w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
+            h0.new_empty(h0.shape))
 
 
 # ----------------------------------------------------------- autograd
@@ -239,7 +295,7 @@ def _lstm_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(gates, cells)
 
 
-def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
     x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths = ctx.saved_tensors
     unused = (None,) * 4  # lengths, reverse, save_for_backward, persistent
     if torch.is_grad_enabled():
@@ -248,7 +304,7 @@ def _lstm_backward(ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
                                         (grad_out, grad_h_n, grad_c_n)) + unused
     _check_saved(gates, out)
     grad_x, grad_w_ih, grad_bias, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = (
-        torch.ops.fusedrnn.lstm_backward(
+        ops.lstm_backward(
             _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
             _zeros_if_none(grad_c_n, c0), x, w_ih, w_hh, w_hr, h0, c0, out, gates, cells, lengths,
             ctx.reverse, ctx.needs_input_grad[0], ctx.persistent))
@@ -266,7 +322,7 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(gates)
 
 
-def _gru_backward(ctx, grad_out, grad_h_n, _grad_gates):
+def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
     x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths = ctx.saved_tensors
     unused = (None,) * 4  # lengths, reverse, save_for_backward, persistent
     if torch.is_grad_enabled():
@@ -274,7 +330,7 @@ def _gru_backward(ctx, grad_out, grad_h_n, _grad_gates):
                                         ctx.needs_input_grad[:6], (lengths, ctx.reverse),
                                         (grad_out, grad_h_n)) + unused
     _check_saved(gates, out)
-    grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = torch.ops.fusedrnn.gru_backward(
+    grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = ops.gru_backward(
         _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih, w_hh, h0, out,
         gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent)
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
@@ -293,12 +349,47 @@ def _save_nothing(ctx, inputs, output):
     pass
 
 
-if HAVE_EXTENSION:
-    torch.library.register_autograd("fusedrnn::lstm_forward", _lstm_backward,
+# ------------------------------------------------------- registration
+
+_registered: set = set()
+
+
+def _register(backend_name: str) -> None:
+    """Fake kernels and autograd for one backend's op namespace (once)."""
+    if backend_name in _registered:
+        return
+    ns = _NAMESPACES[backend_name]
+    ops = getattr(torch.ops, ns)
+    for op, fake in (("lstm_forward", _lstm_forward_fake), ("lstm_backward", _lstm_backward_fake),
+                     ("gru_forward", _gru_forward_fake), ("gru_backward", _gru_backward_fake)):
+        torch.library.register_fake(f"{ns}::{op}", fake)
+    torch.library.register_autograd(f"{ns}::lstm_forward",
+                                    lambda ctx, *grads: _lstm_backward(ops, ctx, *grads),
                                     setup_context=_lstm_setup_context)
-    torch.library.register_autograd("fusedrnn::gru_forward", _gru_backward,
+    torch.library.register_autograd(f"{ns}::gru_forward",
+                                    lambda ctx, *grads: _gru_backward(ops, ctx, *grads),
                                     setup_context=_gru_setup_context)
     # Called directly and differentiated, the backward ops raise, never a silent zero.
-    for _name in ("fusedrnn::lstm_backward", "fusedrnn::gru_backward"):
-        torch.library.register_autograd(_name, _backward_op_has_no_backward,
+    for op in ("lstm_backward", "gru_backward"):
+        torch.library.register_autograd(f"{ns}::{op}", _backward_op_has_no_backward,
                                         setup_context=_save_nothing)
+    _registered.add(backend_name)
+
+
+def _starting_backend() -> str:
+    requested = os.environ.get("FUSEDRNN_BACKEND", "")
+    if requested not in ("",) + BACKENDS:
+        warnings.warn(f"fusedrnn: FUSEDRNN_BACKEND={requested!r} is not one of {BACKENDS}; "
+                      "ignored", RuntimeWarning, stacklevel=3)
+        requested = ""
+    if requested == "simt":
+        _load_simt()
+        return "simt"
+    if requested == "reference" or not HAVE_EXTENSION:
+        return "reference"
+    return "fused"
+
+
+if HAVE_EXTENSION:
+    _register("fused")
+_backend = _starting_backend()
