@@ -106,14 +106,14 @@ def _load_simt() -> None:
     if "simt" in _registered:
         return
     path = os.environ.get("FUSEDRNN_SIMT_LIBRARY")
-    if path:
-        torch.ops.load_library(path)
-    else:
-        try:
+    try:
+        if path:
+            torch.ops.load_library(path)
+        else:
             importlib.import_module("fusedrnn._simt")
-        except ImportError as exc:
-            raise RuntimeError(f"fusedrnn: the simt backend needs fusedrnn._simt ({exc}); "
-                               "build it with `python csrc/simt/build.py plain`") from exc
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(f"fusedrnn: the simt backend needs {path or 'fusedrnn._simt'} "
+                           f"({exc}); build it with `python csrc/simt/build.py`") from exc
     _register("simt")
 
 

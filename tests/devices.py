@@ -41,11 +41,11 @@ def simt_available() -> bool:
         return False
 
 
-def _simt_marks():
+def simt_marks():
     marks = [pytest.mark.simt]
     if not REQUIRE_SIMT:
-        marks.append(pytest.mark.skipif(not simt_available(),
-                                        reason="SIMT library not built (python csrc/simt/build.py)"))
+        marks.append(pytest.mark.skipif(
+            not simt_available(), reason="SIMT library not built (python csrc/simt/build.py)"))
     return marks
 
 
@@ -55,7 +55,7 @@ def _cuda_marks():
 
 
 def _param(name: str, persistent: bool):
-    marks = {"cpu": [], "simt": _simt_marks(), "cuda": _cuda_marks()}[name]
+    marks = {"cpu": [], "simt": simt_marks(), "cuda": _cuda_marks()}[name]
     return pytest.param((name, persistent), id=name + ("-persistent" if persistent else ""),
                         marks=marks)
 

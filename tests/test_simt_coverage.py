@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from devices import SANITIZER
+from devices import SANITIZER, simt_marks
 from fusedrnn import ops
 
 ROOT = Path(__file__).resolve().parents[1]
 GLOBAL = re.compile(r"__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(")
 
-pytestmark = [pytest.mark.simt,
+pytestmark = [*simt_marks(),
               pytest.mark.skipif(shutil.which("nm") is None, reason="needs binutils' nm")]
 
 

@@ -46,7 +46,8 @@ FAULTS = {
     # the next step reads h before other blocks wrote it: a race in global memory
     "missing-grid-sync": ("persistent.cuh", "    if (!last) grid.sync();", "    (void)grid;"),
     # the zero fill writes one element past the staged h tile, the end of shared memory
-    "staging-overrun": ("persistent.cuh", "i < n_padded; i += blockDim.x", "i <= n_padded; i += blockDim.x"),
+    "staging-overrun": ("persistent.cuh", "i < n_padded; i += blockDim.x",
+                        "i <= n_padded; i += blockDim.x"),
     # the o gate read one element further on: past the end of xproj for the last element
     "gate-offset": ("step_kernels.cuh", "p.xproj[g0 + 3 * H] + p.hh[g0 + 3 * H]",
                     "p.xproj[g0 + 3 * H + 1] + p.hh[g0 + 3 * H]"),

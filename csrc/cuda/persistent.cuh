@@ -325,7 +325,8 @@ inline bool plan_tiling(int64_t hidden, int64_t batch, int gates, int64_t elem_b
   if (hidden <= 0 || batch <= 0 || sm_count <= 0) return false;
   const int64_t row_bytes = hidden * elem_bytes;
   if (row_bytes > smem_per_block) return false;  // also keeps the products below small
-  const int64_t max_blocks = knobs.max_blocks > 0 ? std::min(sm_count, knobs.max_blocks) : sm_count;
+  const int64_t max_blocks =
+      knobs.max_blocks > 0 ? std::min(sm_count, knobs.max_blocks) : sm_count;
   const int64_t units = ceil_div(hidden, max_blocks);
   const int64_t w_bytes = gates * units * row_bytes;
   if (w_bytes + kBatchGroup * row_bytes > smem_per_block) return false;

@@ -23,7 +23,8 @@ std::atomic<int64_t> override_max_blocks{0}, override_batch_tile{0};
 }  // namespace
 
 void set_tiling_override(const TilingOverride& knobs) {
-  FUSEDRNN_CHECK(knobs.max_blocks >= 0, "set_persistent_tiling: max_blocks must be >= 0 (0: no cap), got ",
+  FUSEDRNN_CHECK(knobs.max_blocks >= 0,
+                 "set_persistent_tiling: max_blocks must be >= 0 (0: no cap), got ",
                  knobs.max_blocks);
   FUSEDRNN_CHECK(knobs.batch_tile >= 0 && knobs.batch_tile % kBatchGroup == 0,
                  "set_persistent_tiling: batch_tile must be 0 (the plan's own) or a positive "

@@ -706,10 +706,11 @@ class Block {
 
   static unsigned source_lane(unsigned lane, ShuffleKind kind, int operand, int width) {
     const unsigned w = static_cast<unsigned>(width), base = lane & ~(w - 1);
-    const long long target = kind == ShuffleKind::index ? base + (static_cast<unsigned>(operand) % w)
-                             : kind == ShuffleKind::up  ? static_cast<long long>(lane) - operand
-                             : kind == ShuffleKind::down ? static_cast<long long>(lane) + operand
-                                                         : lane ^ static_cast<unsigned>(operand);
+    const long long target =
+        kind == ShuffleKind::index  ? base + (static_cast<unsigned>(operand) % w)
+        : kind == ShuffleKind::up   ? static_cast<long long>(lane) - operand
+        : kind == ShuffleKind::down ? static_cast<long long>(lane) + operand
+                                    : lane ^ static_cast<unsigned>(operand);
     if (target < base || target >= base + w) return lane;  // CUDA keeps the lane's own value
     return static_cast<unsigned>(target);
   }
@@ -734,7 +735,8 @@ class Block {
     for (const Fiber& f : fibers_)
       if (f.wait != Wait::exited) ++waits[std::string(f.what) + " at " + where_str(f.where)];
     std::string msg = "SIMT: deadlock in block " + dim_str(idx_) + ": no thread can proceed;";
-    for (const auto& [what, count] : waits) msg += " " + std::to_string(count) + " wait in " + what + ";";
+    for (const auto& [what, count] : waits)
+      msg += " " + std::to_string(count) + " wait in " + what + ";";
     if (exited_ > 0) msg += " " + std::to_string(exited_) + " exited";
     return msg;
   }
@@ -917,8 +919,9 @@ bool run(const LaunchConfig& config, const std::function<void()>& thread_body) {
   check_config(config, d, shared_limit);
   if (config.cooperative) {
     if (!d.cooperative_launch) throw Error("SIMT: the emulated device has no cooperative launch");
-    const int per_sm = max_active_blocks_per_sm(config.kernel, static_cast<int>(volume(config.block)),
-                                                static_cast<std::int64_t>(config.dynamic_shared));
+    const int per_sm =
+        max_active_blocks_per_sm(config.kernel, static_cast<int>(volume(config.block)),
+                                 static_cast<std::int64_t>(config.dynamic_shared));
     if (volume(config.grid) > std::size_t(per_sm) * std::size_t(d.sm_count)) return false;
   }
   {
