@@ -1,6 +1,6 @@
 # fusedrnn: every command sets itself up (virtual environment, torch, build).
 #   make bench      the main job: benchmark harness, default preset (fusedrnn vs torch.nn)
-#   make test       the test suite
+#   make test       the test suite, then the CUDA kernels' SIMT tests under ASan+UBSan and TSan
 #   make demo       train a small fusedrnn.LSTM next to torch.nn.LSTM
 #   make wheel      sdist and a wheel built from it, in dist/ (same CUDA settings as build)
 #   make gpu-check OUT=dir   on a GPU machine with torch installed (no network)
@@ -12,7 +12,7 @@ BUILD_ENV := MAX_JOBS=$${MAX_JOBS:-2}
 PYTEST_ARGS ?=
 OUT      ?= gpu-report
 
-.PHONY: setup build test bench demo wheel gpu-check clean
+.PHONY: setup build simt test bench demo wheel gpu-check clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,8 +28,14 @@ setup: $(VENV)/.deps
 build: setup
 	$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace
 
-test: build
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+# The CUDA kernel sources built to run on the CPU (csrc/simt/): plain, ASan+UBSan, TSan.
+simt: setup
+	$(BUILD_ENV) $(PY) csrc/simt/build.py plain asan tsan
+
+test: build simt
+	FUSEDRNN_REQUIRE_SIMT=1 $(PY) -m pytest -q tests $(PYTEST_ARGS)
+	bash tests/run_sanitized.sh asan $(PY)
+	bash tests/run_sanitized.sh tsan $(PY)
 
 bench: build
 	$(PY) -m fusedrnn.bench --preset default --out bench-out
@@ -44,4 +50,4 @@ gpu-check:
 	bash benchmarks/gpu_check.sh $(OUT)
 
 clean:
-	rm -rf build dist fusedrnn/_C*.so *.egg-info
+	rm -rf build dist fusedrnn/_C*.so fusedrnn/_simt*.so *.egg-info

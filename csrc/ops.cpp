@@ -26,9 +26,18 @@
 // (inference) these come back with zero steps and are never written.
 //
 // Namespace fusedrnn_debug holds what is not a model op: the persistent
-// loops' thread plan and planning bound, and the grid-barrier micro-benchmark.
+// loops' thread plan, the CUDA kernels' planning bound, tiling plan and
+// override, and the grid-barrier micro-benchmark.
+//
+// The SIMT build (FUSEDRNN_SIMT: the module fusedrnn._simt, csrc/simt/)
+// compiles this file and recurrence.cpp with the CUDA kernel sources run on
+// the CPU, and registers the same ops for CPU tensors under fusedrnn_simt
+// (debug ops under fusedrnn_simt_debug), so both builds load side by side.
 #include <Python.h>
 #include <torch/library.h>
+
+#include <string>
+#include <vector>
 
 #include "cpu/persistent.h"
 #include "fusedrnn/persistent.h"
@@ -39,36 +48,27 @@
 #include <cuda_runtime_api.h>
 #endif
 
+#if defined(FUSEDRNN_WITH_CUDA) || defined(FUSEDRNN_SIMT)
+#define FUSEDRNN_CUDA_KERNELS 1
+#endif
+
 namespace fusedrnn {
 namespace {
 
 // The one place that reports how this library was built.
 std::string build_info() {
+#ifdef FUSEDRNN_SIMT
+  return "simt: the CUDA kernel sources on the CPU";
+#else
   std::string info = std::string("cpu:") + cpu::simd_name();
 #ifdef FUSEDRNN_WITH_CUDA
   info += " cuda:" + std::to_string(CUDART_VERSION);
 #endif
   return info;
-}
-
-#ifdef FUSEDRNN_WITH_CUDA
-// Microseconds for `steps` grid barriers with no work (the persistent
-// kernels' per-step synchronisation cost), on the current CUDA device.
-double persistent_barrier_us(int64_t steps, int64_t blocks) {
-  return cuda::persistent::barrier_microbench(steps, blocks);
-}
-
-// Largest hidden size the persistent kernels take on the current device.
-int64_t persistent_max_hidden(at::ScalarType dtype, int64_t gates) {
-  const int num_gates = static_cast<int>(gates);
-  if (dtype == at::kDouble) return cuda::persistent::max_hidden<double>(num_gates);
-  return cuda::persistent::max_hidden<float>(num_gates);  // fp16/bf16 run in fp32
-}
 #endif
+}
 
-}  // namespace
-
-TORCH_LIBRARY(fusedrnn, m) {
+void define_ops(torch::Library& m) {
   m.def(
       "lstm_forward(Tensor input, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, "
       "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save_for_backward=True, "
@@ -94,12 +94,63 @@ TORCH_LIBRARY(fusedrnn, m) {
   m.def("build_info() -> str", &build_info);
 }
 
-TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) {
+void impl_ops(torch::Library& m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
 }
+
+#ifdef FUSEDRNN_CUDA_KERNELS
+// Microseconds for `steps` grid barriers with no work (the persistent
+// kernels' per-step synchronisation cost), on the current CUDA device.
+double persistent_barrier_us(int64_t steps, int64_t blocks) {
+  return cuda::persistent::barrier_microbench(steps, blocks);
+}
+
+// Largest hidden size the persistent kernels take on the current device.
+int64_t persistent_max_hidden(at::ScalarType dtype, int64_t gates) {
+  const int num_gates = static_cast<int>(gates);
+  if (dtype == at::kDouble) return cuda::persistent::max_hidden<double>(num_gates);
+  return cuda::persistent::max_hidden<float>(num_gates);  // fp16/bf16 run in fp32
+}
+
+// The tiling a persistent launch of this size would use: [units per block,
+// batch tile, blocks, shared bytes per block]; zeros when it does not fit.
+std::vector<int64_t> persistent_plan(at::ScalarType dtype, int64_t gates, int64_t hidden,
+                                     int64_t batch) {
+  const int num_gates = static_cast<int>(gates);
+  const cuda::persistent::Plan plan =
+      dtype == at::kDouble ? cuda::persistent::plan_for<double>(hidden, batch, num_gates)
+                           : cuda::persistent::plan_for<float>(hidden, batch, num_gates);
+  return {plan.units, plan.batch_tile, plan.blocks, plan.shared_bytes};
+}
+
+// Caps the persistent kernels' grid and forces their batch tile (0: the
+// plan's own choice), so tests reach multi-unit blocks, a partial last block
+// and several batch tiles at small sizes. Process-wide, until reset.
+void set_persistent_tiling(int64_t max_blocks, int64_t batch_tile) {
+  cuda::persistent::set_tiling_override({.max_blocks = max_blocks, .batch_tile = batch_tile});
+}
+
+void define_persistent_debug_ops(torch::Library& m) {
+  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
+  m.def("persistent_max_hidden(ScalarType dtype, int gates) -> int", &persistent_max_hidden);
+  m.def("set_persistent_tiling(int max_blocks, int batch_tile) -> ()", &set_persistent_tiling);
+  m.def("persistent_plan(ScalarType dtype, int gates, int hidden, int batch) -> int[]",
+        &persistent_plan);
+}
+#endif
+
+}  // namespace
+
+#ifdef FUSEDRNN_SIMT
+TORCH_LIBRARY(fusedrnn_simt, m) { define_ops(m); }
+TORCH_LIBRARY_IMPL(fusedrnn_simt, CPU, m) { impl_ops(m); }
+TORCH_LIBRARY_FRAGMENT(fusedrnn_simt_debug, m) { define_persistent_debug_ops(m); }
+#else
+TORCH_LIBRARY(fusedrnn, m) { define_ops(m); }
+TORCH_LIBRARY_IMPL(fusedrnn, CPU, m) { impl_ops(m); }
 
 TORCH_LIBRARY(fusedrnn_debug, m) {
   m.def("cpu_persistent_threads(int steps, int batch, int hidden, int gates) -> int",
@@ -107,24 +158,26 @@ TORCH_LIBRARY(fusedrnn_debug, m) {
           return static_cast<int64_t>(cpu::persistent_threads(steps, batch, hidden, gates));
         });
 #ifdef FUSEDRNN_WITH_CUDA
-  m.def("persistent_barrier_us(int steps, int blocks) -> float", &persistent_barrier_us);
-  m.def("persistent_max_hidden(ScalarType dtype, int gates) -> int", &persistent_max_hidden);
+  define_persistent_debug_ops(m);
 #endif
 }
 
 #ifdef FUSEDRNN_WITH_CUDA
-TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) {
-  m.impl("lstm_forward", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
-  m.impl("gru_forward", &gru_forward);
-  m.impl("gru_backward", &gru_backward);
-}
+TORCH_LIBRARY_IMPL(fusedrnn, CUDA, m) { impl_ops(m); }
+#endif
 #endif
 
 }  // namespace fusedrnn
 
-// `import fusedrnn._C` loads the library, which registers the ops above.
+// Importing the module loads the library, which registers the ops above.
+#ifdef FUSEDRNN_SIMT
+PyMODINIT_FUNC PyInit__simt(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_simt", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+#else
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module);
 }
+#endif

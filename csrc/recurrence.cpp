@@ -25,11 +25,26 @@
 #include "fusedrnn/step_kernels.h"
 #include "op_checks.h"
 
+// The CUDA kernels are built for CUDA tensors (FUSEDRNN_WITH_CUDA), or in
+// the SIMT build (FUSEDRNN_SIMT, csrc/simt/) for CPU tensors: there the CUDA
+// sources run on the CPU and stand in for a GPU, in place of the CPU kernels,
+// with ATen's GEMMs in cuBLAS's place.
+#if defined(FUSEDRNN_WITH_CUDA) || defined(FUSEDRNN_SIMT)
+#define FUSEDRNN_CUDA_KERNELS 1
+#endif
+
 namespace fusedrnn {
 namespace {
 
 using checks::compute_dtype_for;
 using checks::OpArgs;
+
+// Whether CPU tensors run the C++ CPU kernels (cpu/): all but the SIMT build.
+#ifdef FUSEDRNN_SIMT
+constexpr bool kCpuKernels = false;
+#else
+constexpr bool kCpuKernels = true;
+#endif
 
 // Every op computes in its inputs' dtypes: the caller (fusedrnn/ops.py) casts
 // for torch.autocast as torch.nn would, and no ATen call inside an op is
@@ -38,6 +53,10 @@ using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
 template <typename T>
 StepKernels<T> kernels_for(const Tensor& t) {
+#ifdef FUSEDRNN_SIMT
+  TORCH_CHECK(t.is_cpu(), "fusedrnn (SIMT build): CPU tensors only, got a tensor on ", t.device());
+  return cuda::step_kernels<T>();
+#else
   if (t.is_cuda()) {
 #ifdef FUSEDRNN_WITH_CUDA
     return cuda::step_kernels<T>();
@@ -47,6 +66,7 @@ StepKernels<T> kernels_for(const Tensor& t) {
   }
   TORCH_CHECK(t.is_cpu(), "fusedrnn: unsupported device ", t.device());
   return cpu::step_kernels<T>();
+#endif
 }
 
 // Index of the s-th step processed.
@@ -91,23 +111,30 @@ Tensor per_step_operand(const Tensor& w, int64_t steps) {
 // operands) cost more than it saves.
 constexpr int64_t kMinGemmRows = 32;
 bool use_cpu_gemm(const Tensor& a) {
-  return a.is_cpu() && a.scalar_type() == at::kFloat && cpu::have_brgemm() &&
-         a.size(0) >= kMinGemmRows;
+  if constexpr (kCpuKernels)
+    return a.is_cpu() && a.scalar_type() == at::kFloat && cpu::have_brgemm() &&
+           a.size(0) >= kMinGemmRows;
+  else
+    return false;
 }
 
 // a (M, K) @ b (K, N) (+ bias (N) on every row). b may be a transposed view.
 Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Tensor>& bias = {}) {
-  if (!use_cpu_gemm(a)) return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
-  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
-  const Tensor a_c = a.contiguous();
-  const bool b_transposed = b.stride(0) == 1 && b.stride(1) != 1;
-  const Tensor b_c = b_transposed ? b.t().contiguous() : b.contiguous();  // no copy for a view
-  // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
-  Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
-                    : at::empty({M, N}, a.options());
-  cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), b_transposed ? K : N,
-            b_transposed, out.data_ptr<float>(), N, /*accumulate=*/bias.has_value());
-  return out;
+  if constexpr (kCpuKernels) {
+    if (use_cpu_gemm(a)) {
+      const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+      const Tensor a_c = a.contiguous();
+      const bool b_transposed = b.stride(0) == 1 && b.stride(1) != 1;
+      const Tensor b_c = b_transposed ? b.t().contiguous() : b.contiguous();  // a view: no copy
+      // A copy even when M == 1: the GEMM accumulates into it, never into the bias.
+      Tensor out = bias ? bias->expand({M, N}).clone(at::MemoryFormat::Contiguous)
+                        : at::empty({M, N}, a.options());
+      cpu::gemm(M, N, K, a_c.data_ptr<float>(), K, b_c.data_ptr<float>(), b_transposed ? K : N,
+                b_transposed, out.data_ptr<float>(), N, /*accumulate=*/bias.has_value());
+      return out;
+    }
+  }
+  return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
 
 // a^T @ b for a (R, M), b (R, N) with many rows R (steps x batch): the weight
@@ -169,23 +196,27 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 // `persistent` op argument, decided in fusedrnn/ops.py) and the call is one
 // they cover (no projection): on CPU the persistent loops of cpu/persistent.h,
 // which also compute the input projection, on CUDA the kernels of
-// cuda/persistent.cuh (H within the on-chip limit). Otherwise the step loop
-// runs.
+// cuda/persistent.cuh (H within the on-chip limit; on CPU tensors in the SIMT
+// build). Otherwise the step loop runs.
 
-#ifdef FUSEDRNN_WITH_CUDA
+#ifdef FUSEDRNN_CUDA_KERNELS
 template <typename T>
 bool persistent_kernel(const LstmSequence<T>& seq) { return cuda::persistent::lstm_forward<T>(seq); }
 template <typename T>
 bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru_forward<T>(seq); }
 #endif
 
-// Runs the persistent CUDA kernel for `seq`; false, with a one-time warning,
-// when it cannot take this size, so the caller falls back to the step loop.
-// Empty sizes always go to the step loop, which handles them without a launch.
+// Runs the persistent CUDA kernel for `seq` when `on` is where this build's
+// CUDA kernels run (CUDA tensors; CPU tensors in the SIMT build); false, with
+// a one-time warning if it cannot take this size, so the caller falls back
+// to the step loop. Empty sizes always go to the step loop, which handles
+// them without a launch.
 template <typename Seq>
-bool run_persistent_cuda(const Seq& seq, const char* cell) {
+bool run_persistent_cuda(const Seq& seq, const Tensor& on, const char* cell) {
   if (seq.steps == 0 || seq.batch == 0 || seq.hidden == 0) return false;
-#ifdef FUSEDRNN_WITH_CUDA
+  const bool on_kernel_device = kCpuKernels ? on.is_cuda() : on.is_cpu();
+  if (!on_kernel_device) return false;
+#ifdef FUSEDRNN_CUDA_KERNELS
   if (persistent_kernel(seq)) return true;
   TORCH_WARN_ONCE("fusedrnn: the persistent ", cell, " kernel cannot run this size on this GPU ",
                   "(hidden ", seq.hidden, ", batch ", seq.batch, "); using the standard kernels");
@@ -197,7 +228,10 @@ bool run_persistent_cuda(const Seq& seq, const char* cell) {
 // size and dtype they take. The backward follows the forward's choice.
 template <typename T>
 bool use_persistent_cpu(bool persistent, const Tensor& on, int64_t batch, int64_t hidden) {
-  return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
+  if constexpr (kCpuKernels)
+    return persistent && on.is_cpu() && cpu::persistent_fits<T>(batch, hidden);
+  else
+    return false;
 }
 
 // The CPU loops' view of the input projection, x @ w_ih^T + bias.
@@ -280,14 +314,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         .h_n = h_state.data_ptr<scalar_t>(), .c_n = c.data_ptr<scalar_t>(),
         .gates = saved_at<scalar_t>(gates, 0), .cells = saved_at<scalar_t>(cells, 0),
         .lengths = lens};
-    if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
-      cpu::persistent_lstm_forward<scalar_t>(seq,
-                                             input_projection_of<scalar_t>(x_c, w_ih_c, bias_c));
-      return;
+    if constexpr (kCpuKernels) {
+      if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+        cpu::persistent_lstm_forward<scalar_t>(
+            seq, input_projection_of<scalar_t>(x_c, w_ih_c, bias_c));
+        return;
+      }
     }
     const Tensor xproj = input_projection(x_c, w_ih_c, bias_c);
     seq.xproj = xproj.data_ptr<scalar_t>();
-    if (persistent && !s.projected && run_persistent_cuda(seq, "LSTM")) return;
+    if (persistent && !s.projected && run_persistent_cuda(seq, xproj, "LSTM")) return;
     Tensor hh = at::empty({batch, 4 * hidden}, opts);
     Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
     Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
@@ -353,16 +389,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
-      const Tensor c0_c = to_compute(c0, compute_type);
-      cpu::persistent_lstm_backward<scalar_t>(
-          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-           .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
-           .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
-           .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
-           .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
-           .lengths = lens});
-      return;
+    if constexpr (kCpuKernels) {
+      if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+        const Tensor c0_c = to_compute(c0, compute_type);
+        cpu::persistent_lstm_backward<scalar_t>(
+            {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+             .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
+             .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
+             .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
+             .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
+             .lengths = lens});
+        return;
+      }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
     dh_total = at::empty({steps, batch, h_size}, opts);
@@ -479,13 +517,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
         .b_hh = data_or_null<scalar_t>(b_hh_c), .h0 = h0_c.data_ptr<scalar_t>(),
         .output = output.data_ptr<scalar_t>(), .h_n = h_state.data_ptr<scalar_t>(),
         .gates = saved_at<scalar_t>(gates, 0), .lengths = lens};
-    if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
-      cpu::persistent_gru_forward<scalar_t>(seq, input_projection_of<scalar_t>(x_c, w_ih_c, b_ih_c));
-      return;
+    if constexpr (kCpuKernels) {
+      if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+        cpu::persistent_gru_forward<scalar_t>(
+            seq, input_projection_of<scalar_t>(x_c, w_ih_c, b_ih_c));
+        return;
+      }
     }
     const Tensor xproj = input_projection(x_c, w_ih_c, b_ih_c);
     seq.xproj = xproj.data_ptr<scalar_t>();
-    if (persistent && run_persistent_cuda(seq, "GRU")) return;
+    if (persistent && run_persistent_cuda(seq, xproj, "GRU")) return;
     Tensor hh = at::empty({batch, 3 * hidden}, opts);
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
@@ -538,16 +579,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
-      const Tensor h0_c = to_compute(h0, compute_type), output_c = to_compute(output, compute_type);
-      cpu::persistent_gru_backward<scalar_t>(
-          {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-           .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
-           .output = output_c.data_ptr<scalar_t>(), .grad_out = grad_output.data_ptr<scalar_t>(),
-           .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
-           .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
-           .lengths = lens});
-      return;
+    if constexpr (kCpuKernels) {
+      if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+        const Tensor h0_c = to_compute(h0, compute_type);
+        const Tensor output_c = to_compute(output, compute_type);
+        cpu::persistent_gru_backward<scalar_t>(
+            {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+             .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+             .output = output_c.data_ptr<scalar_t>(),
+             .grad_out = grad_output.data_ptr<scalar_t>(),
+             .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
+             .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
+             .lengths = lens});
+        return;
+      }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
     for (int64_t step = steps - 1; step >= 0; --step) {

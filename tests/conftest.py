@@ -6,6 +6,9 @@ The pattern of every parity test:
     expected = run(ref, x, hx)          # outputs + gradients (input, h0, c0, every parameter)
     actual = run(fused, x, hx)
     assert_results_close(actual, expected, TOL[torch.float64])
+
+The kernel tests take a device parameter (tests/devices.py): ``cpu``, ``simt`` (the CUDA
+kernel sources run on the CPU) and ``cuda``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,27 @@ import fusedrnn
 from fusedrnn import reference
 from fusedrnn.reference import module_forward as reference_forward  # noqa: F401  (used by tests)
 
+from devices import (SANITIZER, device, device_path, kernel_device,  # noqa: F401 (fixtures)
+                     persistent_device)
+
 # The project's tolerances (docs/design.md, Tolerances): fp64 within 1e-10; fp32 within 5e-5
 # absolute at T <= 64.
 TOL = reference.TOLERANCE
+
+COVERAGE_TEST = "test_every_cuda_kernel_was_launched"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "simt: runs the CUDA kernel sources on the CPU (csrc/simt/)")
+    config.addinivalue_line("markers", "harness: builds and checks the SIMT harness itself")
+    if SANITIZER:
+        torch.set_num_threads(1)  # the kernels' own threads are what the sanitizers watch
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SIMT kernel-coverage check reads what the tests before it launched: run it last."""
+    last = [item for item in items if item.name == COVERAGE_TEST]
+    items[:] = [item for item in items if item.name != COVERAGE_TEST] + last
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +96,7 @@ def run(module, x, hx=None, *, wrap=None, forward=None) -> dict:
     outs = _flat(result)
     gen = torch.Generator().manual_seed(1234)
     # bf16-representable weights, so that a bf16 run and its fp32 baseline use the same loss.
-    loss = sum((o * torch.randn(o.shape, generator=gen).bfloat16().to(o.dtype)).sum()
+    loss = sum((o * torch.randn(o.shape, generator=gen).bfloat16().to(o.device, o.dtype)).sum()
                for o in outs)
     module.zero_grad(set_to_none=True)
     loss.backward()
@@ -99,6 +120,7 @@ def assert_results_close(actual: dict, expected: dict, atol: float, what: str = 
     for key in expected:
         a, e = actual[key], expected[key]
         assert a is not None and e is not None, f"{what}: {key} is None ({a is None}, {e is None})"
+        a, e = a.cpu(), e.cpu()
         assert a.shape == e.shape, f"{what}: {key} shape {tuple(a.shape)} != {tuple(e.shape)}"
         assert a.dtype == e.dtype, f"{what}: {key} dtype {a.dtype} != {e.dtype}"
         if not a.is_floating_point():
@@ -113,4 +135,4 @@ def assert_results_equal(actual: dict, expected: dict, what: str = "") -> None:
     """Bit-identical (torch.equal) tensors under the same keys."""
     assert actual.keys() == expected.keys(), f"{what}: {sorted(actual)} != {sorted(expected)}"
     for key in expected:
-        assert torch.equal(actual[key], expected[key]), f"{what}: {key} differs"
+        assert torch.equal(actual[key].cpu(), expected[key].cpu()), f"{what}: {key} differs"

@@ -50,13 +50,18 @@ BACKENDS = [
     Backend("cpu-portable", {"ATEN_CPU_CAPABILITY": "default"}, reports="fused cpu:default"),
     Backend("cpu-step-loop", {"FUSEDRNN_PERSISTENT": "0"}, reports="persistent=False"),
     Backend("reference", {"FUSEDRNN_BACKEND": "reference"}, reports="reference"),
+    # the CUDA kernel sources on the CPU (csrc/simt/): step kernels, persistent kernels
+    Backend("simt", {"FUSEDRNN_BACKEND": "simt"}, reports="simt simt: "),
+    Backend("simt-persistent", {"FUSEDRNN_BACKEND": "simt", "FUSEDRNN_PERSISTENT": "1"},
+            reports="persistent=True"),
 ]
 _CHILD = "FUSEDRNN_TEST_BACKEND"  # set in a child process: the name of the backend it runs
 HERE = BACKENDS[[b.name for b in BACKENDS].index(os.environ.get(_CHILD, BACKENDS[0].name))]
 
 
 def test_this_process_runs_its_backend():
-    assert HERE.reports in _describe()
+    described = _describe().split()  # a CUDA build adds "cuda:<version>" to build_info
+    assert all(word in described for word in HERE.reports.split()), _describe()
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != HERE and _CHILD not in os.environ],

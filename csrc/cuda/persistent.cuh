@@ -44,17 +44,10 @@
 // the standard kernels up to the summation order of the dot products.
 #pragma once
 
-#include <cooperative_groups.h>
-#include <cuda_runtime.h>
-
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDACachingAllocator.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-
 #include <algorithm>
 #include <cstdint>
 
+#include "compat.cuh"
 #include "fusedrnn/cells.h"
 #include "fusedrnn/params.h"
 #include "fusedrnn/persistent.h"
@@ -254,7 +247,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int G = Policy::kGates;
   namespace cg = cooperative_groups;
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSEDRNN_DYNAMIC_SHARED(unsigned char, smem_raw);
   const int H = static_cast<int>(p.hidden);  // the host checked it is small
   const int64_t B = p.batch;
   T* w_s = reinterpret_cast<T*>(smem_raw);  // (U*G, H) weight slice
@@ -322,16 +315,19 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Cuts H over at most `sm_count` blocks and sizes the h tile to the shared
-// memory left after the weight slice. Returns false when even one group of
+// Cuts H over at most `sm_count` blocks (fewer under a max_blocks override)
+// and sizes the h tile to the shared memory left after the weight slice (or
+// to an overridden tile, where it fits). Returns false when even one group of
 // rows does not fit next to the slice.
 inline bool plan_tiling(int64_t hidden, int64_t batch, int gates, int64_t elem_bytes,
-                        int64_t sm_count, int64_t smem_per_block, Tiling* tiling,
-                        int64_t* smem_bytes) {
+                        int64_t sm_count, int64_t smem_per_block, const TilingOverride& knobs,
+                        Tiling* tiling, int64_t* smem_bytes) {
   if (hidden <= 0 || batch <= 0 || sm_count <= 0) return false;
   const int64_t row_bytes = hidden * elem_bytes;
   if (row_bytes > smem_per_block) return false;  // also keeps the products below small
-  const int64_t units = ceil_div(hidden, sm_count);
+  const int64_t max_blocks =
+      knobs.max_blocks > 0 ? std::min(sm_count, knobs.max_blocks) : sm_count;
+  const int64_t units = ceil_div(hidden, max_blocks);
   const int64_t w_bytes = gates * units * row_bytes;
   if (w_bytes + kBatchGroup * row_bytes > smem_per_block) return false;
 
@@ -339,7 +335,8 @@ inline bool plan_tiling(int64_t hidden, int64_t batch, int gates, int64_t elem_b
   // batch slightly above the maximum does not leave a tiny last tile.
   const int64_t max_tile = (smem_per_block - w_bytes) / row_bytes / kBatchGroup * kBatchGroup;
   const int64_t tiles = ceil_div(batch, max_tile);
-  const int64_t tile = ceil_div(ceil_div(batch, tiles), kBatchGroup) * kBatchGroup;
+  const int64_t even_tile = ceil_div(ceil_div(batch, tiles), kBatchGroup) * kBatchGroup;
+  const int64_t tile = knobs.batch_tile > 0 ? std::min(knobs.batch_tile, max_tile) : even_tile;
 
   tiling->units = static_cast<int>(units);
   tiling->batch_tile = static_cast<int>(tile);
@@ -353,48 +350,26 @@ bool launch_persistent(const typename Policy::Params& params) {
   using T = typename Policy::Value;
   if (params.steps <= 0 || params.batch <= 0 || params.hidden <= 0) return false;
 
-  const int device = c10::cuda::current_device();
-  const cudaDeviceProp* prop = at::cuda::getDeviceProperties(device);  // cached by ATen
-  if (!prop->cooperativeLaunch) return false;
+  const compat::DeviceInfo device = compat::current_device();  // cached by ATen on CUDA
+  if (!device.cooperative_launch) return false;
 
   Tiling tiling;
   int64_t smem_bytes = 0;
-  if (!plan_tiling(params.hidden, params.batch, Policy::kGates, sizeof(T),
-                   prop->multiProcessorCount, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
-                   &tiling, &smem_bytes))
+  if (!plan_tiling(params.hidden, params.batch, Policy::kGates, sizeof(T), device.sm_count,
+                   device.shared_per_block_optin, tiling_override(), &tiling, &smem_bytes))
     return false;
 
   auto kernel = persistent_forward_kernel<Policy>;
-  if (smem_bytes > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem_bytes)));
-  }
-  int blocks_per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, kThreads,
-                                                               static_cast<size_t>(smem_bytes)));
+  if (smem_bytes > compat::kDefaultSharedBytes) compat::set_max_dynamic_shared(kernel, smem_bytes);
+  const int blocks_per_sm = compat::max_active_blocks_per_sm(kernel, kThreads, smem_bytes);
   const int64_t blocks = ceil_div(params.hidden, tiling.units);
-  if (blocks_per_sm < 1 || blocks > int64_t{blocks_per_sm} * prop->multiProcessorCount)
-    return false;
+  if (blocks_per_sm < 1 || blocks > int64_t{blocks_per_sm} * device.sm_count) return false;
 
-  // Double-buffered h (see the top of this file). The caching allocator is
-  // stream-ordered: freeing it when this function returns is safe, later
-  // users on this stream run after the kernel.
-  const int64_t work_elems = 2 * params.batch * params.hidden;
-  c10::DataPtr work = c10::cuda::CUDACachingAllocator::get()->allocate(work_elems * sizeof(T));
-
-  typename Policy::Params p = params;
-  T* h_work = static_cast<T*>(work.get());
-  void* args[] = {&p, &tiling, &h_work};
-  const cudaError_t err = cudaLaunchCooperativeKernel(
-      reinterpret_cast<const void*>(kernel), dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
-      args, static_cast<size_t>(smem_bytes), at::cuda::getCurrentCUDAStream());
-  if (err == cudaErrorCooperativeLaunchTooLarge) {
-    (void)cudaGetLastError();  // not sticky; clear it and let the caller fall back
-    return false;
-  }
-  C10_CUDA_CHECK(err);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return true;
+  // Double-buffered h (see the top of this file), freed when this returns.
+  compat::Workspace work(2 * params.batch * params.hidden * static_cast<int64_t>(sizeof(T)));
+  return compat::launch_cooperative(kernel, static_cast<unsigned>(blocks), kThreads, smem_bytes,
+                                    compat::current_stream(), params, tiling,
+                                    static_cast<T*>(work.get()));
 }
 
 }  // namespace fusedrnn::cuda::persistent

@@ -16,9 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-
+#include "compat.cuh"
 #include "fusedrnn/cells.h"
 #include "fusedrnn/step_kernels.h"
 #include "fusedrnn/params.h"
@@ -205,8 +203,8 @@ __global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
 template <typename Params>
 void launch(void (*kernel)(const Params), const Params& p, int64_t n) {
   if (n <= 0) return;
-  kernel<<<blocks_for(n), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FUSEDRNN_LAUNCH(kernel, blocks_for(n), kThreads, 0, compat::current_stream())(p);
+  compat::check_launch();
 }
 
 template <typename T>

@@ -33,9 +33,32 @@ bool lstm_forward(const LstmSequence<T>& p);
 template <typename T>
 bool gru_forward(const GruSequence<T>& p);
 
+// Debug override of the tiling plan (fusedrnn_debug.set_persistent_tiling),
+// so that tests reach every path of the kernel at small sizes: several units
+// per block, a partial last block, several batch tiles. 0 keeps the plan's
+// own choice.
+struct TilingOverride {
+  int64_t max_blocks = 0;  // cut H over at most this many blocks
+  int64_t batch_tile = 0;  // rows of h per tile: a multiple of 4, capped by shared memory
+};
+void set_tiling_override(const TilingOverride& knobs);  // throws on invalid values
+TilingOverride tiling_override();
+
+// The tiling a launch of this size would use on the current device, under the
+// tiling override (debug op persistent_plan); all zero when it does not fit.
+struct Plan {
+  int64_t units = 0;         // hidden units per block (the last block may own fewer)
+  int64_t batch_tile = 0;    // rows of h staged at once
+  int64_t blocks = 0;        // grid size
+  int64_t shared_bytes = 0;  // dynamic shared memory per block
+};
+template <typename T>
+Plan plan_for(int64_t hidden, int64_t batch, int num_gates);
+
 // Largest hidden size the persistent path accepts on the current device for
 // this dtype: num_gates = 4 for LSTM (the stricter bound), 3 for GRU.
-// From shared memory and SM count only; the launch also checks occupancy.
+// From shared memory, SM count and the tiling override only; the launch
+// also checks occupancy.
 // On an H100 (132 SMs, 227 KB): LSTM 1320 (float) / 908 (double),
 // GRU 1452 (float) / 1037 (double).
 template <typename T>

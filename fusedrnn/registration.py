@@ -1,0 +1,176 @@
+"""Fake kernels and autograd for the fused ops (csrc/ops.cpp), per op namespace.
+
+``register_fake`` gives torch.compile the output shapes; ``register_autograd``
+makes each forward op's backward another fused op. First-order gradients run
+the fused backward ops. When autograd records the backward itself
+(create_graph=True: gradient penalties, Hessian-vector products,
+gradgradcheck), the backward is computed instead by differentiating
+``reference.py``, whose graph autograd can differentiate again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+
+def register(namespace: str) -> None:
+    """Fake kernels and autograd for the four ops of ``namespace`` (call once)."""
+    ops = getattr(torch.ops, namespace)
+    for op, fake in (("lstm_forward", _lstm_forward_fake), ("lstm_backward", _lstm_backward_fake),
+                     ("gru_forward", _gru_forward_fake), ("gru_backward", _gru_backward_fake)):
+        torch.library.register_fake(f"{namespace}::{op}", fake)
+    torch.library.register_autograd(f"{namespace}::lstm_forward",
+                                    lambda ctx, *grads: _lstm_backward(ops, ctx, *grads),
+                                    setup_context=_lstm_setup_context)
+    torch.library.register_autograd(f"{namespace}::gru_forward",
+                                    lambda ctx, *grads: _gru_backward(ops, ctx, *grads),
+                                    setup_context=_gru_setup_context)
+    # Called directly and differentiated, the backward ops raise, never a silent zero.
+    for op in ("lstm_backward", "gru_backward"):
+        torch.library.register_autograd(f"{namespace}::{op}", _backward_op_has_no_backward,
+                                        setup_context=_save_nothing)
+
+
+# ------------------------------------------------------ fake kernels
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _grad_input_like(x: Tensor, grad_input: bool) -> Tensor:
+    return x.new_empty(x.shape) if grad_input else x.new_empty(0)
+
+
+def _lstm_forward_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
+                       save_for_backward=True, persistent=False):
+    steps, batch, _ = x.shape
+    gates, h_size = w_ih.shape[0], w_hh.shape[1]
+    hidden = gates // 4
+    ct = _compute_dtype(x.dtype)
+    saved = steps if save_for_backward else 0
+    return (x.new_empty(steps, batch, h_size), x.new_empty(batch, h_size),
+            x.new_empty(batch, hidden), x.new_empty(saved, batch, gates, dtype=ct),
+            x.new_empty(saved, batch, hidden, dtype=ct))
+
+
+def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, output,
+                        gates, cells, lengths, reverse, grad_input=True, persistent=False):
+    grad_w_hr = w_hh.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0)
+    return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
+            w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape), grad_w_hr,
+            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
+
+
+def _gru_forward_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
+                      save_for_backward=True, persistent=False):
+    steps, batch, _ = x.shape
+    hidden = w_ih.shape[0] // 3
+    ct = _compute_dtype(x.dtype)
+    saved = steps if save_for_backward else 0
+    return (x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden),
+            x.new_empty(saved, batch, 4 * hidden, dtype=ct))
+
+
+def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
+                       reverse, grad_input=True, persistent=False):
+    gates3 = w_ih.shape[0]
+    return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
+            w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
+            h0.new_empty(h0.shape))
+
+
+# ----------------------------------------------------------- autograd
+
+
+def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad
+
+
+def _check_saved(gates: Tensor, out: Tensor) -> None:
+    if gates.shape[0] != out.shape[0]:
+        raise RuntimeError("fusedrnn: backward through a forward op called with "
+                           "save_for_backward=False; call it with True to train")
+
+
+def _differentiable_backward(layer, inputs, needs_grad, layer_args, grads):
+    """Gradients of ``layer(*inputs, *layer_args)`` (the reference twin of an op)
+    for the inputs in ``needs_grad``, recorded by autograd so that they can be
+    differentiated again."""
+    wanted = [t for t, need in zip(inputs, needs_grad) if need]
+    with torch.enable_grad():
+        results = layer(*inputs, *layer_args)
+    grads = [_zeros_if_none(g, r) for g, r in zip(grads, results)]
+    found = iter(torch.autograd.grad(results, wanted, grads, create_graph=True,
+                                     allow_unused=True))
+    out = []
+    for t, need in zip(inputs, needs_grad):
+        g = next(found) if need else None
+        out.append(torch.zeros_like(t) if need and g is None else g)
+    return tuple(out)
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, _save, persistent = inputs
+    out, h_n, c_n, gates, cells = output
+    ctx.save_for_backward(x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths)
+    ctx.reverse = reverse
+    ctx.persistent = persistent
+    ctx.mark_non_differentiable(gates, cells)
+
+
+def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
+    x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths = ctx.saved_tensors
+    unused = (None,) * 4  # lengths, reverse, save_for_backward, persistent
+    if torch.is_grad_enabled():
+        return _differentiable_backward(reference.lstm_layer, (x, w_ih, bias, w_hh, w_hr, h0, c0),
+                                        ctx.needs_input_grad[:7], (lengths, ctx.reverse),
+                                        (grad_out, grad_h_n, grad_c_n)) + unused
+    _check_saved(gates, out)
+    grad_x, grad_w_ih, grad_bias, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = (
+        ops.lstm_backward(
+            _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
+            _zeros_if_none(grad_c_n, c0), x, w_ih, w_hh, w_hr, h0, c0, out, gates, cells, lengths,
+            ctx.reverse, ctx.needs_input_grad[0], ctx.persistent))
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
+            grad_bias if bias is not None else None, grad_w_hh,
+            grad_w_hr if w_hr is not None else None, grad_h0, grad_c0) + unused
+
+
+def _gru_setup_context(ctx, inputs, output):
+    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, _save, persistent = inputs
+    out, h_n, gates = output
+    ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths)
+    ctx.reverse = reverse
+    ctx.persistent = persistent
+    ctx.mark_non_differentiable(gates)
+
+
+def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
+    x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths = ctx.saved_tensors
+    unused = (None,) * 4  # lengths, reverse, save_for_backward, persistent
+    if torch.is_grad_enabled():
+        return _differentiable_backward(reference.gru_layer, (x, w_ih, b_ih, w_hh, b_hh, h0),
+                                        ctx.needs_input_grad[:6], (lengths, ctx.reverse),
+                                        (grad_out, grad_h_n)) + unused
+    _check_saved(gates, out)
+    grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = ops.gru_backward(
+        _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih, w_hh, h0, out,
+        gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent)
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
+            grad_b_ih if b_ih is not None else None, grad_w_hh,
+            grad_b_hh if b_hh is not None else None, grad_h0) + unused
+
+
+def _backward_op_has_no_backward(ctx, *grads):
+    raise RuntimeError(
+        "fusedrnn: the backward ops are not differentiable themselves; second-order gradients "
+        "of the modules go through fusedrnn.reference (autograd does this when the backward "
+        "runs with create_graph=True)")
+
+
+def _save_nothing(ctx, inputs, output):
+    pass
