@@ -3,8 +3,10 @@
 #   make test       the test suite, then the CUDA kernels' SIMT tests under ASan+UBSan and TSan
 #   make demo       train a small fusedrnn.LSTM next to torch.nn.LSTM
 #   make wheel      sdist and a wheel built from it, in dist/ (same CUDA settings as build)
-#   make gpu-check OUT=dir   on a GPU machine with torch installed (no network)
+#   make gpu-check OUT=dir [STAGES="build test sanitize bench"]   on a GPU machine
+#                   with torch installed (no network): gpu_check/run.sh
 
+SHELL    := /bin/bash
 VENV     ?= .venv
 PY       := $(VENV)/bin/python
 # CUDA_HOME is found by setup.py; the arch list defaults to sm_90 without a GPU.
@@ -25,8 +27,13 @@ $(VENV)/.deps: $(PY) pyproject.toml
 
 setup: $(VENV)/.deps
 
+# The build log keeps ptxas's report, which gpu_check/check_ptxas.py checks
+# against sm_90's limits (spills, registers, shared memory).
 build: setup
-	$(BUILD_ENV) $(PY) setup.py -q build_ext --inplace
+	mkdir -p build
+	set -o pipefail; FUSEDRNN_PTXAS_VERBOSE=1 $(BUILD_ENV) $(PY) setup.py -q build_ext --inplace \
+		2>&1 | tee build/build.log | { grep -v -E "^ptxas info|bytes stack frame" || true; }
+	$(PY) gpu_check/check_ptxas.py build/build.log
 
 # The CUDA kernel sources built to run on the CPU (csrc/simt/): plain, ASan+UBSan, TSan.
 simt: setup
@@ -47,7 +54,7 @@ wheel: setup
 	$(BUILD_ENV) $(PY) -m build --no-isolation --outdir dist .
 
 gpu-check:
-	bash benchmarks/gpu_check.sh $(OUT)
+	bash gpu_check/run.sh $(OUT) $(STAGES)
 
 clean:
 	rm -rf build dist fusedrnn/_C*.so fusedrnn/_simt*.so *.egg-info

@@ -54,12 +54,17 @@ def _with_cuda():
 
 
 def _extra_include_dirs():
-    """The cuBLAS/cuSPARSE headers that ATen/cuda needs ship in the wheel's nvidia/ deps."""
+    """The cuBLAS/cuSPARSE headers that ATen/cuda needs ship in torch's nvidia/* pip
+    dependencies (nvidia/cu13/include for CUDA 13, nvidia/cublas/include for 12):
+    every such include folder that holds cublas_v2.h or cusparse.h."""
     dirs = []
     for site in sys.path:
-        cand = os.path.join(site, "nvidia", "cu13", "include")
-        if os.path.isdir(cand) and cand not in dirs:
-            dirs.append(cand)
+        for pattern in ("nvidia/*/include", "nvidia/*/*/include"):
+            for cand in sorted(glob.glob(os.path.join(site, pattern))):
+                has_headers = any(os.path.exists(os.path.join(cand, h))
+                                  for h in ("cublas_v2.h", "cusparse.h"))
+                if has_headers and cand not in dirs:
+                    dirs.append(cand)
     return dirs
 
 

@@ -21,19 +21,13 @@ call is the harness's (``fusedrnn.bench.make_timed_call``); pytest-benchmark
 does the timing.
 """
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("fusedrnn") is None:
-    sys.path.insert(0, str(ROOT))
 
-from fusedrnn import bench  # noqa: E402
+from fusedrnn import bench
 
 PEERS = {bench.BASELINE: None, "fusedrnn": bench.FusedRNNPeer, "reference": bench.ReferencePeer}
 

@@ -139,6 +139,7 @@ void define_persistent_debug_ops(torch::Library& m) {
   m.def("set_persistent_tiling(int max_blocks, int batch_tile) -> ()", &set_persistent_tiling);
   m.def("persistent_plan(ScalarType dtype, int gates, int hidden, int batch) -> int[]",
         &persistent_plan);
+  m.def("persistent_fallbacks() -> int", &persistent_fallbacks);
 }
 #endif
 

@@ -19,6 +19,8 @@
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <atomic>
+
 #include "cpu/gemm.h"
 #include "cpu/persistent.h"
 #include "fusedrnn/persistent.h"
@@ -206,6 +208,8 @@ template <typename T>
 bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru_forward<T>(seq); }
 #endif
 
+std::atomic<int64_t> g_persistent_fallbacks{0};
+
 // Runs the persistent CUDA kernel for `seq` when `on` is where this build's
 // CUDA kernels run (CUDA tensors; CPU tensors in the SIMT build); false, with
 // a one-time warning if it cannot take this size, so the caller falls back
@@ -218,6 +222,7 @@ bool run_persistent_cuda(const Seq& seq, const Tensor& on, const char* cell) {
   if (!on_kernel_device) return false;
 #ifdef FUSEDRNN_CUDA_KERNELS
   if (persistent_kernel(seq)) return true;
+  g_persistent_fallbacks.fetch_add(1, std::memory_order_relaxed);
   TORCH_WARN_ONCE("fusedrnn: the persistent ", cell, " kernel cannot run this size on this GPU ",
                   "(hidden ", seq.hidden, ", batch ", seq.batch, "); using the standard kernels");
 #endif
@@ -621,5 +626,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   return {in.input.to(out_type), in.w_ih.to(out_type),     in.bias.to(out_type),
           grad_w_hh.to(out_type), grad_b_hh.to(out_type), dh_state.to(out_type)};
 }
+
+int64_t persistent_fallbacks() { return g_persistent_fallbacks.load(); }
 
 }  // namespace fusedrnn

@@ -36,4 +36,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
     const std::optional<Tensor>& lengths, bool reverse, bool grad_input, bool persistent);
 
+// How many calls asked for the persistent CUDA kernels and ran the step loop
+// instead (the size did not fit on chip), since the library was loaded.
+int64_t persistent_fallbacks();
+
 }  // namespace fusedrnn

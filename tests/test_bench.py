@@ -3,7 +3,6 @@ handling, the correctness gate (a wrong kernel is marked failed and never
 timed), the timing rows, and the files it writes, with or without matplotlib.
 Tiny shapes, one or two reps; nothing here asserts on a speed."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from fusedrnn import bench, reference
+
 ROOT = Path(__file__).resolve().parents[1]
-if importlib.util.find_spec("fusedrnn") is None:
-    sys.path.insert(0, str(ROOT))
-from fusedrnn import bench, reference  # noqa: E402
 
 
 FAST = dict(reps=2, warmup=1, min_sample_s=0.0)

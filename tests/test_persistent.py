@@ -69,8 +69,9 @@ def test_forced_tiling_matches_reference(mode, dtype, lengths, reverse, persiste
 
 
 def test_fallback_when_too_large(persistent_device):
-    """Hidden beyond what fits on chip: the standard kernels' answer (one launch per step
-    on SIMT, where the launches can be counted)."""
+    """Hidden beyond what fits on chip: the call says it fell back (persistent_fallbacks, on
+    every device), and gives the standard kernels' answer (one launch per step on SIMT,
+    where the launches can be counted)."""
     torch.manual_seed(0)
     H = persistent_device.debug.persistent_max_hidden(torch.float32, 4) + 1
     assert persistent_device.debug.persistent_plan(torch.float32, 4, H, 1)[2] == 0
@@ -80,9 +81,10 @@ def test_fallback_when_too_large(persistent_device):
     w = torch.randn(4 * H, H) * 0.01
     h0 = torch.randn(2, H)
     c0 = torch.randn(2, H)
-    before = simt_launches()
+    before, fallbacks = simt_launches(), persistent_device.debug.persistent_fallbacks()
     with torch.no_grad():
         got = ops.lstm_layer(on(x), on(w_ih), None, on(w), None, on(h0), on(c0))
+    assert persistent_device.debug.persistent_fallbacks() == fallbacks + 1
     if before is not None:
         assert simt_launches() == before + x.shape[0]
     expected = reference.lstm_layer(x, w_ih, None, w, None, h0, c0)

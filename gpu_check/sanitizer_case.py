@@ -1,7 +1,7 @@
 """A small forward+backward of every CUDA kernel, for compute-sanitizer.
 
-Run under `compute-sanitizer --tool memcheck|racecheck|synccheck` with
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 (benchmarks/gpu_check.sh does). Set
+Run under `compute-sanitizer --tool memcheck|racecheck|synccheck|initcheck` with
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 (gpu_check/run.sh does). Set
 FUSEDRNN_PERSISTENT=1 to cover the persistent kernels.
 """
 
