@@ -10,9 +10,9 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <type_traits>
 #include <exception>
 #include <memory>
+#include <type_traits>
 
 #include "cpu/gemm.h"
 #include "cpu/row_kernels.h"
@@ -52,19 +52,19 @@ int threads_for(int64_t steps, int64_t batch, int64_t hidden, int gates, int ava
       std::max<int64_t>(1, std::min<int64_t>({available, by_units, by_step, by_call})));
 }
 
-// Runs `body(tid, threads)` on a team of `threads` OpenMP threads (fewer if
-// OpenMP gives fewer, e.g. inside another parallel region), each calling
-// `step_barrier()` the same number of times. An exception in one thread does
-// not strand the others at a barrier: the thread records it, stops
-// computing, and keeps arriving at the barriers until the loop ends; it is
-// rethrown after the region.
+// Runs `body(tid, threads, team)` on a team of `threads` OpenMP threads
+// (fewer if OpenMP gives fewer, e.g. inside another parallel region), each
+// calling `team.step_barrier()` `barriers` times. An exception in one thread
+// does not strand the others at a barrier: the thread records it, stops
+// computing, and keeps arriving at the barriers until the count is reached;
+// it is rethrown after the region.
 class Team {
  public:
   template <typename Body>
-  static void run(int threads, const Body& body) {
+  static void run(int threads, int64_t barriers, const Body& body) {
     bool failed = false;
     if (threads == 1) {  // no parallel region to open: a short call stays cheap
-      Team self(&failed);
+      Team self(&failed, barriers);
       body(0, 1, self);
       release_gemm_thread();
       return;
@@ -73,7 +73,7 @@ class Team {
 #pragma omp parallel num_threads(threads)
     {
       const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-      Team self(&failed);
+      Team self(&failed, barriers);
       try {
         body(tid, team, self);
       } catch (...) {
@@ -98,10 +98,8 @@ class Team {
     f = *failed_;
     return f;
   }
-  void set_steps(int64_t barriers) { expected_ = barriers; }
-
  private:
-  explicit Team(bool* failed) : failed_(failed) {}
+  Team(bool* failed, int64_t barriers) : failed_(failed), expected_(barriers) {}
   // After an exception, arrive at the barriers the others still wait at.
   void drain() {
     if (barriers_ == expected_) return;
@@ -111,7 +109,7 @@ class Team {
   }
 
   bool* failed_;
-  int64_t barriers_ = 0, expected_ = 0;
+  int64_t expected_, barriers_ = 0;
 };
 
 // An uninitialised buffer (every element is written before it is read).
@@ -200,8 +198,7 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
   // products (B x G*U); the double-buffered h all threads read.
   const auto panels = buffer<T>(H * G * H), input_panels = buffer<T>(in.input_size * G * H);
   const auto products = buffer<T>(B * G * H), h_work = buffer<T>(2 * B * H);
-  Team::run(persistent_threads(steps, B, H, G), [&](int tid, int team, Team& sync) {
-    sync.set_steps(steps);
+  Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
     // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: this thread's rows of W_hh^T.
@@ -239,8 +236,7 @@ template <typename T, typename Row>
 void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
                    const T* d_rec, T* dh, const Row& row) {
   const auto panels = buffer<T>(G * H * H);
-  Team::run(persistent_threads(steps, B, H, G), [&](int tid, int team, Team& sync) {
-    sync.set_steps(steps);
+  Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
     BlockedPanel<T> panel(panels.get() + G * H * j0, G * H, U);  // panel[k, u] = W_hh[k, j0 + u]
