@@ -20,6 +20,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <atomic>
+#include <vector>
 
 #include "cpu/gemm.h"
 #include "cpu/persistent.h"
@@ -139,11 +140,31 @@ Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Ten
   return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
 
-// a^T @ b for a (R, M), b (R, N) with many rows R (steps x batch): the weight
-// gradients. Computed as (b^T a)^T, which transposes the narrower b.
-Tensor gemm_tn_over_steps(const Tensor& a, const Tensor& b) {
-  if (!use_cpu_gemm(a)) return a.t().mm(b);
-  return gemm_over_steps(b.t(), a).t().contiguous();
+// a^T @ b for a (R, M) and each b (R, N_i) of `bs`, with many rows R
+// (steps x batch): the weight gradients, which may share a (LSTM's W_ih and
+// W_hh). On cpu::gemm, one GEMM (b_1 .. b_n)^T a, then transposed: the wide
+// a is read and packed once, only the narrower b's are transposed.
+std::vector<Tensor> gemm_tn_over_steps(const Tensor& a, const std::vector<Tensor>& bs) {
+  std::vector<Tensor> products;
+  if (!use_cpu_gemm(a)) {
+    for (const Tensor& b : bs) products.push_back(a.t().mm(b));
+    return products;
+  }
+  int64_t width = 0;
+  for (const Tensor& b : bs) width += b.size(1);
+  Tensor stacked = at::empty({width, a.size(0)}, a.options());
+  int64_t offset = 0;
+  for (const Tensor& b : bs) {
+    stacked.narrow(0, offset, b.size(1)).copy_(b.t());
+    offset += b.size(1);
+  }
+  const Tensor product = gemm_over_steps(stacked, a);
+  offset = 0;
+  for (const Tensor& b : bs) {
+    products.push_back(product.narrow(0, offset, b.size(1)).t().contiguous());
+    offset += b.size(1);
+  }
+  return products;
 }
 
 // x (T, B, I) @ w_ih^T + bias, for all steps in one GEMM: (T, B, G*H).
@@ -153,20 +174,30 @@ Tensor input_projection(const Tensor& x, const Tensor& w_ih, const std::optional
 }
 
 // The input's and the input weights' gradients from the gradient of the
-// input projection, d_xproj (T, B, G*H): single GEMMs over all steps.
+// input projection, d_xproj (T, B, G*H): single GEMMs over all steps. With
+// h_prev (LSTM, whose recurrent product has the same gradient), W_hh's too,
+// in the same GEMM as W_ih's.
 struct InputGrads {
-  Tensor input, w_ih, bias;
+  Tensor input, w_ih, bias, w_hh;
 };
 
-InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x,
-                                     const Tensor& w_ih, bool grad_input) {
+InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x, const Tensor& w_ih,
+                                     bool grad_input, const std::optional<Tensor>& h_prev = {}) {
   const int64_t rows = d_xproj.size(0) * d_xproj.size(1);
   const Tensor d_rows = d_xproj.view({rows, d_xproj.size(2)});
+  const Tensor x_rows = x.reshape({rows, x.size(2)});
   InputGrads grads;
   grads.input =
       grad_input ? gemm_over_steps(d_rows, w_ih).view(x.sizes()) : at::empty({0}, x.options());
-  grads.w_ih = gemm_tn_over_steps(d_rows, x.reshape({rows, x.size(2)}));
-  grads.bias = d_rows.sum(0);
+  // The bias gradient, d_rows' column sums, as one more row of the same GEMM
+  // (ones^T d_rows): d_rows is read once for all the weight gradients.
+  std::vector<Tensor> operands = {x_rows};
+  if (h_prev) operands.push_back(h_prev->reshape({rows, h_prev->size(2)}));
+  operands.push_back(at::ones({rows, 1}, d_rows.options()));
+  const std::vector<Tensor> products = gemm_tn_over_steps(d_rows, operands);
+  grads.w_ih = products.front();
+  if (h_prev) grads.w_hh = products[1];
+  grads.bias = products.back().view({-1});
   return grads;
 }
 
@@ -442,8 +473,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
                                         reverse);
-  const Tensor grad_w_hh = gemm_tn_over_steps(d_gates.view({steps * batch, 4 * hidden}),
-                                     h_prev.reshape({steps * batch, h_size}));
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (s.projected) {
     // Unprojected hidden state o * tanh(c); zero where inactive (o saved as 0).
@@ -454,9 +483,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                     .to(out_type);
   }
   const InputGrads in = input_projection_backward(d_gates, to_compute(input, compute_type),
-                                                  to_compute(w_ih, compute_type), grad_input);
+                                                  to_compute(w_ih, compute_type), grad_input,
+                                                  h_prev);
   return {in.input.to(out_type), in.w_ih.to(out_type), in.bias.to(out_type),
-          grad_w_hh.to(out_type), grad_w_hr, dh_state.to(out_type), dc.to(out_type)};
+          in.w_hh.to(out_type), grad_w_hr, dh_state.to(out_type), dc.to(out_type)};
 }
 
 // =============================================================== GRU
@@ -619,7 +649,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   });
 
   const Tensor d_hh_rows = d_hh.view({steps * batch, 3 * hidden});
-  const Tensor grad_w_hh = gemm_tn_over_steps(d_hh_rows, h_prev.reshape({steps * batch, hidden}));
+  const Tensor grad_w_hh =
+      gemm_tn_over_steps(d_hh_rows, {h_prev.reshape({steps * batch, hidden})})[0];
   const Tensor grad_b_hh = d_hh_rows.sum(0);
   const InputGrads in = input_projection_backward(d_xproj, to_compute(input, compute_type),
                                                   to_compute(w_ih, compute_type), grad_input);

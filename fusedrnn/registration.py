@@ -120,6 +120,7 @@ def _lstm_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.persistent = persistent
     ctx.mark_non_differentiable(gates, cells)
+    ctx.set_materialize_grads(False)  # never a zero gradient the size of gates
 
 
 def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
@@ -147,6 +148,7 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.persistent = persistent
     ctx.mark_non_differentiable(gates)
+    ctx.set_materialize_grads(False)
 
 
 def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):

@@ -10,8 +10,9 @@
 namespace fusedrnn::cpu {
 namespace {
 
-// A big GEMM's tiles: kTileM rows of C by one panel block, in depth steps of
-// kDepth (a 128 KB slice of the block, kept in L2 while the tile's rows pass).
+// A big GEMM's tiles: kTileM rows of C by one column block of B, in depth
+// steps of kDepth (a 64 KB packed slice of the block, kept in L2 while the
+// tiles' rows pass).
 constexpr int64_t kTileM = 64, kDepth = 256;
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinFmasPerThread = 256 * 1024;
@@ -99,42 +100,66 @@ template class BlockedPanel<double>;
 
 // -------------------------------------------------------------------- gemm
 
+namespace {
+
+// B's (depth x width) slice at rows k0.., columns n0.., packed row-major.
+void pack_slice(const float* B, int64_t ldb, bool b_transposed, int64_t k0, int64_t depth,
+                int64_t n0, int64_t width, float* dst) {
+  if (b_transposed) {  // B^T is N x K: walk each column of B along its row of B^T
+    for (int64_t j = 0; j < width; ++j) {
+      const float* src = B + (n0 + j) * ldb + k0;
+      for (int64_t k = 0; k < depth; ++k) dst[k * width + j] = src[k];
+    }
+  } else {
+    for (int64_t k = 0; k < depth; ++k)
+      std::copy_n(B + (k0 + k) * ldb + n0, width, dst + k * width);
+  }
+}
+
+}  // namespace
+
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, bool b_transposed, float* C, int64_t ldc, bool accumulate) {
   if (M == 0 || N == 0) return;
-  const int64_t blocks = ceil_div(N, BlockedPanel<float>::kBlock);
+  if (K == 0) {
+    if (!accumulate)
+      for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc, N, 0.0f);
+    return;
+  }
+  constexpr int64_t kBlock = BlockedPanel<float>::kBlock;
+  const int64_t blocks = ceil_div(N, kBlock);
   const int64_t tiles_m = ceil_div(M, kTileM), tiles = tiles_m * blocks;
   const int64_t by_work = std::max<int64_t>(1, M * N * K / kMinFmasPerThread);
   const int threads = static_cast<int>(std::min<int64_t>(
       {omp_in_parallel() ? 1 : omp_get_max_threads(), tiles, by_work}));
 
-  auto storage = std::make_unique_for_overwrite<float[]>(static_cast<size_t>(K * N));
-  BlockedPanel<float> panel(storage.get(), K, N);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t n = 0; n < N; ++n) {
-    if (b_transposed) {
-      panel.set_column(n, B + n * ldb, 1);
-    } else {
-      panel.set_column(n, B + n, ldb);
+  // Each thread takes a contiguous range of tiles, ordered block by block
+  // (tile t: block t / tiles_m, rows (t % tiles_m) * kTileM..). For each
+  // block in its range it packs B one depth slice at a time into its own
+  // buffer (kDepth x kBlock, 64 KB, in L2) and runs its tiles of that block
+  // over it: no copy of the whole of B (the weight gradients' B has
+  // steps x batch rows).
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+    const int64_t first = tiles * tid / team, last = tiles * (tid + 1) / team;
+    auto slice = std::make_unique_for_overwrite<float[]>(kDepth * kBlock);
+    for (int64_t t = first; t < last;) {
+      const int64_t b = t / tiles_m, n0 = b * kBlock, w = std::min(kBlock, N - n0);
+      const int64_t tile_end = std::min(last, (b + 1) * tiles_m);
+      for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
+        const int64_t depth = std::min(kDepth, K - k0);
+        pack_slice(B, ldb, b_transposed, k0, depth, n0, w, slice.get());
+        for (int64_t tile = t; tile < tile_end; ++tile) {
+          const int64_t m0 = (tile % tiles_m) * kTileM, rows = std::min(kTileM, M - m0);
+          micro_gemm(rows, w, depth, A + m0 * lda + k0, lda, slice.get(), w, C + m0 * ldc + n0,
+                     ldc, accumulate || k0 > 0);
+        }
+      }
+      t = tile_end;
     }
+    release_gemm_thread();
   }
-
-  // Tile t: block t / tiles_m, rows (t % tiles_m) * kTileM..; consecutive
-  // tiles of one thread share a block, which stays in its L2.
-  auto run_tile = [&](int64_t t) {
-    const int64_t b = t / tiles_m, m0 = (t % tiles_m) * kTileM;
-    const int64_t rows = std::min(kTileM, M - m0), n0 = b * BlockedPanel<float>::kBlock;
-    const int64_t w = std::min(BlockedPanel<float>::kBlock, N - n0);
-    const float* blk = storage.get() + n0 * K;
-    float* c = C + m0 * ldc + n0;
-    if (K == 0 && !accumulate)
-      for (int64_t m = 0; m < rows; ++m) std::fill_n(c + m * ldc, w, 0.0f);
-    for (int64_t k0 = 0; k0 < K; k0 += kDepth)
-      micro_gemm(rows, w, std::min(kDepth, K - k0), A + m0 * lda + k0, lda, blk + k0 * w, w, c,
-                 ldc, accumulate || k0 > 0);
-  };
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t t = 0; t < tiles; ++t) run_tile(t);
 }
 
 }  // namespace fusedrnn::cpu

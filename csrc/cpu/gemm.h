@@ -54,8 +54,9 @@ class BlockedPanel {
 
 // C (M x N, ldc) = A (M x K, lda) @ B (+ C when accumulate), fp32. B is K x N
 // row-major with stride ldb, or, with b_transposed, N x K row-major (B^T).
-// Packs B, then spreads tiles of C over the threads (unless already in a
-// parallel region).
+// Spreads tiles of C over the threads (unless already in a parallel region);
+// each thread packs the slices of B its tiles read, one L2-sized slice at a
+// time.
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, bool b_transposed, float* C, int64_t ldc, bool accumulate);
 
