@@ -5,9 +5,11 @@
 // on CUDA) and one fused pointwise kernel that applies the gates and writes
 // the output, the new state and what the backward needs.
 //
-// Backward, per step in reverse order: a small kernel adding the output's
-// gradient, one fused pointwise kernel for the gate gradients, and one GEMM
-// for the hidden state's gradient. The input's gradient and the weight
+// Backward, per step in reverse order: on CUDA one fused kernel (the hidden
+// state's gradient, the gate gradients, what passes on to the earlier step)
+// and one GEMM for the hidden state's gradient; the CPU (and a projected
+// layer) composes a small kernel adding the output's gradient, the gate
+// gradients' kernel and the GEMM. The input's gradient and the weight
 // gradients are single GEMMs over all steps once the loop is done.
 //
 // fp16/bf16 tensors keep state, gates and pointwise math in fp32; the saved
@@ -481,9 +483,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
+    const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
+    if (!s.projected && kernels.lstm_backward_fused != nullptr) {
+      // One kernel and one GEMM per step (GradFlow, params.h): dh_state
+      // carries, dh_gemm receives each step's d_gates @ W_hh. The steps' GEMM
+      // operands are viewed once, before the loop.
+      Tensor dh_gemm = at::zeros_like(dh_state);
+      const std::vector<Tensor> d_gates_steps = (half ? d_gates_half : d_gates).unbind(0);
+      for (int64_t step = steps - 1; step >= 0; --step) {
+        const int64_t t = step_time(step, steps, reverse);
+        kernels.lstm_backward_fused(
+            {.batch = batch, .hidden = hidden, .gates = at_step<scalar_t>(gates_c, t),
+             .cells = at_step<scalar_t>(cells_c, t), .c_prev = at_step<scalar_t>(c_prev, t),
+             .dh = nullptr, .dc = dc.data_ptr<scalar_t>(),
+             .d_gates = at_step<scalar_t>(d_gates, t), .lengths = lens, .t = t,
+             .d_gates_half = half ? half_bits(d_gates_half) + t * batch * 4 * hidden : nullptr,
+             .half_type = half_type_of(out_type)},
+            {.grad_out = at_step<scalar_t>(grad_output, t),
+             .dh_gemm = dh_gemm.data_ptr<scalar_t>(), .dh_carry = dh_state.data_ptr<scalar_t>()});
+        if (half)
+          mm_f32_out(dh_gemm, d_gates_steps[t], w_hh_half);
+        else
+          at::mm_out(dh_gemm, d_gates_steps[t], w_hh_c);
+      }
+      dh_state.add_(dh_gemm);  // the gradient reaching h0
+      return;
+    }
+    // Composed steps: the CPU kernels, and a projected layer's on CUDA.
     dh_total = at::empty({steps, batch, h_size}, opts);
     Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
-    const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       const Tensor dh_total_t = dh_total.select(0, t), d_gates_t = d_gates.select(0, t);
@@ -500,20 +528,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                              .dh = (s.projected ? dh_raw : dh_total_t).data_ptr<scalar_t>(),
                              .dc = dc.data_ptr<scalar_t>(),
                              .d_gates = d_gates_t.data_ptr<scalar_t>(), .lengths = lens,
-                             .t = t,
-                             .d_gates_half = half ? half_bits(d_gates_half[t]) : nullptr,
-                             .half_type = half_type_of(out_type)});
+                             .t = t});
       if (lens) {
         kernels.grad_h_carry({.batch = batch, .h_size = h_size, .grad_out = nullptr,
                               .dh_state = dh_state.data_ptr<scalar_t>(),
                               .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
                               .t = t});
-        if (half)
-          dh_state.add_(mm_f32(d_gates_half[t], w_hh_half));
-        else
-          dh_state.addmm_(d_gates_t, w_hh_c);
-      } else if (half) {
-        mm_f32_out(dh_state, d_gates_half[t], w_hh_half);
+        dh_state.addmm_(d_gates_t, w_hh_c);
       } else {
         at::mm_out(dh_state, d_gates_t, w_hh_c);
       }
@@ -701,6 +722,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
+    if (kernels.gru_backward_fused != nullptr) {
+      // One kernel and one GEMM per step (GradFlow, params.h), as the LSTM's.
+      Tensor dh_gemm = at::zeros_like(dh_state);
+      const std::vector<Tensor> d_hh_steps = (half ? d_hh_half : d_hh).unbind(0);
+      for (int64_t step = steps - 1; step >= 0; --step) {
+        const int64_t t = step_time(step, steps, reverse);
+        const int64_t offset = t * batch * 3 * hidden;
+        kernels.gru_backward_fused(
+            {.batch = batch, .hidden = hidden, .gates = at_step<scalar_t>(gates_c, t),
+             .h_prev = at_step<scalar_t>(h_prev, t), .dh = nullptr,
+             .d_xproj = at_step<scalar_t>(d_xproj, t), .d_hh = at_step<scalar_t>(d_hh, t),
+             .dh_state = nullptr, .lengths = lens, .t = t,
+             .d_xproj_half = half ? half_bits(d_xproj_half) + offset : nullptr,
+             .d_hh_half = half ? half_bits(d_hh_half) + offset : nullptr,
+             .half_type = half_type_of(out_type)},
+            {.grad_out = at_step<scalar_t>(grad_output, t),
+             .dh_gemm = dh_gemm.data_ptr<scalar_t>(), .dh_carry = dh_state.data_ptr<scalar_t>()});
+        if (half)
+          mm_f32_out(dh_gemm, d_hh_steps[t], w_hh_half);
+        else
+          at::mm_out(dh_gemm, d_hh_steps[t], w_hh_c);
+      }
+      dh_state.add_(dh_gemm);  // the gradient reaching h0
+      return;
+    }
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,
@@ -714,14 +760,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                             .dh = dh_total.data_ptr<scalar_t>(),
                             .d_xproj = at_step<scalar_t>(d_xproj, t),
                             .d_hh = at_step<scalar_t>(d_hh, t),
-                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t,
-                            .d_xproj_half = half ? half_bits(d_xproj_half[t]) : nullptr,
-                            .d_hh_half = half ? half_bits(d_hh_half[t]) : nullptr,
-                            .half_type = half_type_of(out_type)});
-      if (half)
-        dh_state.add_(mm_f32(d_hh_half[t], w_hh_half));
-      else
-        dh_state.addmm_(d_hh.select(0, t), w_hh_c);
+                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t});
+      dh_state.addmm_(d_hh.select(0, t), w_hh_c);
     }
   });
 

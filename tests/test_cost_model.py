@@ -178,3 +178,14 @@ def test_launches_and_gemms_per_step_match_the_code(cell, lengths, _):
     fwd_work = model.standard_forward_work(cell)
     bwd_work = model.standard_backward_work(cell, lengths=lengths)
     assert per_step == [fwd_work.kernels, fwd_work.gemms, bwd_work.kernels, bwd_work.gemms]
+
+
+def test_path_rule_follows_the_model():
+    """Small batches take today's persistent forward (the standard step is bound by
+    its launches), large ones the standard loop (the persistent kernel by its
+    shared-memory pipe); a cheaper barrier can only favour the persistent path."""
+    shape = dict(cell="lstm", mode="infer", dtype="bfloat16", T=1024, I=768, H=768)
+    assert model.choose_path(**shape, B=1) == "persistent"
+    assert model.choose_path(**shape, B=64) == "standard"
+    slow_barrier = model.with_figures(grid_sync_us=20.0)
+    assert model.choose_path(**shape, B=1, fig=slow_barrier) == "standard"

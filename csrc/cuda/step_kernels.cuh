@@ -124,6 +124,48 @@ __global__ void lstm_backward_kernel(const LstmBackwardStep<T> p) {
   }
 }
 
+// ------------------------------------------- fused backward steps
+// One launch per backward step instead of three (GradFlow in params.h): the
+// gradient reaching h, the cell's backward and what passes on to the earlier
+// step, for layers without projection.
+
+template <typename Step, typename T>
+struct FusedBackward {
+  Step step;
+  GradFlow<T> flow;
+};
+
+// The gradient reaching h at this step.
+template <typename T>
+__device__ __forceinline__ T gradient_at_step(const GradFlow<T>& f, int64_t idx, bool active) {
+  return f.dh_carry[idx] + f.dh_gemm[idx] + (active ? f.grad_out[idx] : T(0));
+}
+
+template <typename T>
+__global__ void lstm_backward_fused_kernel(const FusedBackward<LstmBackwardStep<T>, T> k) {
+  const LstmBackwardStep<T>& p = k.step;
+  const int64_t H = p.hidden, n = p.batch * H;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    const int64_t b = idx / H, j = idx - b * H;
+    const int64_t g0 = b * 4 * H + j;
+    const bool active = row_active(p.lengths, p.t, b);
+    const T dh = gradient_at_step(k.flow, idx, active);
+    if (active) {
+      const LstmGrads<T> d = lstm_cell_backward<T>(
+          p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H], p.gates[g0 + 3 * H], p.cells[idx],
+          p.c_prev[idx], dh, p.dc[idx]);
+      store_gate_grads(p, g0, H, d.d_i, d.d_f, d.d_g, d.d_o);
+      p.dc[idx] = d.d_c_prev;
+      k.flow.dh_carry[idx] = T(0);  // all of dh went into d_gates
+    } else {
+      // h, c and their gradients pass straight through; zero d_gates make
+      // this row of the step's GEMM zero.
+      store_gate_grads(p, g0, H, T(0), T(0), T(0), T(0));
+      k.flow.dh_carry[idx] = dh;
+    }
+  }
+}
+
 // ------------------------------------------- projection and dh bookkeeping
 
 template <typename T>
@@ -201,23 +243,25 @@ __device__ __forceinline__ void store_gru_grads(const GruBackwardStep<T>& p, int
 }
 
 template <typename T>
-__global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
+__global__ void gru_backward_fused_kernel(const FusedBackward<GruBackwardStep<T>, T> k) {
+  const GruBackwardStep<T>& p = k.step;
   const int64_t H = p.hidden, n = p.batch * H;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     const int64_t b = idx / H, j = idx - b * H;
     const int64_t x0 = b * 3 * H + j;
     const int64_t g0 = b * 4 * H + j;
-    const T dh = p.dh[idx];  // read before dh_state is written: they may alias
-    if (row_active(p.lengths, p.t, b)) {
+    const bool active = row_active(p.lengths, p.t, b);
+    const T dh = gradient_at_step(k.flow, idx, active);
+    if (active) {
       const GruGrads<T> d = gru_cell_backward<T>(p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H],
                                                  p.gates[g0 + 3 * H], p.h_prev[idx], dh);
       // r and z enter as x + hh, so both products get the same gradient; the
       // n gate's recurrent product sits inside r * (.), hence dh_n.
       store_gru_grads(p, x0, H, d.dx_r, d.dx_z, d.dx_n, d.dh_n);
-      p.dh_state[idx] = d.dh_prev;
+      k.flow.dh_carry[idx] = d.dh_prev;  // z * dh; the GEMM adds the rest
     } else {
       store_gru_grads(p, x0, H, T(0), T(0), T(0), T(0));
-      p.dh_state[idx] = dh;  // passes straight through
+      k.flow.dh_carry[idx] = dh;  // passes straight through
     }
   }
 }
@@ -264,8 +308,15 @@ void gru_forward(const GruForwardStep<T>& p) {
 }
 
 template <typename T>
-void gru_backward(const GruBackwardStep<T>& p) {
-  launch(gru_backward_kernel<T>, p, p.batch * p.hidden);
+void lstm_backward_fused(const LstmBackwardStep<T>& p, const GradFlow<T>& flow) {
+  launch(lstm_backward_fused_kernel<T>, FusedBackward<LstmBackwardStep<T>, T>{p, flow},
+         p.batch * p.hidden);
+}
+
+template <typename T>
+void gru_backward_fused(const GruBackwardStep<T>& p, const GradFlow<T>& flow) {
+  launch(gru_backward_fused_kernel<T>, FusedBackward<GruBackwardStep<T>, T>{p, flow},
+         p.batch * p.hidden);
 }
 
 }  // namespace step
@@ -281,7 +332,9 @@ StepKernels<T> step_kernels() {
   k.grad_h_accumulate = &step::grad_h_accumulate<T>;
   k.grad_h_carry = &step::grad_h_carry<T>;
   k.gru_forward = &step::gru_forward<T>;
-  k.gru_backward = &step::gru_backward<T>;
+  k.gru_backward = nullptr;  // the fused step below covers every GRU layer
+  k.lstm_backward_fused = &step::lstm_backward_fused<T>;
+  k.gru_backward_fused = &step::gru_backward_fused<T>;
   return k;
 }
 

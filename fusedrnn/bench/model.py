@@ -108,9 +108,11 @@ def standard_forward_work(cell: str, projected: bool = False) -> StepWork:
 
 
 def standard_backward_work(cell: str, lengths: bool = False, projected: bool = False) -> StepWork:
-    if cell == "gru":
-        return StepWork(kernels=2, gemms=1, host_views=1)
-    return StepWork(kernels=3 if lengths else 2, gemms=2 if projected else 1, host_views=2)
+    """One fused kernel and one GEMM per step; a projected LSTM composes its
+    steps (accumulate, backward, carry with lengths; two GEMMs, two select())."""
+    if cell == "lstm" and projected:
+        return StepWork(kernels=3 if lengths else 2, gemms=2, host_views=2)
+    return StepWork(kernels=1, gemms=1, host_views=0)
 
 
 # ------------------------------------------------------------ the terms
@@ -330,3 +332,15 @@ def model_us_per_step(peer: str, cfg, persistent: bool, tf32_matmul: bool) -> fl
         return None
     path = "persistent" if persistent else "standard"
     return estimate_config(cfg, path, tf32_matmul, HALF_GEMMS_NATIVE)["us_per_step"]
+
+
+def choose_path(cell: str, mode: str, dtype: str, T: int, B: int, I: int, H: int,
+                allow_tf32: bool = False, fig: Figures = H100) -> str:
+    """The automatic rule between the built paths, from the model: the
+    persistent forward where it is estimated faster than the standard step
+    loop. Not switched on anywhere until a GPU run confirms the model
+    (fusedrnn.ops keeps the persistent path opt-in)."""
+    def cost(path):
+        return estimate(cell, mode, dtype, T, B, I, H, path=path, allow_tf32=allow_tf32,
+                        half_on_tensor_cores=HALF_GEMMS_NATIVE, fig=fig)["total_us"]
+    return "persistent" if cost("persistent") < cost("standard") else "standard"

@@ -126,6 +126,20 @@ struct GruBackwardStep {
   HalfType half_type = HalfType::none;
 };
 
+// The hidden state's gradient around one fused backward step (the CUDA
+// kernels' one launch per step). The gradient reaching h at step t is
+//   dh = dh_carry + dh_gemm + (active ? grad_out : 0),
+// dh_gemm being the later step's GEMM (its gate gradients @ W_hh) and
+// dh_carry what passed straight through from it. The kernel leaves in
+// dh_carry what passes on to the earlier step (LSTM: active ? 0 : dh; GRU:
+// active ? z * dh : dh); the caller's GEMM then overwrites dh_gemm.
+template <typename T>
+struct GradFlow {
+  const T* grad_out;  // (B, H) gradient of this step's output
+  const T* dh_gemm;   // (B, H)
+  T* dh_carry;        // (B, H) in and out
+};
+
 // ------------------------------------------------- whole sequences
 // For kernels that run every step in one launch (cuda/persistent). The
 // recurrent product is inside the kernel, so it sees the weights.
