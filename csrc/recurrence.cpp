@@ -5,13 +5,19 @@
 // on CUDA) and one fused pointwise kernel that applies the gates and writes
 // the output, the new state and what the backward needs.
 //
-// Backward, per step in reverse order: a small kernel adding the output's
-// gradient, one fused pointwise kernel for the gate gradients, and one GEMM
-// for the hidden state's gradient. The input's gradient and the weight
+// Backward, per step in reverse order: on CUDA one fused kernel (the hidden
+// state's gradient, the gate gradients, what passes on to the earlier step)
+// and one GEMM for the hidden state's gradient; the CPU (and a projected
+// layer) composes a small kernel adding the output's gradient, the gate
+// gradients' kernel and the GEMM. The input's gradient and the weight
 // gradients are single GEMMs over all steps once the loop is done.
 //
-// fp16/bf16 tensors are computed in fp32 (state, gates, accumulation); the
-// saved gates/cells are fp32 then, the outputs in the caller's dtype.
+// fp16/bf16 tensors keep state, gates and pointwise math in fp32; the saved
+// gates/cells are fp32 then, the outputs in the caller's dtype. On the CUDA
+// kernels (and on their SIMT build) the GEMMs of a layer without projection
+// take 16-bit operands with fp32 results (tensor cores): the step kernels
+// write h and the gate gradients also in the 16-bit type for them. fp32
+// GEMMs follow torch's TF32 flag (ATen's cuBLAS calls do).
 #include "recurrence.h"
 
 #include <ATen/ATen.h>
@@ -107,6 +113,41 @@ Tensor per_step_operand(const Tensor& w, int64_t steps) {
   return steps > 2 ? w.t().contiguous() : w.t();
 }
 
+// ------------------------------------------------ 16-bit GEMM operands
+
+// Whether a layer of `dtype` on `on` runs its GEMMs on 16-bit operands: fp16
+// and bf16 where the CUDA kernels run (CUDA tensors; CPU tensors in the SIMT
+// build), without projection.
+bool half_gemms(at::ScalarType dtype, const Tensor& on, bool projected) {
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+  const bool on_kernel_device = kCpuKernels ? on.is_cuda() : on.is_cpu();
+  return half && on_kernel_device && !projected;
+}
+
+HalfType half_type_of(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? HalfType::bf16 : HalfType::fp16;
+}
+
+std::uint16_t* half_bits(const Tensor& t) {
+  return reinterpret_cast<std::uint16_t*>(t.data_ptr());
+}
+
+// a @ b for 16-bit a, b into fp32 `out`. cuBLAS multiplies on the tensor
+// cores and accumulates in fp32; in the SIMT build ATen's CPU GEMM stands in,
+// on the same operands (their products are exact in fp32).
+void mm_f32_out(Tensor& out, const Tensor& a, const Tensor& b) {
+  if (a.is_cuda())
+    at::mm_out(out, a, b, at::kFloat);
+  else
+    at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+}
+
+Tensor mm_f32(const Tensor& a, const Tensor& b) {
+  Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(at::kFloat));
+  mm_f32_out(out, a, b);
+  return out;
+}
+
 // The big GEMMs of a layer (all steps at once). fp32 CPU tensors run on
 // cpu::gemm (oneDNN's micro-kernel at the CPU's widest vectors; see
 // cpu/gemm.h), the rest on ATen.
@@ -198,6 +239,29 @@ InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x, con
   grads.w_ih = products.front();
   if (h_prev) grads.w_hh = products[1];
   grads.bias = products.back().view({-1});
+  return grads;
+}
+
+// The input projection of a 16-bit layer: fp32 (T, B, G*H), biases (fp32) in.
+Tensor input_projection_half(const Tensor& x, const Tensor& w_ih,
+                             const std::optional<Tensor>& bias_f32) {
+  Tensor out = mm_f32(x.reshape({x.size(0) * x.size(1), x.size(2)}), w_ih.t());
+  if (bias_f32) out.add_(*bias_f32);
+  return out.view({x.size(0), x.size(1), w_ih.size(0)});
+}
+
+// The input's and w_ih's gradients of a 16-bit layer from the 16-bit copy of
+// the input projection's gradient; the bias gradient from the fp32 one.
+InputGrads input_projection_backward_half(const Tensor& d_xproj, const Tensor& d_xproj_half,
+                                          const Tensor& x, const Tensor& w_ih, bool grad_input,
+                                          const std::optional<Tensor>& h_prev = {}) {
+  const int64_t rows = d_xproj.size(0) * d_xproj.size(1);
+  const Tensor d_rows = d_xproj_half.view({rows, d_xproj.size(2)});
+  InputGrads grads;
+  grads.input = grad_input ? mm_f32(d_rows, w_ih).view(x.sizes()) : at::empty({0}, x.options());
+  grads.w_ih = mm_f32(d_rows.t(), x.reshape({rows, x.size(2)}));
+  if (h_prev) grads.w_hh = mm_f32(d_rows.t(), h_prev->reshape({rows, h_prev->size(2)}));
+  grads.bias = d_xproj.view({rows, d_xproj.size(2)}).sum(0);
   return grads;
 }
 
@@ -357,18 +421,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         return;
       }
     }
-    const Tensor xproj = input_projection(x_c, w_ih_c, bias_c);
+    const bool half = half_gemms(out_type, input, s.projected);
+    const Tensor xproj = half ? input_projection_half(input, w_ih, bias_c)
+                              : input_projection(x_c, w_ih_c, bias_c);
     seq.xproj = xproj.data_ptr<scalar_t>();
     if (persistent && !s.projected && run_persistent_cuda(seq, xproj, "LSTM")) return;
+    // The 16-bit copy of h the next step's GEMM reads (its first value is h0 itself).
+    Tensor h_half = half ? h0.clone(at::MemoryFormat::Contiguous) : Tensor();
     Tensor hh = at::empty({batch, 4 * hidden}, opts);
     Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
     Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
     const auto kernels = kernels_for<scalar_t>(xproj);
-    const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
+    const Tensor w_hh_t = per_step_operand(half ? w_hh : w_hh_c, s.steps);
     const Tensor w_hr_t = s.projected ? per_step_operand(*w_hr_c, s.steps) : Tensor();
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
-      at::mm_out(hh, h_state, w_hh_t);
+      if (half)
+        mm_f32_out(hh, h_half, w_hh_t);
+      else
+        at::mm_out(hh, h_state, w_hh_t);
       scalar_t* out_t = at_step<scalar_t>(output, t);
       kernels.lstm_forward({.batch = batch, .hidden = hidden,
                             .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
@@ -376,7 +447,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                             .cells = saved_at<scalar_t>(cells, t),
                             .h_out = s.projected ? h_raw.data_ptr<scalar_t>() : out_t,
                             .h_state = s.projected ? nullptr : h_state.data_ptr<scalar_t>(),
-                            .lengths = lens, .t = t});
+                            .lengths = lens, .t = t,
+                            .h_half = half ? half_bits(h_half) : nullptr,
+                            .half_type = half_type_of(out_type)});
       if (s.projected) {
         at::mm_out(h_proj, h_raw, w_hr_t);
         kernels.projected_commit({.batch = batch, .h_size = h_size,
@@ -422,6 +495,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor dc = grad_c_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor dh_total;  // (T, B, P): every step's dh, for the step loop and w_hr's gradient
+  const bool half = half_gemms(out_type, input, s.projected);
+  // The 16-bit copy of d_gates the GEMMs read (dh, and the weights' and input's gradients).
+  Tensor d_gates_half = half ? at::empty({steps, batch, 4 * hidden}, input.options()) : Tensor();
+  const Tensor w_hh_half = half ? w_hh.contiguous() : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
@@ -439,9 +516,35 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
+    const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
+    if (!s.projected && kernels.lstm_backward_fused != nullptr) {
+      // One kernel and one GEMM per step (GradFlow, params.h): dh_state
+      // carries, dh_gemm receives each step's d_gates @ W_hh. The steps' GEMM
+      // operands are viewed once, before the loop.
+      Tensor dh_gemm = at::zeros_like(dh_state);
+      const std::vector<Tensor> d_gates_steps = (half ? d_gates_half : d_gates).unbind(0);
+      for (int64_t step = steps - 1; step >= 0; --step) {
+        const int64_t t = step_time(step, steps, reverse);
+        kernels.lstm_backward_fused(
+            {.batch = batch, .hidden = hidden, .gates = at_step<scalar_t>(gates_c, t),
+             .cells = at_step<scalar_t>(cells_c, t), .c_prev = at_step<scalar_t>(c_prev, t),
+             .dh = nullptr, .dc = dc.data_ptr<scalar_t>(),
+             .d_gates = at_step<scalar_t>(d_gates, t), .lengths = lens, .t = t,
+             .d_gates_half = half ? half_bits(d_gates_half) + t * batch * 4 * hidden : nullptr,
+             .half_type = half_type_of(out_type)},
+            {.grad_out = at_step<scalar_t>(grad_output, t),
+             .dh_gemm = dh_gemm.data_ptr<scalar_t>(), .dh_carry = dh_state.data_ptr<scalar_t>()});
+        if (half)
+          mm_f32_out(dh_gemm, d_gates_steps[t], w_hh_half);
+        else
+          at::mm_out(dh_gemm, d_gates_steps[t], w_hh_c);
+      }
+      dh_state.add_(dh_gemm);  // the gradient reaching h0
+      return;
+    }
+    // Composed steps: the CPU kernels, and a projected layer's on CUDA.
     dh_total = at::empty({steps, batch, h_size}, opts);
     Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
-    const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       const Tensor dh_total_t = dh_total.select(0, t), d_gates_t = d_gates.select(0, t);
@@ -471,8 +574,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     }
   });
 
-  const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
-                                        reverse);
+  // 16-bit layers: h_prev in its own type, exactly the GEMM operands of the forward.
+  const Tensor h_prev = half ? previous_states(output, h0, lengths, reverse)
+                             : previous_states(output.to(compute_type), h0.to(compute_type),
+                                               lengths, reverse);
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (s.projected) {
     // Unprojected hidden state o * tanh(c); zero where inactive (o saved as 0).
@@ -482,9 +587,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                     .mm(h_raw_all.view({steps * batch, hidden}))
                     .to(out_type);
   }
-  const InputGrads in = input_projection_backward(d_gates, to_compute(input, compute_type),
-                                                  to_compute(w_ih, compute_type), grad_input,
-                                                  h_prev);
+  const InputGrads in =
+      half ? input_projection_backward_half(d_gates, d_gates_half, input, w_ih, grad_input,
+                                            h_prev)
+           : input_projection_backward(d_gates, to_compute(input, compute_type),
+                                       to_compute(w_ih, compute_type), grad_input, h_prev);
   return {in.input.to(out_type), in.w_ih.to(out_type), in.bias.to(out_type),
           in.w_hh.to(out_type), grad_w_hr, dh_state.to(out_type), dc.to(out_type)};
 }
@@ -559,15 +666,21 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
         return;
       }
     }
-    const Tensor xproj = input_projection(x_c, w_ih_c, b_ih_c);
+    const bool half = half_gemms(out_type, input, false);
+    const Tensor xproj = half ? input_projection_half(input, w_ih, b_ih_c)
+                              : input_projection(x_c, w_ih_c, b_ih_c);
     seq.xproj = xproj.data_ptr<scalar_t>();
     if (persistent && run_persistent_cuda(seq, xproj, "GRU")) return;
     Tensor hh = at::empty({batch, 3 * hidden}, opts);
+    // The 16-bit copy of h the next step's GEMM reads (its first value is h0 itself).
+    Tensor h_half = half ? h0.clone(at::MemoryFormat::Contiguous) : Tensor();
     const auto kernels = kernels_for<scalar_t>(xproj);
-    const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
+    const Tensor w_hh_t = per_step_operand(half ? w_hh : w_hh_c, s.steps);
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
-      if (b_hh_c) {
+      if (half) {
+        mm_f32_out(hh, h_half, w_hh_t);  // b_hh is added by the kernel
+      } else if (b_hh_c) {
         at::addmm_out(hh, *b_hh_c, h_state, w_hh_t);
       } else {
         at::mm_out(hh, h_state, w_hh_t);
@@ -576,7 +689,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
                            .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
                            .h_state = h_state.data_ptr<scalar_t>(),
                            .gates = saved_at<scalar_t>(gates, t),
-                           .h_out = at_step<scalar_t>(output, t), .lengths = lens, .t = t});
+                           .h_out = at_step<scalar_t>(output, t), .lengths = lens, .t = t,
+                           .b_hh = half ? data_or_null<scalar_t>(b_hh_c) : nullptr,
+                           .h_half = half ? half_bits(h_half) : nullptr,
+                           .half_type = half_type_of(out_type)});
     }
   });
   return {output.to(out_type), h_state.to(out_type), gates};
@@ -611,6 +727,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
                                         reverse);
+  const bool half = half_gemms(out_type, input, false);
+  // The 16-bit copies of the gradients the GEMMs read.
+  Tensor d_xproj_half = half ? at::empty({steps, batch, 3 * hidden}, input.options()) : Tensor();
+  Tensor d_hh_half = half ? at::empty({steps, batch, 3 * hidden}, input.options()) : Tensor();
+  const Tensor w_hh_half = half ? w_hh.contiguous() : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
@@ -630,6 +751,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
+    if (kernels.gru_backward_fused != nullptr) {
+      // One kernel and one GEMM per step (GradFlow, params.h), as the LSTM's.
+      Tensor dh_gemm = at::zeros_like(dh_state);
+      const std::vector<Tensor> d_hh_steps = (half ? d_hh_half : d_hh).unbind(0);
+      for (int64_t step = steps - 1; step >= 0; --step) {
+        const int64_t t = step_time(step, steps, reverse);
+        const int64_t offset = t * batch * 3 * hidden;
+        kernels.gru_backward_fused(
+            {.batch = batch, .hidden = hidden, .gates = at_step<scalar_t>(gates_c, t),
+             .h_prev = at_step<scalar_t>(h_prev, t), .dh = nullptr,
+             .d_xproj = at_step<scalar_t>(d_xproj, t), .d_hh = at_step<scalar_t>(d_hh, t),
+             .dh_state = nullptr, .lengths = lens, .t = t,
+             .d_xproj_half = half ? half_bits(d_xproj_half) + offset : nullptr,
+             .d_hh_half = half ? half_bits(d_hh_half) + offset : nullptr,
+             .half_type = half_type_of(out_type)},
+            {.grad_out = at_step<scalar_t>(grad_output, t),
+             .dh_gemm = dh_gemm.data_ptr<scalar_t>(), .dh_carry = dh_state.data_ptr<scalar_t>()});
+        if (half)
+          mm_f32_out(dh_gemm, d_hh_steps[t], w_hh_half);
+        else
+          at::mm_out(dh_gemm, d_hh_steps[t], w_hh_c);
+      }
+      dh_state.add_(dh_gemm);  // the gradient reaching h0
+      return;
+    }
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,
@@ -650,10 +796,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   const Tensor d_hh_rows = d_hh.view({steps * batch, 3 * hidden});
   const Tensor grad_w_hh =
-      gemm_tn_over_steps(d_hh_rows, {h_prev.reshape({steps * batch, hidden})})[0];
+      half ? mm_f32(d_hh_half.view({steps * batch, 3 * hidden}).t(),
+                    h_prev.to(out_type).reshape({steps * batch, hidden}))  // exact: h was 16-bit
+           : gemm_tn_over_steps(d_hh_rows, {h_prev.reshape({steps * batch, hidden})})[0];
   const Tensor grad_b_hh = d_hh_rows.sum(0);
-  const InputGrads in = input_projection_backward(d_xproj, to_compute(input, compute_type),
-                                                  to_compute(w_ih, compute_type), grad_input);
+  const InputGrads in =
+      half ? input_projection_backward_half(d_xproj, d_xproj_half, input, w_ih, grad_input)
+           : input_projection_backward(d_xproj, to_compute(input, compute_type),
+                                       to_compute(w_ih, compute_type), grad_input);
   return {in.input.to(out_type), in.w_ih.to(out_type),     in.bias.to(out_type),
           grad_w_hh.to(out_type), grad_b_hh.to(out_type), dh_state.to(out_type)};
 }

@@ -132,6 +132,11 @@ def set_persistent(mode: str) -> None:
     _persistent_mode = mode
 
 
+def persistent_mode() -> str:
+    """The current kernel-path mode (see :func:`set_persistent`)."""
+    return _persistent_mode
+
+
 def use_persistent(x: Tensor) -> bool:
     """Whether a layer on ``x`` (time-major) runs the whole-sequence path.
 

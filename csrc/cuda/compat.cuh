@@ -10,7 +10,7 @@
 //       is extern __shared__ __align__(16) type name[];
 // and host code calls the functions below instead of the CUDA runtime.
 // Anything else a kernel uses (intrinsics, inline PTX) needs a shim in
-// csrc/simt/simt.h, or the SIMT build fails to compile.
+// csrc/simt/ (simt.h, half.h), or the SIMT build fails to compile.
 #pragma once
 
 #include <array>
@@ -22,6 +22,8 @@
 #if defined(__CUDACC__)
 
 #include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <ATen/cuda/CUDAContext.h>

@@ -53,6 +53,19 @@ __device__ __forceinline__ void save_gates(T* gates, int64_t g0, int64_t H, T a,
   gates[g0 + 3 * H] = d;
 }
 
+// v rounded to nearest in `type` (bf16 or fp16), as the bits of a 16-bit GEMM
+// operand: the step kernels write the next GEMM's operand in the layer's own
+// 16-bit type, so the GEMM runs on the tensor cores with no conversion launch.
+__device__ __forceinline__ std::uint16_t half_bits(float v, HalfType type) {
+  return type == HalfType::bf16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v))
+                                : __half_as_ushort(__float2half_rn(v));
+}
+
+template <typename T>
+__device__ __forceinline__ void store_half(std::uint16_t* out, int64_t i, T v, HalfType type) {
+  if (out != nullptr) out[i] = half_bits(static_cast<float>(v), type);
+}
+
 // ---------------------------------------------------------------- LSTM
 
 template <typename T>
@@ -71,12 +84,24 @@ __global__ void lstm_forward_kernel(const LstmForwardStep<T> p) {
       if (p.cells != nullptr) p.cells[idx] = s.c;
       p.h_out[idx] = s.h;
       if (p.h_state != nullptr) p.h_state[idx] = s.h;
+      store_half(p.h_half, idx, s.h, p.half_type);  // inactive rows keep theirs
     } else {
       // Finished sequence: state carried, zero output and zero saved gates.
       save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
       if (p.cells != nullptr) p.cells[idx] = p.c[idx];
       p.h_out[idx] = T(0);
     }
+  }
+}
+
+// The four gate gradients of one element (H apart), and their 16-bit copy.
+template <typename T>
+__device__ __forceinline__ void store_gate_grads(const LstmBackwardStep<T>& p, int64_t g0,
+                                                 int64_t H, T di, T df, T dg, T d_o) {
+  const T d[4] = {di, df, dg, d_o};
+  for (int g = 0; g < 4; ++g) {
+    p.d_gates[g0 + g * H] = d[g];
+    store_half(p.d_gates_half, g0 + g * H, d[g], p.half_type);
   }
 }
 
@@ -90,17 +115,53 @@ __global__ void lstm_backward_kernel(const LstmBackwardStep<T> p) {
       const LstmGrads<T> d = lstm_cell_backward<T>(
           p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H], p.gates[g0 + 3 * H], p.cells[idx],
           p.c_prev[idx], p.dh[idx], p.dc[idx]);
-      p.d_gates[g0] = d.d_i;
-      p.d_gates[g0 + H] = d.d_f;
-      p.d_gates[g0 + 2 * H] = d.d_g;
-      p.d_gates[g0 + 3 * H] = d.d_o;
+      store_gate_grads(p, g0, H, d.d_i, d.d_f, d.d_g, d.d_o);
       p.dc[idx] = d.d_c_prev;
     } else {
       // dc passes straight through; zero d_gates keep dh_state += dG @ W a no-op.
-      p.d_gates[g0] = T(0);
-      p.d_gates[g0 + H] = T(0);
-      p.d_gates[g0 + 2 * H] = T(0);
-      p.d_gates[g0 + 3 * H] = T(0);
+      store_gate_grads(p, g0, H, T(0), T(0), T(0), T(0));
+    }
+  }
+}
+
+// ------------------------------------------- fused backward steps
+// One launch per backward step instead of three (GradFlow in params.h): the
+// gradient reaching h, the cell's backward and what passes on to the earlier
+// step, for layers without projection.
+
+template <typename Step, typename T>
+struct FusedBackward {
+  Step step;
+  GradFlow<T> flow;
+};
+
+// The gradient reaching h at this step.
+template <typename T>
+__device__ __forceinline__ T gradient_at_step(const GradFlow<T>& f, int64_t idx, bool active) {
+  return f.dh_carry[idx] + f.dh_gemm[idx] + (active ? f.grad_out[idx] : T(0));
+}
+
+template <typename T>
+__global__ void lstm_backward_fused_kernel(const FusedBackward<LstmBackwardStep<T>, T> k) {
+  const LstmBackwardStep<T>& p = k.step;
+  const int64_t H = p.hidden, n = p.batch * H;
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    const int64_t b = idx / H, j = idx - b * H;
+    const int64_t g0 = b * 4 * H + j;
+    const bool active = row_active(p.lengths, p.t, b);
+    const T dh = gradient_at_step(k.flow, idx, active);
+    if (active) {
+      const LstmGrads<T> d = lstm_cell_backward<T>(
+          p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H], p.gates[g0 + 3 * H], p.cells[idx],
+          p.c_prev[idx], dh, p.dc[idx]);
+      store_gate_grads(p, g0, H, d.d_i, d.d_f, d.d_g, d.d_o);
+      p.dc[idx] = d.d_c_prev;
+      k.flow.dh_carry[idx] = T(0);  // all of dh went into d_gates
+    } else {
+      // h, c and their gradients pass straight through; zero d_gates make
+      // this row of the step's GEMM zero.
+      store_gate_grads(p, g0, H, T(0), T(0), T(0), T(0));
+      k.flow.dh_carry[idx] = dh;
     }
   }
 }
@@ -151,12 +212,15 @@ __global__ void gru_forward_kernel(const GruForwardStep<T> p) {
     const int64_t x0 = b * 3 * H + j;  // r column of xproj / hh; z, n follow H apart
     const int64_t g0 = b * 4 * H + j;  // r column of gates; z, n, hh_n follow
     if (row_active(p.lengths, p.t, b)) {
-      const T hh_n = p.hh[x0 + 2 * H];
+      T hh[3] = {p.hh[x0], p.hh[x0 + H], p.hh[x0 + 2 * H]};
+      if (p.b_hh != nullptr)
+        for (int g = 0; g < 3; ++g) hh[g] += p.b_hh[g * H + j];
       const GruGatesAndState<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
-                                                p.hh[x0], p.hh[x0 + H], hh_n, p.h_state[idx]);
-      save_gates(p.gates, g0, H, s.r, s.z, s.n, hh_n);  // dr needs W_hn h + b_hn
+                                                hh[0], hh[1], hh[2], p.h_state[idx]);
+      save_gates(p.gates, g0, H, s.r, s.z, s.n, hh[2]);  // dr needs W_hn h + b_hn
       p.h_state[idx] = s.h;
       p.h_out[idx] = s.h;
+      store_half(p.h_half, idx, s.h, p.half_type);  // inactive rows keep theirs
     } else {
       save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
       p.h_out[idx] = T(0);  // h_state carried
@@ -164,34 +228,40 @@ __global__ void gru_forward_kernel(const GruForwardStep<T> p) {
   }
 }
 
+// The gradients of one element's input projection (r, z, n) and recurrent
+// product (r, z, and dh_n for n), and their 16-bit copies.
 template <typename T>
-__global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
+__device__ __forceinline__ void store_gru_grads(const GruBackwardStep<T>& p, int64_t x0, int64_t H,
+                                                T dr, T dz, T dn, T dh_n) {
+  const T dx[3] = {dr, dz, dn}, dhh[3] = {dr, dz, dh_n};
+  for (int g = 0; g < 3; ++g) {
+    p.d_xproj[x0 + g * H] = dx[g];
+    p.d_hh[x0 + g * H] = dhh[g];
+    store_half(p.d_xproj_half, x0 + g * H, dx[g], p.half_type);
+    store_half(p.d_hh_half, x0 + g * H, dhh[g], p.half_type);
+  }
+}
+
+template <typename T>
+__global__ void gru_backward_fused_kernel(const FusedBackward<GruBackwardStep<T>, T> k) {
+  const GruBackwardStep<T>& p = k.step;
   const int64_t H = p.hidden, n = p.batch * H;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     const int64_t b = idx / H, j = idx - b * H;
     const int64_t x0 = b * 3 * H + j;
     const int64_t g0 = b * 4 * H + j;
-    const T dh = p.dh[idx];  // read before dh_state is written: they may alias
-    if (row_active(p.lengths, p.t, b)) {
+    const bool active = row_active(p.lengths, p.t, b);
+    const T dh = gradient_at_step(k.flow, idx, active);
+    if (active) {
       const GruGrads<T> d = gru_cell_backward<T>(p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H],
                                                  p.gates[g0 + 3 * H], p.h_prev[idx], dh);
       // r and z enter as x + hh, so both products get the same gradient; the
       // n gate's recurrent product sits inside r * (.), hence dh_n.
-      p.d_xproj[x0] = d.dx_r;
-      p.d_xproj[x0 + H] = d.dx_z;
-      p.d_xproj[x0 + 2 * H] = d.dx_n;
-      p.d_hh[x0] = d.dx_r;
-      p.d_hh[x0 + H] = d.dx_z;
-      p.d_hh[x0 + 2 * H] = d.dh_n;
-      p.dh_state[idx] = d.dh_prev;
+      store_gru_grads(p, x0, H, d.dx_r, d.dx_z, d.dx_n, d.dh_n);
+      k.flow.dh_carry[idx] = d.dh_prev;  // z * dh; the GEMM adds the rest
     } else {
-      p.d_xproj[x0] = T(0);
-      p.d_xproj[x0 + H] = T(0);
-      p.d_xproj[x0 + 2 * H] = T(0);
-      p.d_hh[x0] = T(0);
-      p.d_hh[x0 + H] = T(0);
-      p.d_hh[x0 + 2 * H] = T(0);
-      p.dh_state[idx] = dh;  // passes straight through
+      store_gru_grads(p, x0, H, T(0), T(0), T(0), T(0));
+      k.flow.dh_carry[idx] = dh;  // passes straight through
     }
   }
 }
@@ -238,8 +308,15 @@ void gru_forward(const GruForwardStep<T>& p) {
 }
 
 template <typename T>
-void gru_backward(const GruBackwardStep<T>& p) {
-  launch(gru_backward_kernel<T>, p, p.batch * p.hidden);
+void lstm_backward_fused(const LstmBackwardStep<T>& p, const GradFlow<T>& flow) {
+  launch(lstm_backward_fused_kernel<T>, FusedBackward<LstmBackwardStep<T>, T>{p, flow},
+         p.batch * p.hidden);
+}
+
+template <typename T>
+void gru_backward_fused(const GruBackwardStep<T>& p, const GradFlow<T>& flow) {
+  launch(gru_backward_fused_kernel<T>, FusedBackward<GruBackwardStep<T>, T>{p, flow},
+         p.batch * p.hidden);
 }
 
 }  // namespace step
@@ -255,7 +332,9 @@ StepKernels<T> step_kernels() {
   k.grad_h_accumulate = &step::grad_h_accumulate<T>;
   k.grad_h_carry = &step::grad_h_carry<T>;
   k.gru_forward = &step::gru_forward<T>;
-  k.gru_backward = &step::gru_backward<T>;
+  k.gru_backward = nullptr;  // the fused step below covers every GRU layer
+  k.lstm_backward_fused = &step::lstm_backward_fused<T>;
+  k.gru_backward_fused = &step::gru_backward_fused<T>;
   return k;
 }
 

@@ -164,6 +164,8 @@ class grid_group {
 inline grid_group this_grid() { return {}; }
 }  // namespace cooperative_groups
 
+#include "half.h"  // __nv_bfloat16, __half and their conversions
+
 // ============================================================= host side
 namespace fusedrnn::simt {
 

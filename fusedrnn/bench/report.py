@@ -100,8 +100,8 @@ def collect_env(device: str) -> dict:
 
 # ----------------------------------------------------------------- tables
 
-COLUMNS = ("config", "peer", "median ms", "[min, max] ms", "us/step", "TFLOP/s",
-           "peak MB", "vs torch", "max|d out|", "status / note")
+COLUMNS = ("config", "peer", "precision", "median ms", "[min, max] ms", "us/step",
+           "model us/step", "TFLOP/s", "peak MB", "vs torch", "max|d out|", "status / note")
 
 
 def _fmt(v, spec: str) -> str:
@@ -118,10 +118,11 @@ def table_rows(rows: Sequence[dict], repeat_config: bool = True) -> list:
         status = r["status"] if r["status"] != "ok" else ""
         note = " ".join(x for x in (status, r["note"]) if x)
         out.append([
-            label, r["peer"],
+            label, r["peer"], r.get("precision") or "-",
             _fmt(t and t["median"], ".3f"),
             "-" if t is None else f"[{t['min']:.3f}, {t['max']:.3f}]",
             _fmt(r["us_per_step"], ".1f"),
+            _fmt(r.get("model_us_per_step"), ".1f"),
             _fmt(r["tflops"], ".3g"),
             _fmt(r["peak_mem_mb"], ".1f"),
             "-" if r["ratio_vs_torch"] is None else f"{r['ratio_vs_torch']:.2f}x",
@@ -136,7 +137,7 @@ def format_table(rows: Sequence[dict]) -> str:
     body = table_rows(rows, repeat_config=False)
     cells = [list(COLUMNS)] + body
     widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
-    numeric = {2, 3, 4, 5, 6, 7, 8}
+    numeric = {3, 4, 5, 6, 7, 8, 9, 10}
 
     def line(c):
         return "  ".join(c[i].rjust(widths[i]) if i in numeric else c[i].ljust(widths[i])
@@ -162,7 +163,7 @@ def format_markdown(rows: Sequence[dict], env: dict, meta: dict) -> str:
     esc = [[c.replace("|", "\\|") for c in r] for r in table_rows(rows)]
     cols = [c.replace("|", "\\|") for c in COLUMNS]
     lines = ["| " + " | ".join(cols) + " |",
-             "|" + "|".join("---" if i in (0, 1, 9) else "---:" for i in range(len(cols))) + "|"]
+             "|" + "|".join("---" if i in (0, 1, 2, 11) else "---:" for i in range(len(cols))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
     return "\n".join(head + lines) + "\n"
 

@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import metrics
+from . import metrics, model
 from .configs import Config
 from .gate import Case, GateResult, check_peer, torch_error
 from .peers import BASELINE, BuiltPeer, Peer
@@ -64,6 +64,7 @@ def make_row(cfg: Config, peer: str, status: str, note: str = "", *, stats=None,
         "peak_mem_mb": None, "ratio_vs_torch": None,
         "max_abs_diff_vs_torch": metrics.finite_or_none(out_diff) if out_diff is not None else None,
         "gate": gate.to_dict() if gate is not None else gate_info,
+        **_model_fields(cfg, peer),
     }
     if stats is not None:
         median = stats["median"]
@@ -76,6 +77,23 @@ def make_row(cfg: Config, peer: str, status: str, note: str = "", *, stats=None,
     if mem is not None:
         row["peak_mem_mb"] = metrics.peak_mem_mb(mem)
     return row
+
+
+def _fusedrnn_persistent() -> bool:
+    """Whether fusedrnn's CUDA layers take the persistent path (mode "on")."""
+    try:
+        from fusedrnn import ops
+        return ops.persistent_mode() == "on"
+    except Exception:  # noqa: BLE001  (a broken build: its rows say so; the model assumes standard)
+        return False
+
+
+def _model_fields(cfg: Config, peer: str) -> dict:
+    """The row's precision mode and the analytic model's us/step (model.py)."""
+    tf32_matmul = torch.backends.cuda.matmul.allow_tf32
+    persistent = peer == "fusedrnn" and cfg.device == "cuda" and _fusedrnn_persistent()
+    return {"precision": model.precision_mode(peer, cfg, tf32_matmul, torch.backends.cudnn.allow_tf32),
+            "model_us_per_step": model.model_us_per_step(peer, cfg, persistent, tf32_matmul)}
 
 
 def describe_error(e: BaseException) -> str:

@@ -18,6 +18,12 @@
 
 namespace fusedrnn {
 
+// fp16/bf16 layers on the CUDA kernels run their GEMMs on 16-bit operands
+// (tensor cores, fp32 accumulation) and everything else in fp32: the step
+// kernels then also write the next GEMM's operand (h forward, the gate
+// gradients backward), rounded to nearest in this type, as raw bits.
+enum class HalfType : std::int8_t { none, bf16, fp16 };
+
 FUSEDRNN_HD bool row_active(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -40,6 +46,8 @@ struct LstmForwardStep {
                    //        nullptr when a projection follows (see ProjectedCommit)
   const int64_t* lengths;
   int64_t t;
+  std::uint16_t* h_half = nullptr;  // (B, H) h_state in half_type, or nullptr
+  HalfType half_type = HalfType::none;
 };
 
 // After the projection GEMM of a proj_size LSTM, commits the projected h:
@@ -66,6 +74,8 @@ struct LstmBackwardStep {
   T* d_gates;       // (B, 4H) gradient of the pre-activations (0 if inactive)
   const int64_t* lengths;
   int64_t t;
+  std::uint16_t* d_gates_half = nullptr;  // (B, 4H) d_gates in half_type, or nullptr
+  HalfType half_type = HalfType::none;
 };
 
 // Gradient bookkeeping of the hidden state around one backward step:
@@ -94,6 +104,9 @@ struct GruForwardStep {
   T* h_out;        // (B, H) output slot, zero where inactive
   const int64_t* lengths;
   int64_t t;
+  const T* b_hh = nullptr;          // (3H) added to hh here when the GEMM could not, or nullptr
+  std::uint16_t* h_half = nullptr;  // (B, H) h_state in half_type, or nullptr
+  HalfType half_type = HalfType::none;
 };
 
 // One backward step. The caller then forms dh_state += d_hh @ W_hh.
@@ -108,6 +121,23 @@ struct GruBackwardStep {
   T* dh_state;      // (B, H) out: z * dh where active, dh where inactive
   const int64_t* lengths;
   int64_t t;
+  std::uint16_t* d_xproj_half = nullptr;  // (B, 3H) d_xproj in half_type, or nullptr
+  std::uint16_t* d_hh_half = nullptr;     // (B, 3H) d_hh in half_type, or nullptr
+  HalfType half_type = HalfType::none;
+};
+
+// The hidden state's gradient around one fused backward step (the CUDA
+// kernels' one launch per step). The gradient reaching h at step t is
+//   dh = dh_carry + dh_gemm + (active ? grad_out : 0),
+// dh_gemm being the later step's GEMM (its gate gradients @ W_hh) and
+// dh_carry what passed straight through from it. The kernel leaves in
+// dh_carry what passes on to the earlier step (LSTM: active ? 0 : dh; GRU:
+// active ? z * dh : dh); the caller's GEMM then overwrites dh_gemm.
+template <typename T>
+struct GradFlow {
+  const T* grad_out;  // (B, H) gradient of this step's output
+  const T* dh_gemm;   // (B, H)
+  T* dh_carry;        // (B, H) in and out
 };
 
 // ------------------------------------------------- whole sequences

@@ -19,6 +19,13 @@ struct StepKernels {
   void (*grad_h_carry)(const GradHStep<T>&);
   void (*gru_forward)(const GruForwardStep<T>&);
   void (*gru_backward)(const GruBackwardStep<T>&);
+  // One kernel per backward step of a layer without projection (accumulation
+  // and carry of dh with the cell's backward: GradFlow in params.h), where a
+  // launch costs enough to fuse them (CUDA); nullptr where the loop composes
+  // grad_h_accumulate, *_backward and grad_h_carry (CPU). The `dh` and
+  // `dh_state` fields of the step are unused then.
+  void (*lstm_backward_fused)(const LstmBackwardStep<T>&, const GradFlow<T>&) = nullptr;
+  void (*gru_backward_fused)(const GruBackwardStep<T>&, const GradFlow<T>&) = nullptr;
 };
 
 namespace cpu {
