@@ -26,6 +26,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <atomic>
+#include <cmath>
 #include <vector>
 
 #include "cpu/gemm.h"
@@ -95,6 +96,12 @@ T* saved_at(const Tensor& seq, int64_t t) {
 template <typename T>
 T* data_or_null(const std::optional<Tensor>& t) {
   return t ? t->data_ptr<T>() : nullptr;
+}
+
+// Step t of an optional (T, B, W) tensor, or nullptr.
+template <typename T>
+T* step_or_null(const std::optional<Tensor>& seq, int64_t t) {
+  return seq ? at_step<T>(*seq, t) : nullptr;
 }
 
 Tensor to_compute(const Tensor& t, at::ScalarType compute_type) {
@@ -342,6 +349,47 @@ cpu::InputProjection<T> input_projection_of(const Tensor& x, const Tensor& w_ih,
           .bias = data_or_null<T>(bias)};
 }
 
+// ------------------------------------------------------------- toolkit
+// The toolkit arguments of one call (csrc/ops.cpp documents them), checked
+// and in the compute dtype. The persistent paths take none of them: with any
+// one on, the step loop runs.
+
+struct Toolkit {
+  std::optional<Tensor> rec_mask, zone_h, zone_c;
+  double cell_clip = 0, grad_clip = 0;
+  bool any() const { return rec_mask || zone_h || zone_c || cell_clip > 0 || grad_clip > 0; }
+};
+
+struct ToolkitShape {
+  int64_t steps, batch, hidden, h_size;
+  bool projected;
+};
+
+Toolkit check_toolkit(const OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
+                      const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
+                      const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip) {
+  auto check_limit = [&](double limit, const char* name) {
+    if (!(limit >= 0) || std::isinf(limit))
+      args.fail(std::string(name) + " must be finite and >= 0 (0: off), got " + c10::str(limit));
+  };
+  check_limit(cell_clip, "cell_clip");
+  check_limit(grad_clip, "grad_clip");
+  if (rec_mask) args.tensor(*rec_mask, "recurrent_mask", {s.batch, s.h_size}, dtype);
+  if (zone_h) args.tensor(*zone_h, "zoneout_h", {s.steps, s.batch, s.h_size}, dtype);
+  if (zone_c) args.tensor(*zone_c, "zoneout_c", {s.steps, s.batch, s.hidden}, dtype);
+  if (s.projected && (zone_h || zone_c))
+    args.fail("zoneout with a projection (w_hr) is not implemented");
+  const auto compute = compute_dtype_for(dtype);
+  return {to_compute(rec_mask, compute), to_compute(zone_h, compute), to_compute(zone_c, compute),
+          cell_clip, grad_clip};
+}
+
+// h_prev (T, B, P) as the recurrent product took it: times the recurrent
+// dropout mask, the same at every step.
+Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit) {
+  return toolkit.rec_mask ? h_prev * toolkit.rec_mask->unsqueeze(0) : h_prev;
+}
+
 // -------------------------------------------------------- LSTM checks
 
 struct LstmSizes {
@@ -377,7 +425,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& bias,
     const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
-    bool persistent) {
+    bool persistent_in, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, const std::optional<Tensor>& zoneout_c,
+    double cell_clip, double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("lstm_forward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
@@ -386,6 +436,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   args.tensor(h0, "h0", {s.batch, s.h_size}, out_type);
   args.tensor(c0, "c0", {s.batch, s.hidden}, out_type);
   const auto lengths = args.lengths(lengths_in, s.batch);
+  const Toolkit toolkit =
+      check_toolkit(args, {s.steps, s.batch, s.hidden, s.h_size, s.projected}, out_type,
+                    recurrent_mask, zoneout_h, zoneout_c, cell_clip, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
@@ -421,7 +475,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         return;
       }
     }
-    const bool half = half_gemms(out_type, input, s.projected);
+    // 16-bit GEMMs; the toolkit's kernels take fp32 operands.
+    const bool half = half_gemms(out_type, input, s.projected) && !toolkit.any();
     const Tensor xproj = half ? input_projection_half(input, w_ih, bias_c)
                               : input_projection(x_c, w_ih_c, bias_c);
     seq.xproj = xproj.data_ptr<scalar_t>();
@@ -434,12 +489,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(half ? w_hh : w_hh_c, s.steps);
     const Tensor w_hr_t = s.projected ? per_step_operand(*w_hr_c, s.steps) : Tensor();
+    // Recurrent dropout: the product takes h * mask, which the step kernels keep
+    // up to date in h_masked next to h_state.
+    Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
+    const Tensor& operand = toolkit.rec_mask ? h_masked : h_state;
+    scalar_t* const rec_mask = data_or_null<scalar_t>(toolkit.rec_mask);
+    scalar_t* const h_masked_data = toolkit.rec_mask ? h_masked.data_ptr<scalar_t>() : nullptr;
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
       if (half)
         mm_f32_out(hh, h_half, w_hh_t);
       else
-        at::mm_out(hh, h_state, w_hh_t);
+        at::mm_out(hh, operand, w_hh_t);
       scalar_t* out_t = at_step<scalar_t>(output, t);
       kernels.lstm_forward({.batch = batch, .hidden = hidden,
                             .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
@@ -448,6 +509,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                             .h_out = s.projected ? h_raw.data_ptr<scalar_t>() : out_t,
                             .h_state = s.projected ? nullptr : h_state.data_ptr<scalar_t>(),
                             .lengths = lens, .t = t,
+                            .cell_clip = static_cast<scalar_t>(toolkit.cell_clip),
+                            .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t),
+                            .zone_c = step_or_null<scalar_t>(toolkit.zone_c, t),
+                            .rec_mask = s.projected ? nullptr : rec_mask,
+                            .h_masked = s.projected ? nullptr : h_masked_data,
                             .h_half = half ? half_bits(h_half) : nullptr,
                             .half_type = half_type_of(out_type)});
       if (s.projected) {
@@ -455,7 +521,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
         kernels.projected_commit({.batch = batch, .h_size = h_size,
                                   .h_new = h_proj.data_ptr<scalar_t>(), .out = out_t,
                                   .h_state = h_state.data_ptr<scalar_t>(), .lengths = lens,
-                                  .t = t});
+                                  .t = t, .rec_mask = rec_mask, .h_masked = h_masked_data});
       }
     }
   });
@@ -467,13 +533,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
     const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths_in,
-    bool reverse, bool grad_input, bool persistent) {
+    bool reverse, bool grad_input, bool persistent_in,
+    const std::optional<Tensor>& recurrent_mask, const std::optional<Tensor>& zoneout_h,
+    const std::optional<Tensor>& zoneout_c, double cell_clip, double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("lstm_backward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
   const auto out_type = input.scalar_type();
   const auto compute_type = compute_dtype_for(out_type);
   const int64_t steps = s.steps, batch = s.batch, hidden = s.hidden, h_size = s.h_size;
+  const Toolkit toolkit =
+      check_toolkit(args, {steps, batch, hidden, h_size, s.projected}, out_type, recurrent_mask,
+                    zoneout_h, zoneout_c, cell_clip, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   args.tensor(grad_output_in, "grad_output", {steps, batch, h_size}, out_type);
   args.tensor(grad_h_n, "grad_h_n", {batch, h_size}, out_type);
   args.tensor(grad_c_n, "grad_c_n", {batch, hidden}, out_type);
@@ -495,7 +567,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor dc = grad_c_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor dh_total;  // (T, B, P): every step's dh, for the step loop and w_hr's gradient
-  const bool half = half_gemms(out_type, input, s.projected);
+  const bool half = half_gemms(out_type, input, s.projected) && !toolkit.any();
   // The 16-bit copy of d_gates the GEMMs read (dh, and the weights' and input's gradients).
   Tensor d_gates_half = half ? at::empty({steps, batch, 4 * hidden}, input.options()) : Tensor();
   const Tensor w_hh_half = half ? w_hh.contiguous() : Tensor();
@@ -517,7 +589,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
     const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
-    if (!s.projected && kernels.lstm_backward_fused != nullptr) {
+    if (!s.projected && kernels.lstm_backward_fused != nullptr && !toolkit.any()) {
       // One kernel and one GEMM per step (GradFlow, params.h): dh_state
       // carries, dh_gemm receives each step's d_gates @ W_hh. The steps' GEMM
       // operands are viewed once, before the loop.
@@ -545,6 +617,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     // Composed steps: the CPU kernels, and a projected layer's on CUDA.
     dh_total = at::empty({steps, batch, h_size}, opts);
     Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
+    Tensor rec = toolkit.any() ? at::empty({batch, h_size}, opts) : Tensor();
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       const Tensor dh_total_t = dh_total.select(0, t), d_gates_t = d_gates.select(0, t);
@@ -561,8 +634,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                              .dh = (s.projected ? dh_raw : dh_total_t).data_ptr<scalar_t>(),
                              .dc = dc.data_ptr<scalar_t>(),
                              .d_gates = d_gates_t.data_ptr<scalar_t>(), .lengths = lens,
-                             .t = t});
-      if (lens) {
+                             .t = t, .cell_clip = static_cast<scalar_t>(toolkit.cell_clip),
+                             .grad_clip = static_cast<scalar_t>(toolkit.grad_clip),
+                             .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t),
+                             .zone_c = step_or_null<scalar_t>(toolkit.zone_c, t)});
+      if (toolkit.any()) {
+        // dh_state = clip(direct paths + mask * (dG @ W_hh)): params.h, GradHCombine.
+        kernels.grad_h_carry({.batch = batch, .h_size = h_size, .grad_out = nullptr,
+                              .dh_state = dh_state.data_ptr<scalar_t>(),
+                              .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
+                              .t = t, .zone = step_or_null<scalar_t>(toolkit.zone_h, t)});
+        at::mm_out(rec, d_gates_t, w_hh_c);
+        kernels.grad_h_combine({.batch = batch, .h_size = h_size,
+                                .rec = rec.data_ptr<scalar_t>(),
+                                .rec_mask = data_or_null<scalar_t>(toolkit.rec_mask),
+                                .dh_state = dh_state.data_ptr<scalar_t>(),
+                                .grad_clip = static_cast<scalar_t>(toolkit.grad_clip)});
+      } else if (lens) {
         kernels.grad_h_carry({.batch = batch, .h_size = h_size, .grad_out = nullptr,
                               .dh_state = dh_state.data_ptr<scalar_t>(),
                               .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
@@ -591,7 +679,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       half ? input_projection_backward_half(d_gates, d_gates_half, input, w_ih, grad_input,
                                             h_prev)
            : input_projection_backward(d_gates, to_compute(input, compute_type),
-                                       to_compute(w_ih, compute_type), grad_input, h_prev);
+                                       to_compute(w_ih, compute_type), grad_input,
+                                       recurrent_operands(h_prev, toolkit));
   return {in.input.to(out_type), in.w_ih.to(out_type), in.bias.to(out_type),
           in.w_hh.to(out_type), grad_w_hr, dh_state.to(out_type), dc.to(out_type)};
 }
@@ -627,7 +716,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
     const Tensor& w_hh, const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
-    bool persistent) {
+    bool persistent_in, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("gru_forward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
@@ -636,6 +726,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   if (b_hh) args.tensor(*b_hh, "b_hh", {3 * s.hidden}, out_type);
   args.tensor(h0, "h0", {s.batch, s.hidden}, out_type);
   const auto lengths = args.lengths(lengths_in, s.batch);
+  const Toolkit toolkit =
+      check_toolkit(args, {s.steps, s.batch, s.hidden, s.hidden, false}, out_type,
+                    recurrent_mask, zoneout_h, std::nullopt, 0.0, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
@@ -666,7 +760,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
         return;
       }
     }
-    const bool half = half_gemms(out_type, input, false);
+    const bool half = half_gemms(out_type, input, false) && !toolkit.any();
     const Tensor xproj = half ? input_projection_half(input, w_ih, b_ih_c)
                               : input_projection(x_c, w_ih_c, b_ih_c);
     seq.xproj = xproj.data_ptr<scalar_t>();
@@ -676,20 +770,26 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     Tensor h_half = half ? h0.clone(at::MemoryFormat::Contiguous) : Tensor();
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(half ? w_hh : w_hh_c, s.steps);
+    // Recurrent dropout: as in lstm_forward.
+    Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
+    const Tensor& operand = toolkit.rec_mask ? h_masked : h_state;
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
       if (half) {
         mm_f32_out(hh, h_half, w_hh_t);  // b_hh is added by the kernel
       } else if (b_hh_c) {
-        at::addmm_out(hh, *b_hh_c, h_state, w_hh_t);
+        at::addmm_out(hh, *b_hh_c, operand, w_hh_t);
       } else {
-        at::mm_out(hh, h_state, w_hh_t);
+        at::mm_out(hh, operand, w_hh_t);
       }
       kernels.gru_forward({.batch = batch, .hidden = hidden,
                            .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
                            .h_state = h_state.data_ptr<scalar_t>(),
                            .gates = saved_at<scalar_t>(gates, t),
                            .h_out = at_step<scalar_t>(output, t), .lengths = lens, .t = t,
+                           .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t),
+                           .rec_mask = data_or_null<scalar_t>(toolkit.rec_mask),
+                           .h_masked = toolkit.rec_mask ? h_masked.data_ptr<scalar_t>() : nullptr,
                            .b_hh = half ? data_or_null<scalar_t>(b_hh_c) : nullptr,
                            .h_half = half ? half_bits(h_half) : nullptr,
                            .half_type = half_type_of(out_type)});
@@ -701,13 +801,19 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent) {
+    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent_in,
+    const std::optional<Tensor>& recurrent_mask, const std::optional<Tensor>& zoneout_h,
+    double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("gru_backward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
   const auto out_type = input.scalar_type();
   const auto compute_type = compute_dtype_for(out_type);
   const int64_t steps = s.steps, batch = s.batch, hidden = s.hidden;
+  const Toolkit toolkit =
+      check_toolkit(args, {steps, batch, hidden, hidden, false}, out_type, recurrent_mask,
+                    zoneout_h, std::nullopt, 0.0, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   args.tensor(grad_output_in, "grad_output", {steps, batch, hidden}, out_type);
   args.tensor(grad_h_n, "grad_h_n", {batch, hidden}, out_type);
   args.tensor(h0, "h0", {batch, hidden}, out_type);
@@ -727,7 +833,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
                                         reverse);
-  const bool half = half_gemms(out_type, input, false);
+  const bool half = half_gemms(out_type, input, false) && !toolkit.any();
   // The 16-bit copies of the gradients the GEMMs read.
   Tensor d_xproj_half = half ? at::empty({steps, batch, 3 * hidden}, input.options()) : Tensor();
   Tensor d_hh_half = half ? at::empty({steps, batch, 3 * hidden}, input.options()) : Tensor();
@@ -751,7 +857,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
-    if (kernels.gru_backward_fused != nullptr) {
+    if (kernels.gru_backward_fused != nullptr && !toolkit.any()) {
       // One kernel and one GEMM per step (GradFlow, params.h), as the LSTM's.
       Tensor dh_gemm = at::zeros_like(dh_state);
       const std::vector<Tensor> d_hh_steps = (half ? d_hh_half : d_hh).unbind(0);
@@ -776,6 +882,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       dh_state.add_(dh_gemm);  // the gradient reaching h0
       return;
     }
+    Tensor rec = toolkit.any() ? at::empty({batch, hidden}, opts) : Tensor();
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,
@@ -789,8 +896,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                             .dh = dh_total.data_ptr<scalar_t>(),
                             .d_xproj = at_step<scalar_t>(d_xproj, t),
                             .d_hh = at_step<scalar_t>(d_hh, t),
-                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t});
-      dh_state.addmm_(d_hh.select(0, t), w_hh_c);
+                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t,
+                            .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t)});
+      if (toolkit.any()) {
+        // dh_state = clip(direct paths + mask * (d_hh @ W_hh)): params.h, GradHCombine.
+        at::mm_out(rec, d_hh.select(0, t), w_hh_c);
+        kernels.grad_h_combine({.batch = batch, .h_size = hidden,
+                                .rec = rec.data_ptr<scalar_t>(),
+                                .rec_mask = data_or_null<scalar_t>(toolkit.rec_mask),
+                                .dh_state = dh_state.data_ptr<scalar_t>(),
+                                .grad_clip = static_cast<scalar_t>(toolkit.grad_clip)});
+      } else {
+        dh_state.addmm_(d_hh.select(0, t), w_hh_c);
+      }
     }
   });
 
@@ -798,7 +916,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const Tensor grad_w_hh =
       half ? mm_f32(d_hh_half.view({steps * batch, 3 * hidden}).t(),
                     h_prev.to(out_type).reshape({steps * batch, hidden}))  // exact: h was 16-bit
-           : gemm_tn_over_steps(d_hh_rows, {h_prev.reshape({steps * batch, hidden})})[0];
+           : gemm_tn_over_steps(d_hh_rows, {recurrent_operands(h_prev, toolkit)
+                                                .reshape({steps * batch, hidden})})[0];
   const Tensor grad_b_hh = d_hh_rows.sum(0);
   const InputGrads in =
       half ? input_projection_backward_half(d_xproj, d_xproj_half, input, w_ih, grad_input)

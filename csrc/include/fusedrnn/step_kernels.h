@@ -19,6 +19,7 @@ struct StepKernels {
   void (*grad_h_carry)(const GradHStep<T>&);
   void (*gru_forward)(const GruForwardStep<T>&);
   void (*gru_backward)(const GruBackwardStep<T>&);
+  void (*grad_h_combine)(const GradHCombine<T>&);  // with the toolkit on (GradHCombine)
   // One kernel per backward step of a layer without projection (accumulation
   // and carry of dh with the cell's backward: GradFlow in params.h), where a
   // launch costs enough to fuse them (CUDA); nullptr where the loop composes
