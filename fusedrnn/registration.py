@@ -135,6 +135,14 @@ def _toolkit_of(ctx, masks) -> dict:
     return {**dict(zip(ctx.toolkit_masks, masks)), **ctx.toolkit_limits}
 
 
+def _refuse_second_order_grad_clip(toolkit: dict) -> None:
+    """Second-order gradients through grad_clip disagreed with finite differences of the
+    clipped first-order gradient in our checks: refused rather than returned doubtful."""
+    if toolkit.get("grad_clip"):
+        raise RuntimeError("fusedrnn: second-order gradients (create_graph=True) with "
+                           "grad_clip are not supported")
+
+
 def _reference_toolkit(toolkit: dict) -> dict:
     """The reference's keywords: a limit of 0 is off (None)."""
     return {n: (None if v is not None and not isinstance(v, Tensor) and v == 0 else v)
@@ -157,6 +165,7 @@ def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_ce
     x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths, *masks = ctx.saved_tensors
     toolkit = _toolkit_of(ctx, masks)
     if torch.is_grad_enabled():
+        _refuse_second_order_grad_clip(toolkit)
         layer = functools.partial(reference.lstm_layer, **_reference_toolkit(toolkit))
         return _differentiable_backward(layer, (x, w_ih, bias, w_hh, w_hr, h0, c0),
                                         ctx.needs_input_grad[:7], (lengths, ctx.reverse),
@@ -189,6 +198,7 @@ def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
     x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths, *masks = ctx.saved_tensors
     toolkit = _toolkit_of(ctx, masks)
     if torch.is_grad_enabled():
+        _refuse_second_order_grad_clip(toolkit)
         layer = functools.partial(reference.gru_layer, **_reference_toolkit(toolkit))
         return _differentiable_backward(layer, (x, w_ih, b_ih, w_hh, b_hh, h0),
                                         ctx.needs_input_grad[:6], (lengths, ctx.reverse),

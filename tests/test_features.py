@@ -370,3 +370,33 @@ def test_persistent_paths_step_aside(kind, device_path):
     with ops.using_backend("reference"):
         expected = run_seeded(copy.deepcopy(module), x, hx)
     assert_results_close(actual, expected, TOL[torch.float64])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_double_backward_with_features(kind):
+    """create_graph=True (a gradient penalty) with every feature but grad_clip on: the fused
+    ops' differentiable backward (through the reference, with the same masks) against the
+    reference backend end to end. With grad_clip the fused ops refuse it (registration.py)."""
+    features = {k: v for k, v in _features(kind, "all").items() if k != "grad_clip"}
+    module = _build(kind, features, "bidirectional", torch.float64)
+    x, hx, _ = _inputs(module, "bidirectional", torch.float64)
+
+    def penalty_grads():
+        torch.manual_seed(3)
+        xi = x.clone().requires_grad_()
+        out, _ = module(xi, hx)
+        (gx,) = torch.autograd.grad(out.tanh().sum(), xi, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), list(module.parameters()))
+
+    actual = penalty_grads()
+    with ops.using_backend("reference"):
+        expected = penalty_grads()
+    for a, e in zip(actual, expected, strict=True):
+        assert (a - e).abs().max().item() <= TOL[torch.float64]
+
+    clipped = _build(kind, dict(grad_clip=0.02), "bidirectional", torch.float64)
+    xi = x.clone().requires_grad_()
+    out, _ = clipped(xi, hx)
+    with pytest.raises(RuntimeError, match="grad_clip"):
+        (gx,) = torch.autograd.grad(out.tanh().sum(), xi, create_graph=True)
+        torch.autograd.grad(gx.square().sum(), list(clipped.parameters()))
