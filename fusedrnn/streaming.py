@@ -17,7 +17,10 @@ call when nothing is detached.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from . import ops
 
 
 class Stepping:
@@ -57,11 +60,39 @@ class Stepping:
         batched = input.dim() == 2
         x = input.unsqueeze(0) if batched else input.view(1, 1, -1)  # a 1-step sequence
         states = self._step_states(state, x, batched)
-        output, finals = self._run_layers(x, states, None)
-        h_t = output[0] if batched else output[0, 0]
+        h_t, finals = self._step_layers(x, states)
         if not batched:
-            finals = [f.squeeze(1) for f in finals]
+            h_t, finals = h_t[0], [f.squeeze(1) for f in finals]
         return h_t, self._pack_states(finals)
+
+    def _step_layers(self, x: Tensor, states: list):
+        """``_run_layers`` for one step of one direction, without its generality: the
+        same per-layer code (``_run_layer``, where the features act), autocast and
+        dropout, with the parameter names looked up once per module."""
+        compute = ops.autocast_dtype(x, casts_fp32=self.mode == "LSTM" or x.is_cuda)
+        if compute is not None:
+            x, states = x.to(compute), [s.to(compute) for s in states]
+        finals = [[] for _ in states]
+        for layer, names in enumerate(self._step_parameter_names()):
+            params = {role: getattr(self, name) for role, name in names}
+            out, *final = self._run_layer(x, params, [s[layer] for s in states], None, False)
+            for acc, f in zip(finals, final):
+                acc.append(f)
+            x = out
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        stacked = [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
+        return x[0], stacked
+
+    def _step_parameter_names(self) -> list:
+        """Per layer, ``(role, attribute name)`` as ``_layer_params`` keys them (w_ih,
+        w_hh, b_ih, b_hh, w_hr); computed once (the names never change)."""
+        names = self.__dict__.get("_step_names")
+        if names is None:
+            names = [[(role, name) for role, name in zip(self._layer_params(k), self._all_weights[k])]
+                     for k in range(self.num_layers)]
+            self.__dict__["_step_names"] = names
+        return names
 
     def _step_states(self, state, x: Tensor, batched: bool) -> list:
         """The states as (num_layers, batch, size) tensors, shapes checked."""

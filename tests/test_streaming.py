@@ -220,3 +220,17 @@ def test_tbptt_bad_k(k):
 def test_tbptt_bad_input():
     with pytest.raises(ValueError, match="x must be"):
         next(fusedrnn.tbptt(fusedrnn.GRU(4, 5), torch.randn(4), 2))
+
+
+def test_step_applies_dropout_between_layers_in_training_only():
+    lstm = fusedrnn.LSTM(4, 5, num_layers=2, dropout=0.5)
+    x = torch.randn(3, 4)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        runs.append(lstm.step(x)[0])
+    assert torch.equal(runs[0], runs[1])  # reproducible under a seed
+    lstm.eval()
+    h_eval = lstm.step(x)[0]
+    torch.testing.assert_close(h_eval, lstm(x.unsqueeze(0))[0][0], atol=TOL[torch.float32], rtol=0)
+    assert not torch.allclose(runs[0], h_eval)
