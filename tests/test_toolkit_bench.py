@@ -58,7 +58,8 @@ def test_feature_rows(feature, cell, mode):
     reason = peer.skip_reason(cfg(cell, mode))
     if reason is None:
         assert row["status"] == "ok", row["note"]
-        assert row["note"] == f"{feature} on"
+        assert row["note"].startswith(f"{feature} on")
+        assert row["gate"]["rule"] != "baseline"
     else:
         assert row["status"] == "skipped" and row["note"] == reason
         assert reason == f"{feature}: LSTM only" or reason.startswith(f"{feature}: not available")

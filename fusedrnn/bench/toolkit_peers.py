@@ -5,7 +5,8 @@
   caller pays per step. It passes the same gate as every peer.
 * :class:`FeaturePeer` is fusedrnn with one feature on (``zoneout``,
   ``layer_norm``, ...), timed in the same run as fusedrnn without it, so the
-  ratio of the two rows is the feature's cost (:func:`feature_costs`). A
+  ratio of the two rows is the feature's cost (:func:`feature_costs`); in
+  training mode on the train rows, in eval mode on the inference rows. A
   feature that changes the results cannot match torch.nn: its gate is torch.nn's
   where the feature is the identity (regularisers in inference, ``grad_clip``
   without a backward, ``forget_bias`` after loading torch.nn's weights), else
@@ -30,7 +31,8 @@ def _fusedrnn_class(cell: str):
     return getattr(importlib.import_module("fusedrnn"), "LSTM" if cell == "lstm" else "GRU")
 
 
-def _module(cfg: Config, baseline: torch.nn.Module, **features) -> torch.nn.Module:
+def _module(cfg: Config, baseline: torch.nn.Module, train: bool = True,
+            **features) -> torch.nn.Module:
     cls = _fusedrnn_class(cfg.cell)
     m = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional, **features)
     m = m.to(device=cfg.device, dtype=cfg.torch_dtype)
@@ -38,7 +40,7 @@ def _module(cfg: Config, baseline: torch.nn.Module, **features) -> torch.nn.Modu
     missing, unexpected = m.load_state_dict(baseline.state_dict(), strict=False)
     if unexpected:
         raise RuntimeError(f"fusedrnn{features}: unexpected parameters {unexpected}")
-    return m.train()
+    return m.train(train)
 
 
 class StepPeer(Peer):
@@ -106,9 +108,10 @@ class FeaturePeer(Peer):
         return None
 
     def build(self, cfg: Config, baseline: torch.nn.Module) -> BuiltPeer:
-        m = _module(cfg, baseline, **self._kwargs(cfg.cell))
+        # inference rows in eval mode: what a deployed model with the feature runs
+        m = _module(cfg, baseline, cfg.mode == "train", **self._kwargs(cfg.cell))
         return BuiltPeer(lambda x, hx: m(x, hx), dict(m.named_parameters()),
-                         note=f"{self.feature} on")
+                         note=f"{self.feature} on" + ("" if cfg.mode == "train" else ", eval mode"))
 
     def identity(self, train: bool) -> bool:
         return self.feature in _IDENTITY_ALWAYS or (not train and self.feature in _IDENTITY_IN_INFER)
