@@ -234,3 +234,16 @@ def test_step_applies_dropout_between_layers_in_training_only():
     h_eval = lstm.step(x)[0]
     torch.testing.assert_close(h_eval, lstm(x.unsqueeze(0))[0][0], atol=TOL[torch.float32], rtol=0)
     assert not torch.allclose(runs[0], h_eval)
+
+
+def test_step_compiles_with_fullgraph():
+    lstm = fusedrnn.LSTM(4, 5, num_layers=2, proj_size=3)
+    stepped = torch.compile(lambda x, s: lstm.step(x, s), fullgraph=True)
+    x = torch.randn(3, 2, 4)
+    state = expected_state = None
+    for x_t in x:
+        h_t, state = stepped(x_t, state)
+        expected, expected_state = lstm.step(x_t, expected_state)
+        torch.testing.assert_close(h_t, expected, atol=TOL[torch.float32], rtol=0)
+    for got, want in zip(state, expected_state):
+        torch.testing.assert_close(got, want, atol=TOL[torch.float32], rtol=0)
