@@ -89,7 +89,7 @@ class Stepping:
         w_hh, b_ih, b_hh, w_hr); computed once (the names never change)."""
         names = self.__dict__.get("_step_names")
         if names is None:
-            names = [[(role, name) for role, name in zip(self._layer_params(k), self._all_weights[k])]
+            names = [list(zip(self._layer_params(k), self._all_weights[k]))
                      for k in range(self.num_layers)]
             self.__dict__["_step_names"] = names
         return names
@@ -100,10 +100,10 @@ class Stepping:
         batch = x.shape[1]
         if state is None:
             return [x.new_zeros(self.num_layers, batch, size) for size in sizes]
-        given = list(state) if self.mode == "LSTM" else [state]
-        if self.mode == "LSTM" and (not isinstance(state, (tuple, list)) or len(given) != 2):
+        if self.mode == "LSTM" and (not isinstance(state, (tuple, list)) or len(state) != 2):
             raise TypeError(f"fusedrnn.LSTM.step: state must be a tuple (h, c) or None, "
                             f"got {type(state).__name__}")
+        given = list(state) if self.mode == "LSTM" else [state]
         states = []
         for name, size, s in zip(self._STATE_NAMES, sizes, given):
             expected = (self.num_layers, batch, size) if batched else (self.num_layers, size)

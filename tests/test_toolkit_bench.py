@@ -68,7 +68,8 @@ def test_feature_rows(feature, cell, mode):
 def test_shape_gate_refuses_non_finite_and_misshapen_results():
     base = {"output": torch.zeros(2, 3), "h_n": torch.zeros(1, 3)}
     assert tk._shape_gate(base, {"output": torch.ones(2, 3), "h_n": torch.ones(1, 3)}).passed
-    bad = tk._shape_gate(base, {"output": torch.full((2, 3), float("nan")), "h_n": torch.ones(1, 3)})
+    nan = torch.full((2, 3), float("nan"))
+    bad = tk._shape_gate(base, {"output": nan, "h_n": torch.ones(1, 3)})
     assert not bad.passed and "output: not finite" in bad.failures
     bad = tk._shape_gate(base, {"output": torch.ones(2, 3), "h_n": torch.ones(2, 3)})
     assert not bad.passed and "h_n: shape" in bad.failures[0]

@@ -114,7 +114,8 @@ class FeaturePeer(Peer):
                          note=f"{self.feature} on" + ("" if cfg.mode == "train" else ", eval mode"))
 
     def identity(self, train: bool) -> bool:
-        return self.feature in _IDENTITY_ALWAYS or (not train and self.feature in _IDENTITY_IN_INFER)
+        return (self.feature in _IDENTITY_ALWAYS
+                or (not train and self.feature in _IDENTITY_IN_INFER))
 
     def check(self, case, train: bool):
         """The gate (see the module docstring): ``(BuiltPeer, GateResult)``."""
