@@ -20,6 +20,17 @@
 //                         kernels; the choice is made in Python
 //   grad_input            whether the backward computes the input's gradient
 //
+// The toolkit (fusedrnn/features.py; each off when None or 0; the persistent
+// paths take none of them, so the step loop runs when one is on):
+//   recurrent_mask (B, P)  recurrent dropout: multiplies h_{t-1} where it enters
+//                          W_hh h_{t-1} only (one mask for every step)
+//   zoneout_h   (T, B, P)  zoneout: the weight d of h_{t-1} in
+//                          h_t = d h_{t-1} + (1 - d) h~_t (0/1 draws, or z in eval)
+//   zoneout_c   (T, B, H)  LSTM: the same for the cell state
+//   cell_clip              LSTM: c_t clamped to [-cell_clip, cell_clip] before tanh
+//   grad_clip              backward: what step t sends back into h_{t-1} (and
+//                          c_{t-1}) clamped to [-grad_clip, grad_clip]
+//
 // The forward ops also return what the backward needs: the activated gates
 // (LSTM i|f|g|o; GRU r|z|n|W_hn h + b_hn) and the LSTM cell states, in the
 // compute dtype (fp32 for fp16/bf16 inputs); with save_for_backward=false
@@ -72,23 +83,27 @@ void define_ops(torch::Library& m) {
   m.def(
       "lstm_forward(Tensor input, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, "
       "Tensor h0, Tensor c0, Tensor? lengths, bool reverse, bool save_for_backward=True, "
-      "bool persistent=False) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor gates, "
-      "Tensor cells)");
+      "bool persistent=False, Tensor? recurrent_mask=None, Tensor? zoneout_h=None, "
+      "Tensor? zoneout_c=None, float cell_clip=0., float grad_clip=0.) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor input, "
       "Tensor w_ih, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor output, "
       "Tensor gates, Tensor cells, Tensor? lengths, bool reverse, bool grad_input=True, "
-      "bool persistent=False) -> "
+      "bool persistent=False, Tensor? recurrent_mask=None, Tensor? zoneout_h=None, "
+      "Tensor? zoneout_c=None, float cell_clip=0., float grad_clip=0.) -> "
       "(Tensor grad_input, Tensor grad_w_ih, Tensor grad_bias, Tensor grad_w_hh, "
       "Tensor grad_w_hr, Tensor grad_h0, Tensor grad_c0)");
   m.def(
       "gru_forward(Tensor input, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor? b_hh, "
       "Tensor h0, Tensor? lengths, bool reverse, bool save_for_backward=True, "
-      "bool persistent=False) -> (Tensor output, Tensor h_n, Tensor gates)");
+      "bool persistent=False, Tensor? recurrent_mask=None, Tensor? zoneout_h=None, "
+      "float grad_clip=0.) -> (Tensor output, Tensor h_n, Tensor gates)");
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_h_n, Tensor input, Tensor w_ih, "
       "Tensor w_hh, Tensor h0, Tensor output, Tensor gates, Tensor? lengths, bool reverse, "
-      "bool grad_input=True, bool persistent=False) -> (Tensor grad_input, Tensor grad_w_ih, "
+      "bool grad_input=True, bool persistent=False, Tensor? recurrent_mask=None, "
+      "Tensor? zoneout_h=None, float grad_clip=0.) -> (Tensor grad_input, Tensor grad_w_ih, "
       "Tensor grad_b_ih, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
   m.def("build_info() -> str", &build_info);

@@ -20,6 +20,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <atomic>
+#include <cmath>
 
 #include "cpu/gemm.h"
 #include "cpu/persistent.h"
@@ -88,6 +89,12 @@ T* saved_at(const Tensor& seq, int64_t t) {
 template <typename T>
 T* data_or_null(const std::optional<Tensor>& t) {
   return t ? t->data_ptr<T>() : nullptr;
+}
+
+// Step t of an optional (T, B, W) tensor, or nullptr.
+template <typename T>
+T* step_or_null(const std::optional<Tensor>& seq, int64_t t) {
+  return seq ? at_step<T>(*seq, t) : nullptr;
 }
 
 Tensor to_compute(const Tensor& t, at::ScalarType compute_type) {
@@ -247,6 +254,47 @@ cpu::InputProjection<T> input_projection_of(const Tensor& x, const Tensor& w_ih,
           .bias = data_or_null<T>(bias)};
 }
 
+// ------------------------------------------------------------- toolkit
+// The toolkit arguments of one call (csrc/ops.cpp documents them), checked
+// and in the compute dtype. The persistent paths take none of them: with any
+// one on, the step loop runs.
+
+struct Toolkit {
+  std::optional<Tensor> rec_mask, zone_h, zone_c;
+  double cell_clip = 0, grad_clip = 0;
+  bool any() const { return rec_mask || zone_h || zone_c || cell_clip > 0 || grad_clip > 0; }
+};
+
+struct ToolkitShape {
+  int64_t steps, batch, hidden, h_size;
+  bool projected;
+};
+
+Toolkit check_toolkit(const OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
+                      const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
+                      const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip) {
+  auto check_limit = [&](double limit, const char* name) {
+    if (!(limit >= 0) || std::isinf(limit))
+      args.fail(std::string(name) + " must be finite and >= 0 (0: off), got " + c10::str(limit));
+  };
+  check_limit(cell_clip, "cell_clip");
+  check_limit(grad_clip, "grad_clip");
+  if (rec_mask) args.tensor(*rec_mask, "recurrent_mask", {s.batch, s.h_size}, dtype);
+  if (zone_h) args.tensor(*zone_h, "zoneout_h", {s.steps, s.batch, s.h_size}, dtype);
+  if (zone_c) args.tensor(*zone_c, "zoneout_c", {s.steps, s.batch, s.hidden}, dtype);
+  if (s.projected && (zone_h || zone_c))
+    args.fail("zoneout with a projection (w_hr) is not implemented");
+  const auto compute = compute_dtype_for(dtype);
+  return {to_compute(rec_mask, compute), to_compute(zone_h, compute), to_compute(zone_c, compute),
+          cell_clip, grad_clip};
+}
+
+// h_prev (T, B, P) as the recurrent product took it: times the recurrent
+// dropout mask, the same at every step.
+Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit) {
+  return toolkit.rec_mask ? h_prev * toolkit.rec_mask->unsqueeze(0) : h_prev;
+}
+
 // -------------------------------------------------------- LSTM checks
 
 struct LstmSizes {
@@ -282,7 +330,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& bias,
     const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
-    bool persistent) {
+    bool persistent_in, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, const std::optional<Tensor>& zoneout_c,
+    double cell_clip, double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("lstm_forward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
@@ -291,6 +341,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
   args.tensor(h0, "h0", {s.batch, s.h_size}, out_type);
   args.tensor(c0, "c0", {s.batch, s.hidden}, out_type);
   const auto lengths = args.lengths(lengths_in, s.batch);
+  const Toolkit toolkit =
+      check_toolkit(args, {s.steps, s.batch, s.hidden, s.h_size, s.projected}, out_type,
+                    recurrent_mask, zoneout_h, zoneout_c, cell_clip, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
@@ -335,9 +389,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
     const Tensor w_hr_t = s.projected ? per_step_operand(*w_hr_c, s.steps) : Tensor();
+    // Recurrent dropout: the product takes h * mask, which the step kernels keep
+    // up to date in h_masked next to h_state.
+    Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
+    const Tensor& operand = toolkit.rec_mask ? h_masked : h_state;
+    scalar_t* const rec_mask = data_or_null<scalar_t>(toolkit.rec_mask);
+    scalar_t* const h_masked_data = toolkit.rec_mask ? h_masked.data_ptr<scalar_t>() : nullptr;
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
-      at::mm_out(hh, h_state, w_hh_t);
+      at::mm_out(hh, operand, w_hh_t);
       scalar_t* out_t = at_step<scalar_t>(output, t);
       kernels.lstm_forward({.batch = batch, .hidden = hidden,
                             .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
@@ -345,13 +405,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                             .cells = saved_at<scalar_t>(cells, t),
                             .h_out = s.projected ? h_raw.data_ptr<scalar_t>() : out_t,
                             .h_state = s.projected ? nullptr : h_state.data_ptr<scalar_t>(),
-                            .lengths = lens, .t = t});
+                            .lengths = lens, .t = t,
+                            .cell_clip = static_cast<scalar_t>(toolkit.cell_clip),
+                            .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t),
+                            .zone_c = step_or_null<scalar_t>(toolkit.zone_c, t),
+                            .rec_mask = s.projected ? nullptr : rec_mask,
+                            .h_masked = s.projected ? nullptr : h_masked_data});
       if (s.projected) {
         at::mm_out(h_proj, h_raw, w_hr_t);
         kernels.projected_commit({.batch = batch, .h_size = h_size,
                                   .h_new = h_proj.data_ptr<scalar_t>(), .out = out_t,
                                   .h_state = h_state.data_ptr<scalar_t>(), .lengths = lens,
-                                  .t = t});
+                                  .t = t, .rec_mask = rec_mask, .h_masked = h_masked_data});
       }
     }
   });
@@ -363,13 +428,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
     const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths_in,
-    bool reverse, bool grad_input, bool persistent) {
+    bool reverse, bool grad_input, bool persistent_in,
+    const std::optional<Tensor>& recurrent_mask, const std::optional<Tensor>& zoneout_h,
+    const std::optional<Tensor>& zoneout_c, double cell_clip, double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("lstm_backward", input);
   const LstmSizes s = check_lstm(args, input, w_ih, w_hh, w_hr);
   const auto out_type = input.scalar_type();
   const auto compute_type = compute_dtype_for(out_type);
   const int64_t steps = s.steps, batch = s.batch, hidden = s.hidden, h_size = s.h_size;
+  const Toolkit toolkit =
+      check_toolkit(args, {steps, batch, hidden, h_size, s.projected}, out_type, recurrent_mask,
+                    zoneout_h, zoneout_c, cell_clip, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   args.tensor(grad_output_in, "grad_output", {steps, batch, h_size}, out_type);
   args.tensor(grad_h_n, "grad_h_n", {batch, h_size}, out_type);
   args.tensor(grad_c_n, "grad_c_n", {batch, hidden}, out_type);
@@ -410,6 +481,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const auto kernels = kernels_for<scalar_t>(gates_c);
     dh_total = at::empty({steps, batch, h_size}, opts);
     Tensor dh_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
+    Tensor rec = toolkit.any() ? at::empty({batch, h_size}, opts) : Tensor();
     const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
@@ -427,8 +499,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                              .dh = (s.projected ? dh_raw : dh_total_t).data_ptr<scalar_t>(),
                              .dc = dc.data_ptr<scalar_t>(),
                              .d_gates = d_gates_t.data_ptr<scalar_t>(), .lengths = lens,
-                             .t = t});
-      if (lens) {
+                             .t = t, .cell_clip = static_cast<scalar_t>(toolkit.cell_clip),
+                             .grad_clip = static_cast<scalar_t>(toolkit.grad_clip),
+                             .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t),
+                             .zone_c = step_or_null<scalar_t>(toolkit.zone_c, t)});
+      if (toolkit.any()) {
+        // dh_state = clip(direct paths + mask * (dG @ W_hh)): params.h, GradHCombine.
+        kernels.grad_h_carry({.batch = batch, .h_size = h_size, .grad_out = nullptr,
+                              .dh_state = dh_state.data_ptr<scalar_t>(),
+                              .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
+                              .t = t, .zone = step_or_null<scalar_t>(toolkit.zone_h, t)});
+        at::mm_out(rec, d_gates_t, w_hh_c);
+        kernels.grad_h_combine({.batch = batch, .h_size = h_size,
+                                .rec = rec.data_ptr<scalar_t>(),
+                                .rec_mask = data_or_null<scalar_t>(toolkit.rec_mask),
+                                .dh_state = dh_state.data_ptr<scalar_t>(),
+                                .grad_clip = static_cast<scalar_t>(toolkit.grad_clip)});
+      } else if (lens) {
         kernels.grad_h_carry({.batch = batch, .h_size = h_size, .grad_out = nullptr,
                               .dh_state = dh_state.data_ptr<scalar_t>(),
                               .dh_total = dh_total_t.data_ptr<scalar_t>(), .lengths = lens,
@@ -442,8 +529,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
                                         reverse);
-  const Tensor grad_w_hh = gemm_tn_over_steps(d_gates.view({steps * batch, 4 * hidden}),
-                                     h_prev.reshape({steps * batch, h_size}));
+  const Tensor grad_w_hh =
+      gemm_tn_over_steps(d_gates.view({steps * batch, 4 * hidden}),
+                         recurrent_operands(h_prev, toolkit).reshape({steps * batch, h_size}));
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (s.projected) {
     // Unprojected hidden state o * tanh(c); zero where inactive (o saved as 0).
@@ -490,7 +578,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
     const Tensor& w_hh, const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths_in, bool reverse, bool save_for_backward,
-    bool persistent) {
+    bool persistent_in, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("gru_forward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
@@ -499,6 +588,10 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
   if (b_hh) args.tensor(*b_hh, "b_hh", {3 * s.hidden}, out_type);
   args.tensor(h0, "h0", {s.batch, s.hidden}, out_type);
   const auto lengths = args.lengths(lengths_in, s.batch);
+  const Toolkit toolkit =
+      check_toolkit(args, {s.steps, s.batch, s.hidden, s.hidden, false}, out_type,
+                    recurrent_mask, zoneout_h, std::nullopt, 0.0, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   c10::OptionalDeviceGuard guard(input.device());
 
   const auto compute_type = compute_dtype_for(out_type);
@@ -535,18 +628,24 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     Tensor hh = at::empty({batch, 3 * hidden}, opts);
     const auto kernels = kernels_for<scalar_t>(xproj);
     const Tensor w_hh_t = per_step_operand(w_hh_c, s.steps);
+    // Recurrent dropout: as in lstm_forward.
+    Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
+    const Tensor& operand = toolkit.rec_mask ? h_masked : h_state;
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
       if (b_hh_c) {
-        at::addmm_out(hh, *b_hh_c, h_state, w_hh_t);
+        at::addmm_out(hh, *b_hh_c, operand, w_hh_t);
       } else {
-        at::mm_out(hh, h_state, w_hh_t);
+        at::mm_out(hh, operand, w_hh_t);
       }
       kernels.gru_forward({.batch = batch, .hidden = hidden,
                            .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
                            .h_state = h_state.data_ptr<scalar_t>(),
                            .gates = saved_at<scalar_t>(gates, t),
-                           .h_out = at_step<scalar_t>(output, t), .lengths = lens, .t = t});
+                           .h_out = at_step<scalar_t>(output, t), .lengths = lens, .t = t,
+                           .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t),
+                           .rec_mask = data_or_null<scalar_t>(toolkit.rec_mask),
+                           .h_masked = toolkit.rec_mask ? h_masked.data_ptr<scalar_t>() : nullptr});
     }
   });
   return {output.to(out_type), h_state.to(out_type), gates};
@@ -555,13 +654,19 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output_in, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent) {
+    const std::optional<Tensor>& lengths_in, bool reverse, bool grad_input, bool persistent_in,
+    const std::optional<Tensor>& recurrent_mask, const std::optional<Tensor>& zoneout_h,
+    double grad_clip) {
   const NoAutocast no_autocast(c10::autocast_dispatch_keyset);
   const OpArgs args("gru_backward", input);
   const GruSizes s = check_gru(args, input, w_ih, w_hh);
   const auto out_type = input.scalar_type();
   const auto compute_type = compute_dtype_for(out_type);
   const int64_t steps = s.steps, batch = s.batch, hidden = s.hidden;
+  const Toolkit toolkit =
+      check_toolkit(args, {steps, batch, hidden, hidden, false}, out_type, recurrent_mask,
+                    zoneout_h, std::nullopt, 0.0, grad_clip);
+  const bool persistent = persistent_in && !toolkit.any();
   args.tensor(grad_output_in, "grad_output", {steps, batch, hidden}, out_type);
   args.tensor(grad_h_n, "grad_h_n", {batch, hidden}, out_type);
   args.tensor(h0, "h0", {batch, hidden}, out_type);
@@ -600,6 +705,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       }
     }
     const auto kernels = kernels_for<scalar_t>(gates_c);
+    Tensor rec = toolkit.any() ? at::empty({batch, hidden}, opts) : Tensor();
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
       kernels.grad_h_accumulate({.batch = batch, .h_size = hidden,
@@ -613,13 +719,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
                             .dh = dh_total.data_ptr<scalar_t>(),
                             .d_xproj = at_step<scalar_t>(d_xproj, t),
                             .d_hh = at_step<scalar_t>(d_hh, t),
-                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t});
-      dh_state.addmm_(d_hh.select(0, t), w_hh_c);
+                            .dh_state = dh_state.data_ptr<scalar_t>(), .lengths = lens, .t = t,
+                            .zone_h = step_or_null<scalar_t>(toolkit.zone_h, t)});
+      if (toolkit.any()) {
+        // dh_state = clip(direct paths + mask * (d_hh @ W_hh)): params.h, GradHCombine.
+        at::mm_out(rec, d_hh.select(0, t), w_hh_c);
+        kernels.grad_h_combine({.batch = batch, .h_size = hidden,
+                                .rec = rec.data_ptr<scalar_t>(),
+                                .rec_mask = data_or_null<scalar_t>(toolkit.rec_mask),
+                                .dh_state = dh_state.data_ptr<scalar_t>(),
+                                .grad_clip = static_cast<scalar_t>(toolkit.grad_clip)});
+      } else {
+        dh_state.addmm_(d_hh.select(0, t), w_hh_c);
+      }
     }
   });
 
   const Tensor d_hh_rows = d_hh.view({steps * batch, 3 * hidden});
-  const Tensor grad_w_hh = gemm_tn_over_steps(d_hh_rows, h_prev.reshape({steps * batch, hidden}));
+  const Tensor grad_w_hh = gemm_tn_over_steps(
+      d_hh_rows, recurrent_operands(h_prev, toolkit).reshape({steps * batch, hidden}));
   const Tensor grad_b_hh = d_hh_rows.sum(0);
   const InputGrads in = input_projection_backward(d_xproj, to_compute(input, compute_type),
                                                   to_compute(w_ih, compute_type), grad_input);

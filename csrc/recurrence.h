@@ -16,25 +16,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& bias,
     const Tensor& w_hh, const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0,
     const std::optional<Tensor>& lengths, bool reverse, bool save_for_backward,
-    bool persistent);
+    bool persistent, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, const std::optional<Tensor>& zoneout_c,
+    double cell_clip, double grad_clip);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& grad_c_n,
     const Tensor& input, const Tensor& w_ih, const Tensor& w_hh,
     const std::optional<Tensor>& w_hr, const Tensor& h0, const Tensor& c0, const Tensor& output,
     const Tensor& gates, const Tensor& cells, const std::optional<Tensor>& lengths, bool reverse,
-    bool grad_input, bool persistent);
+    bool grad_input, bool persistent, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, const std::optional<Tensor>& zoneout_c,
+    double cell_clip, double grad_clip);
 
 std::tuple<Tensor, Tensor, Tensor> gru_forward(
     const Tensor& input, const Tensor& w_ih, const std::optional<Tensor>& b_ih,
     const Tensor& w_hh, const std::optional<Tensor>& b_hh, const Tensor& h0,
     const std::optional<Tensor>& lengths, bool reverse, bool save_for_backward,
-    bool persistent);
+    bool persistent, const std::optional<Tensor>& recurrent_mask,
+    const std::optional<Tensor>& zoneout_h, double grad_clip);
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const Tensor& grad_output, const Tensor& grad_h_n, const Tensor& input, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& h0, const Tensor& output, const Tensor& gates,
-    const std::optional<Tensor>& lengths, bool reverse, bool grad_input, bool persistent);
+    const std::optional<Tensor>& lengths, bool reverse, bool grad_input, bool persistent,
+    const std::optional<Tensor>& recurrent_mask, const std::optional<Tensor>& zoneout_h,
+    double grad_clip);
 
 // How many calls asked for the persistent CUDA kernels and ran the step loop
 // instead (the size did not fit on chip), since the library was loaded.

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.nn.modules.rnn import RNNBase
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import checks, ops
+from . import checks, features, ops
 from .streaming import Stepping
 
 
@@ -37,18 +37,44 @@ class _FusedRNNBase(Stepping, RNNBase):
     """Shared forward of LSTM and GRU: input forms, states, layers, directions.
 
     The constructor is RNNBase's own (same arguments, checks and errors); where
-    its error does not name the argument, fusedrnn adds which one it was.
+    its error does not name the argument, fusedrnn adds which one it was. The
+    toolkit keywords (``features.py``) are taken out first and stored as
+    ``self.toolkit``; they add nothing to the state_dict.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, mode, *args, **kwargs):
+        # Set before RNNBase's constructor, which calls reset_parameters.
+        self.toolkit = features.pop_toolkit(mode, kwargs)
         try:
-            super().__init__(*args, **kwargs)
+            super().__init__(mode, *args, **kwargs)
         except (TypeError, RuntimeError) as exc:
             sizes = _int_arguments(self, ("input_size", "hidden_size", "num_layers", "proj_size"))
             detail = checks.constructor_detail(exc, sizes)
             if not detail:
                 raise
             raise type(exc)(f"{exc} ({detail})") from None
+        if self.toolkit.forget_bias is not None and not self.bias:
+            raise ValueError("fusedrnn: forget_bias needs bias=True")
+        if any(self.toolkit.zoneout) and self.proj_size > 0:
+            raise ValueError("fusedrnn: zoneout with proj_size > 0 is not implemented")
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        toolkit = self.__dict__.get("toolkit")
+        if toolkit is not None and toolkit.forget_bias is not None:
+            features.init_forget_bias(self, self.hidden_size, toolkit.forget_bias,
+                                      self._flat_weights_names)
+
+    def extra_repr(self) -> str:
+        toolkit = self.toolkit.describe()
+        return super().extra_repr() + (", " + toolkit if toolkit else "")
+
+    def _toolkit_arguments(self, layer_input: Tensor, state: list) -> dict:
+        """The toolkit's op arguments for one layer and direction (masks drawn now)."""
+        steps, batch = layer_input.shape[0], layer_input.shape[1]
+        return features.layer_arguments(self.toolkit, self.training, steps, batch,
+                                         self.hidden_size, state[0].shape[-1], layer_input,
+                                         lstm=self.mode == "LSTM")
 
     # The cell-specific parts -------------------------------------------------
     def _state_sizes(self) -> tuple:
@@ -189,8 +215,10 @@ class LSTM(_FusedRNNBase):
     def _run_layer(self, layer_input, p, state, lengths, reverse):
         like = _cast_to(layer_input.dtype)  # autocast's dtype, see _run_layers
         bias = like(p["b_ih"] + p["b_hh"]) if "b_ih" in p else None  # summed at full precision
-        return ops.lstm_layer(layer_input, like(p["w_ih"]), bias, like(p["w_hh"]),
-                              like(p.get("w_hr")), state[0], state[1], lengths, reverse)
+        w_hh = features.dropped_weight(p["w_hh"], self.toolkit.weight_drop, self.training)
+        return ops.lstm_layer(layer_input, like(p["w_ih"]), bias, like(w_hh),
+                              like(p.get("w_hr")), state[0], state[1], lengths, reverse,
+                              **self._toolkit_arguments(layer_input, state))
 
 
 class GRU(_FusedRNNBase):
@@ -230,8 +258,10 @@ class GRU(_FusedRNNBase):
 
     def _run_layer(self, layer_input, p, state, lengths, reverse):
         like = _cast_to(layer_input.dtype)  # autocast's dtype, see _run_layers
-        return ops.gru_layer(layer_input, like(p["w_ih"]), like(p.get("b_ih")), like(p["w_hh"]),
-                             like(p.get("b_hh")), state[0], lengths, reverse)
+        w_hh = features.dropped_weight(p["w_hh"], self.toolkit.weight_drop, self.training)
+        return ops.gru_layer(layer_input, like(p["w_ih"]), like(p.get("b_ih")), like(w_hh),
+                             like(p.get("b_hh")), state[0], lengths, reverse,
+                             **self._toolkit_arguments(layer_input, state))
 
 
 # --------------------------------------------------------------------- cells
@@ -241,9 +271,14 @@ class _FusedCell:
     """What fusedrnn's cells change in torch.nn's: forward runs the layer op for one step.
 
     The constructor is torch.nn's; where its error does not name the argument,
-    fusedrnn adds which one it was."""
+    fusedrnn adds which one it was. The toolkit keywords the cells take
+    (``_TOOLKIT``; features.py) are stored as ``self.toolkit``."""
 
-    def __init__(self, *args, **kwargs):
+    _TOOLKIT: tuple = ()
+
+    def __init__(self, *args, toolkit: dict, **kwargs):
+        mode = "LSTM" if isinstance(self, torch.nn.LSTMCell) else "GRU"
+        self.toolkit = features.pop_toolkit(mode, toolkit, allowed=self._TOOLKIT)
         try:
             super().__init__(*args, **kwargs)
         except (TypeError, RuntimeError) as exc:
@@ -252,6 +287,26 @@ class _FusedCell:
             if not detail:
                 raise
             raise type(exc)(f"{exc} ({detail})") from None
+        if self.toolkit.forget_bias is not None and not self.bias:
+            raise ValueError("fusedrnn: forget_bias needs bias=True")
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        toolkit = self.__dict__.get("toolkit")
+        if toolkit is not None and toolkit.forget_bias is not None:
+            features.init_forget_bias(self, self.hidden_size, toolkit.forget_bias,
+                                      ("bias_ih", "bias_hh"))
+
+    def extra_repr(self) -> str:
+        toolkit = self.toolkit.describe()
+        return super().extra_repr() + (", " + toolkit if toolkit else "")
+
+    def _toolkit_arguments(self, x: Tensor) -> dict:
+        """The toolkit's op arguments for this step (zoneout masks drawn now); ``x`` is
+        the (1, B, I) input."""
+        return features.layer_arguments(self.toolkit, self.training, 1, x.shape[1],
+                                        self.hidden_size, self.hidden_size, x,
+                                        lstm=isinstance(self, torch.nn.LSTMCell))
 
     def _prepare(self, input: Tensor, hx, lstm: bool):
         """torch.nn's checks in its order; returns the input as a 1-step sequence, the
@@ -278,31 +333,47 @@ class _FusedCell:
         return x.unsqueeze(0), states, not batched, result_dtype
 
 
-class LSTMCell(_FusedCell, torch.nn.LSTMCell):
-    """Drop-in for :class:`torch.nn.LSTMCell` (and an instance of it)."""
+def _refuse_unknown(cell, kwargs: dict) -> None:
+    """Python's own error for a keyword the cell does not take."""
+    if kwargs:
+        raise TypeError(f"{type(cell).__name__}.__init__() got an unexpected keyword argument "
+                        f"'{next(iter(kwargs))}'")
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, device, dtype)
+
+class LSTMCell(_FusedCell, torch.nn.LSTMCell):
+    """Drop-in for :class:`torch.nn.LSTMCell` (and an instance of it); takes the toolkit
+    keywords ``forget_bias``, ``cell_clip`` and ``zoneout`` (features.py)."""
+
+    _TOOLKIT = ("forget_bias", "cell_clip", "zoneout")
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **toolkit):
+        super().__init__(input_size, hidden_size, bias, device, dtype, toolkit=toolkit)
+        _refuse_unknown(self, toolkit)
 
     def forward(self, input, hx=None):
         x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         bias = like(self.bias_ih + self.bias_hh) if self.bias else None  # at full precision
-        _, h, c = ops.lstm_layer(x, like(self.weight_ih), bias, like(self.weight_hh), None, h0, c0)
+        _, h, c = ops.lstm_layer(x, like(self.weight_ih), bias, like(self.weight_hh), None, h0, c0,
+                                 **self._toolkit_arguments(x))
         if result_dtype != h.dtype:
             h, c = h.to(result_dtype), c.to(result_dtype)
         return (h.squeeze(0), c.squeeze(0)) if unbatched else (h, c)
 
 
 class GRUCell(_FusedCell, torch.nn.GRUCell):
-    """Drop-in for :class:`torch.nn.GRUCell` (and an instance of it)."""
+    """Drop-in for :class:`torch.nn.GRUCell` (and an instance of it); takes the toolkit
+    keyword ``zoneout`` (z_h; features.py)."""
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None):
-        super().__init__(input_size, hidden_size, bias, device, dtype)
+    _TOOLKIT = ("zoneout",)
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **toolkit):
+        super().__init__(input_size, hidden_size, bias, device, dtype, toolkit=toolkit)
+        _refuse_unknown(self, toolkit)
 
     def forward(self, input, hx=None):
         x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         _, h = ops.gru_layer(x, like(self.weight_ih), like(self.bias_ih), like(self.weight_hh),
-                             like(self.bias_hh), h0)
+                             like(self.bias_hh), h0, **self._toolkit_arguments(x))
         return h.squeeze(0) if unbatched else h

@@ -76,6 +76,14 @@ def _no_lengths(lengths) -> None:
         raise ValueError("fusedrnn.onnx: PackedSequence inputs (lengths) are not supported")
 
 
+def _no_toolkit(toolkit: tuple) -> None:
+    # ONNX's LSTM/GRU have no zoneout, recurrent dropout or cell-state clamp (their
+    # `clip` clamps the gate inputs, not the cell state).
+    if any(v is not None and not (isinstance(v, float) and v == 0) for v in toolkit):
+        raise ValueError("fusedrnn.onnx: the toolkit features (zoneout, recurrent_dropout, "
+                         "cell_clip, grad_clip) cannot be exported to ONNX's LSTM/GRU")
+
+
 def _unused_saved(input, width: int, save_for_backward: bool):
     """Stand-in for the op's saved-for-backward output (steps or 0, batch, width).
 
@@ -100,11 +108,13 @@ def _one_layer_outputs(y, y_h):
 @torch_op("fusedrnn::lstm_forward", trace_only=True)
 def lstm_forward(input: TFloat, w_ih: TFloat, bias: Optional[TFloat], w_hh: TFloat,
                  w_hr: Optional[TFloat], h0: TFloat, c0: TFloat, lengths: Optional[TInt],
-                 reverse: bool, save_for_backward: bool = True, persistent: bool = False):
+                 reverse: bool, save_for_backward: bool = True, persistent: bool = False,
+                 *toolkit):
     """``fusedrnn::lstm_forward`` as one ONNX ``LSTM`` node."""
     if w_hr is not None:
         raise ValueError(PROJ_SIZE_ERROR)
     _no_lengths(lengths)
+    _no_toolkit(toolkit)
     hidden = w_ih.shape[0] // 4
     onnx_bias = None
     if bias is not None:
@@ -124,9 +134,10 @@ def lstm_forward(input: TFloat, w_ih: TFloat, bias: Optional[TFloat], w_hh: TFlo
 @torch_op("fusedrnn::gru_forward", trace_only=True)
 def gru_forward(input: TFloat, w_ih: TFloat, b_ih: Optional[TFloat], w_hh: TFloat,
                 b_hh: Optional[TFloat], h0: TFloat, lengths: Optional[TInt], reverse: bool,
-                save_for_backward: bool = True, persistent: bool = False):
+                save_for_backward: bool = True, persistent: bool = False, *toolkit):
     """``fusedrnn::gru_forward`` as one ONNX ``GRU`` node (``linear_before_reset=1``)."""
     _no_lengths(lengths)
+    _no_toolkit(toolkit)
     hidden = w_ih.shape[0] // 3
     onnx_bias = None
     if b_ih is not None or b_hh is not None:

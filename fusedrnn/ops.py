@@ -170,29 +170,63 @@ def autocast_dtype(x: Tensor, casts_fp32: bool) -> torch.dtype | None:
 
 
 def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
-               h0: Tensor, c0: Tensor, lengths: Tensor | None = None, reverse: bool = False):
-    """One LSTM layer, one direction: ``(output, h_n, c_n)``. See csrc/ops.cpp."""
+               h0: Tensor, c0: Tensor, lengths: Tensor | None = None, reverse: bool = False, *,
+               recurrent_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
+               zoneout_c: Tensor | None = None, cell_clip: float | None = None,
+               grad_clip: float | None = None):
+    """One LSTM layer, one direction: ``(output, h_n, c_n)``. See csrc/ops.cpp; the
+    keywords are the toolkit's (fusedrnn/features.py), off when None."""
     lengths = _prepare_lengths(lengths, x)
+    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+                   cell_clip=cell_clip, grad_clip=grad_clip)
     ops = _ops()
     if ops is None:
-        return reference.lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
+        return reference.lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
+                                    **toolkit)
     save = _needs_backward(x, w_ih, bias, w_hh, w_hr, h0, c0)
-    out, h_n, c_n, _, _ = ops.lstm_forward(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
-                                           save, use_persistent(x))
+    out, h_n, c_n, _, _ = ops.lstm_forward(
+        x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, save,
+        use_persistent(x) and not _toolkit_on(toolkit), *_toolkit_args(toolkit))
     return out, h_n, c_n
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
-              h0: Tensor, lengths: Tensor | None = None, reverse: bool = False):
-    """One GRU layer, one direction: ``(output, h_n)``. See csrc/ops.cpp."""
+              h0: Tensor, lengths: Tensor | None = None, reverse: bool = False, *,
+              recurrent_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
+              grad_clip: float | None = None):
+    """One GRU layer, one direction: ``(output, h_n)``. See csrc/ops.cpp; the keywords
+    are the toolkit's (fusedrnn/features.py), off when None."""
     lengths = _prepare_lengths(lengths, x)
+    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, grad_clip=grad_clip)
     ops = _ops()
     if ops is None:
-        return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse)
+        return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, **toolkit)
     save = _needs_backward(x, w_ih, b_ih, w_hh, b_hh, h0)
-    out, h_n, _ = ops.gru_forward(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, save,
-                                  use_persistent(x))
+    out, h_n, _ = ops.gru_forward(
+        x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, save,
+        use_persistent(x) and not _toolkit_on(toolkit), *_toolkit_args(toolkit))
     return out, h_n
+
+
+def _toolkit_on(toolkit: dict) -> bool:
+    """Whether any toolkit feature is on: the persistent loops and kernels take none of
+    them, so such a layer always runs the step loop."""
+    return any(value is not None for value in toolkit.values())
+
+
+def _toolkit_args(toolkit: dict) -> tuple:
+    """The ops' trailing toolkit arguments (schema order, as in ``toolkit``): none when
+    every feature is off, so such a call (and an exported graph) is the plain op's."""
+    if not _toolkit_on(toolkit):
+        return ()
+    return tuple(_op_value(name, value) for name, value in toolkit.items())
+
+
+def _op_value(name: str, value):
+    """A toolkit argument as the op takes it: a limit of 0 is off, masks contiguous."""
+    if name.endswith("clip"):
+        return 0.0 if value is None else float(value)
+    return None if value is None else value.contiguous()
 
 
 def _needs_backward(*tensors) -> bool:

@@ -23,21 +23,29 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
-def lstm_cell(xproj_t: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Tensor | None):
-    """One LSTM step. ``xproj_t`` is ``(B, 4H)``; returns ``(h', c')``."""
-    gates = xproj_t + h @ w_hh.t()
+def lstm_cell(xproj_t: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Tensor | None,
+              cell_clip: float | None = None, recurrent_mask: Tensor | None = None):
+    """One LSTM step. ``xproj_t`` is ``(B, 4H)``; returns ``(h', c')``. ``cell_clip``
+    clamps c' before h' = o * tanh(c'); ``recurrent_mask`` multiplies h where it
+    enters the recurrent product only."""
+    h_in = h if recurrent_mask is None else h * recurrent_mask
+    gates = xproj_t + h_in @ w_hh.t()
     i, f, g, o = gates.chunk(4, dim=-1)
     i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
     c_new = f * c + i * g
+    if cell_clip is not None:
+        c_new = c_new.clamp(-cell_clip, cell_clip)
     h_new = o * c_new.tanh()
     if w_hr is not None:
         h_new = h_new @ w_hr.t()
     return h_new, c_new
 
 
-def gru_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None):
-    """One GRU step. ``xproj_t`` is ``(B, 3H)`` including ``b_ih``; returns ``h'``."""
-    hh = h @ w_hh.t()
+def gru_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
+             recurrent_mask: Tensor | None = None):
+    """One GRU step. ``xproj_t`` is ``(B, 3H)`` including ``b_ih``; returns ``h'``.
+    ``recurrent_mask`` multiplies h where it enters the recurrent product only."""
+    hh = (h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t()
     if b_hh is not None:
         hh = hh + b_hh
     x_r, x_z, x_n = xproj_t.chunk(3, dim=-1)
@@ -58,39 +66,76 @@ def _active_rows(lengths: Tensor | None, t: int, like: Tensor) -> Tensor | None:
     return (lengths.to(like.device) > t).unsqueeze(-1)
 
 
-def lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths=None, reverse=False):
+class _ClampGrad(torch.autograd.Function):
+    """Identity forward; the gradient clamped elementwise to [-limit, limit] (grad_clip)."""
+
+    @staticmethod
+    def forward(ctx, x, limit):
+        ctx.limit = limit
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clamp(-ctx.limit, ctx.limit), None
+
+
+def _clip_grad(state: Tensor, limit: float | None) -> Tensor:
+    """``state`` as one step uses it: with grad_clip, the gradient this step sends back
+    into it is clamped (before the output's gradient at the step before is added)."""
+    return state if limit is None else _ClampGrad.apply(state, limit)
+
+
+def _zoneout(weight: Tensor | None, t: int, previous: Tensor, new: Tensor) -> Tensor:
+    """Zoneout: ``d * previous + (1 - d) * new`` with d the step's weight (a 0/1 draw in
+    training, the probability in eval), or ``new`` without zoneout."""
+    if weight is None:
+        return new
+    d = weight[t]
+    return d * previous + (1 - d) * new
+
+
+def _commit(active, new: Tensor, old: Tensor) -> tuple:
+    """(state, output) after a step: inactive rows carry ``old`` and output zero."""
+    if active is None:
+        return new, new
+    return torch.where(active, new, old), torch.where(active, new, torch.zeros_like(new))
+
+
+def lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths=None, reverse=False, *,
+               recurrent_mask=None, zoneout_h=None, zoneout_c=None, cell_clip=None,
+               grad_clip=None):
     """One LSTM layer in one direction: ``(output, h_n, c_n)``. ``bias`` is
-    ``b_ih + b_hh`` or None."""
+    ``b_ih + b_hh`` or None. The keywords are the toolkit's (fusedrnn/features.py):
+    ``recurrent_mask`` (B, P), ``zoneout_h`` (T, B, P) and ``zoneout_c`` (T, B, H) the
+    weights of the previous state, ``cell_clip``, ``grad_clip``."""
     xproj = torch.nn.functional.linear(x, w_ih, bias)
     h, c = h0, c0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
-        h_new, c_new = lstm_cell(xproj[t], h, c, w_hh, w_hr)
+        h_in, c_in = _clip_grad(h, grad_clip), _clip_grad(c, grad_clip)
+        h_new, c_new = lstm_cell(xproj[t], h_in, c_in, w_hh, w_hr, cell_clip, recurrent_mask)
+        h_new = _zoneout(zoneout_h, t, h_in, h_new)
+        c_new = _zoneout(zoneout_c, t, c_in, c_new)
         active = _active_rows(lengths, t, h)
-        if active is None:
-            h, c, outputs[t] = h_new, c_new, h_new
-        else:
-            h = torch.where(active, h_new, h)
-            c = torch.where(active, c_new, c)
-            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        h, outputs[t] = _commit(active, h_new, h_in)
+        c, _ = _commit(active, c_new, c_in)
     if not outputs:
         return xproj.new_zeros(0, h0.shape[0], h0.shape[1]), h, c
     return torch.stack(outputs), h, c
 
 
-def gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths=None, reverse=False):
-    """One GRU layer in one direction: ``(output, h_n)``."""
+def gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths=None, reverse=False, *,
+              recurrent_mask=None, zoneout_h=None, grad_clip=None):
+    """One GRU layer in one direction: ``(output, h_n)``; the keywords as in
+    :func:`lstm_layer`."""
     xproj = torch.nn.functional.linear(x, w_ih, b_ih)
     h = h0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
-        h_new = gru_cell(xproj[t], h, w_hh, b_hh)
-        active = _active_rows(lengths, t, h)
-        if active is None:
-            h, outputs[t] = h_new, h_new
-        else:
-            h = torch.where(active, h_new, h)
-            outputs[t] = torch.where(active, h_new, torch.zeros_like(h_new))
+        h_in = _clip_grad(h, grad_clip)
+        h_new = gru_cell(xproj[t], h_in, w_hh, b_hh, recurrent_mask)
+        h_new = _zoneout(zoneout_h, t, h_in, h_new)
+        h, outputs[t] = _commit(_active_rows(lengths, t, h), h_new, h_in)
     if not outputs:
         return xproj.new_zeros(0, h0.shape[0], h0.shape[1]), h
     return torch.stack(outputs), h

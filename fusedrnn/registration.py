@@ -10,6 +10,8 @@ gradgradcheck), the backward is computed instead by differentiating
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -46,7 +48,7 @@ def _grad_input_like(x: Tensor, grad_input: bool) -> Tensor:
 
 
 def _lstm_forward_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
-                       save_for_backward=True, persistent=False):
+                       save_for_backward=True, persistent=False, *toolkit):
     steps, batch, _ = x.shape
     gates, h_size = w_ih.shape[0], w_hh.shape[1]
     hidden = gates // 4
@@ -58,7 +60,8 @@ def _lstm_forward_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
 
 
 def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, output,
-                        gates, cells, lengths, reverse, grad_input=True, persistent=False):
+                        gates, cells, lengths, reverse, grad_input=True, persistent=False,
+                        *toolkit):
     grad_w_hr = w_hh.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0)
     return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
             w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape), grad_w_hr,
@@ -66,7 +69,7 @@ def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0
 
 
 def _gru_forward_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
-                      save_for_backward=True, persistent=False):
+                      save_for_backward=True, persistent=False, *toolkit):
     steps, batch, _ = x.shape
     hidden = w_ih.shape[0] // 3
     ct = _compute_dtype(x.dtype)
@@ -76,7 +79,7 @@ def _gru_forward_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
 
 
 def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
-                       reverse, grad_input=True, persistent=False):
+                       reverse, grad_input=True, persistent=False, *toolkit):
     gates3 = w_ih.shape[0]
     return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
             w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
@@ -113,56 +116,89 @@ def _differentiable_backward(layer, inputs, needs_grad, layer_args, grads):
     return tuple(out)
 
 
+# The toolkit arguments (fusedrnn/features.py) after ``persistent``, in schema order.
+_LSTM_TOOLKIT = ("recurrent_mask", "zoneout_h", "zoneout_c", "cell_clip", "grad_clip")
+_GRU_TOOLKIT = ("recurrent_mask", "zoneout_h", "grad_clip")
+
+
+def _save_toolkit(ctx, names: tuple, values: tuple) -> None:
+    """Keeps the toolkit arguments for the backward: the masks as saved tensors (set on
+    ctx after save_for_backward), the limits as floats."""
+    values = dict(zip(names, values))
+    ctx.toolkit_limits = {n: v for n, v in values.items() if not isinstance(v, Tensor | None)}
+    ctx.toolkit_masks = [n for n, v in values.items() if isinstance(v, Tensor | None)]
+    return [values[n] for n in ctx.toolkit_masks]
+
+
+def _toolkit_of(ctx, masks) -> dict:
+    """The toolkit arguments saved by :func:`_save_toolkit`, by name."""
+    return {**dict(zip(ctx.toolkit_masks, masks)), **ctx.toolkit_limits}
+
+
+def _reference_toolkit(toolkit: dict) -> dict:
+    """The reference's keywords: a limit of 0 is off (None)."""
+    return {n: (None if v is not None and not isinstance(v, Tensor) and v == 0 else v)
+            for n, v in toolkit.items()}
+
+
 def _lstm_setup_context(ctx, inputs, output):
-    x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, _save, persistent = inputs
+    x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, _save, persistent, *toolkit = inputs
     out, h_n, c_n, gates, cells = output
-    ctx.save_for_backward(x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths)
+    masks = _save_toolkit(ctx, _LSTM_TOOLKIT[:len(toolkit)], tuple(toolkit))
+    ctx.save_for_backward(x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths, *masks)
     ctx.reverse = reverse
     ctx.persistent = persistent
+    ctx.unused = (None,) * (4 + len(toolkit))  # no gradient from lengths onwards
     ctx.mark_non_differentiable(gates, cells)
 
 
 def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
-    x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths = ctx.saved_tensors
-    unused = (None,) * 4  # lengths, reverse, save_for_backward, persistent
+    x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths, *masks = ctx.saved_tensors
+    toolkit = _toolkit_of(ctx, masks)
     if torch.is_grad_enabled():
-        return _differentiable_backward(reference.lstm_layer, (x, w_ih, bias, w_hh, w_hr, h0, c0),
+        layer = functools.partial(reference.lstm_layer, **_reference_toolkit(toolkit))
+        return _differentiable_backward(layer, (x, w_ih, bias, w_hh, w_hr, h0, c0),
                                         ctx.needs_input_grad[:7], (lengths, ctx.reverse),
-                                        (grad_out, grad_h_n, grad_c_n)) + unused
+                                        (grad_out, grad_h_n, grad_c_n)) + ctx.unused
     _check_saved(gates, out)
     grad_x, grad_w_ih, grad_bias, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = (
         ops.lstm_backward(
             _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
             _zeros_if_none(grad_c_n, c0), x, w_ih, w_hh, w_hr, h0, c0, out, gates, cells, lengths,
-            ctx.reverse, ctx.needs_input_grad[0], ctx.persistent))
+            ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
+            *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit)))
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_bias if bias is not None else None, grad_w_hh,
-            grad_w_hr if w_hr is not None else None, grad_h0, grad_c0) + unused
+            grad_w_hr if w_hr is not None else None, grad_h0, grad_c0) + ctx.unused
 
 
 def _gru_setup_context(ctx, inputs, output):
-    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, _save, persistent = inputs
+    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, _save, persistent, *toolkit = inputs
     out, h_n, gates = output
-    ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths)
+    masks = _save_toolkit(ctx, _GRU_TOOLKIT[:len(toolkit)], tuple(toolkit))
+    ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths, *masks)
     ctx.reverse = reverse
     ctx.persistent = persistent
+    ctx.unused = (None,) * (4 + len(toolkit))  # no gradient from lengths onwards
     ctx.mark_non_differentiable(gates)
 
 
 def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
-    x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths = ctx.saved_tensors
-    unused = (None,) * 4  # lengths, reverse, save_for_backward, persistent
+    x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths, *masks = ctx.saved_tensors
+    toolkit = _toolkit_of(ctx, masks)
     if torch.is_grad_enabled():
-        return _differentiable_backward(reference.gru_layer, (x, w_ih, b_ih, w_hh, b_hh, h0),
+        layer = functools.partial(reference.gru_layer, **_reference_toolkit(toolkit))
+        return _differentiable_backward(layer, (x, w_ih, b_ih, w_hh, b_hh, h0),
                                         ctx.needs_input_grad[:6], (lengths, ctx.reverse),
-                                        (grad_out, grad_h_n)) + unused
+                                        (grad_out, grad_h_n)) + ctx.unused
     _check_saved(gates, out)
     grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = ops.gru_backward(
         _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih, w_hh, h0, out,
-        gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent)
+        gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
+        *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_b_ih if b_ih is not None else None, grad_w_hh,
-            grad_b_hh if b_hh is not None else None, grad_h0) + unused
+            grad_b_hh if b_hh is not None else None, grad_h0) + ctx.unused
 
 
 def _backward_op_has_no_backward(ctx, *grads):

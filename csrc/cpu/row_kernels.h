@@ -20,6 +20,7 @@ struct RowKernels {
   void (*grad_h_carry)(const GradHStep<T>&, int64_t row);
   void (*gru_forward)(const GruForwardStep<T>&, int64_t row);
   void (*gru_backward)(const GruBackwardStep<T>&, int64_t row);
+  void (*grad_h_combine)(const GradHCombine<T>&, int64_t row);
   // One row of a persistent thread's units (cpu/persistent.h).
   void (*lstm_forward_slice)(const LstmForwardSlice<T>&);
   void (*lstm_backward_slice)(const LstmBackwardSlice<T>&);

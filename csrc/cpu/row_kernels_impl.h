@@ -60,16 +60,25 @@ void lstm_forward_row(const LstmForwardStep<T>& p, int64_t b) {
     if (gates) std::fill_n(gates, 4 * H, T(0));
     if (cells) std::copy_n(c, H, cells);
     std::fill_n(h_out, H, T(0));
-    return;
+    return;  // h_masked, like h_state, keeps its value
   }
+  const auto clip = Clip<Vec<T>>::make(p.cell_clip);
+  const T* zone_h = p.zone_h ? p.zone_h + b * H : nullptr;
+  const T* zone_c = p.zone_c ? p.zone_c + b * H : nullptr;
+  const T* rec_mask = p.rec_mask ? p.rec_mask + b * H : nullptr;
+  T* h_masked = p.h_masked ? p.h_masked + b * H : nullptr;
   for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
     auto pre = [&](int gate) { return load(x + gate * H + j, n) + load(hh + gate * H + j, n); };
-    const auto s = lstm_cell_forward(pre(0), pre(1), pre(2), pre(3), load(c + j, n));
+    const auto c_prev = load(c + j, n);
+    const auto s = lstm_cell_forward(pre(0), pre(1), pre(2), pre(3), c_prev, clip);
     if (gates) store_gates(gates + j, H, n, s.i, s.f, s.g, s.o);
-    store(s.c, c + j, n);
-    if (cells) store(s.c, cells + j, n);
-    store(s.h, h_out + j, n);
-    if (h_state) store(s.h, h_state + j, n);
+    const auto c_new = zone_c ? zoneout_mix(load(zone_c + j, n), c_prev, s.c) : s.c;
+    const auto h_new = zone_h ? zoneout_mix(load(zone_h + j, n), load(h_state + j, n), s.h) : s.h;
+    store(c_new, c + j, n);
+    if (cells) store(c_new, cells + j, n);
+    store(h_new, h_out + j, n);
+    if (h_state) store(h_new, h_state + j, n);
+    if (rec_mask) store(h_new * load(rec_mask + j, n), h_masked + j, n);
   });
 }
 
@@ -82,16 +91,32 @@ void lstm_backward_row(const LstmBackwardStep<T>& p, int64_t b) {
   const T* dh = p.dh + b * H;
   T* dc = p.dc + b * H;
   T* d_gates = p.d_gates + b * 4 * H;
+  const auto grad_clip = Clip<Vec<T>>::make(p.grad_clip);
   if (!row_active(p.lengths, p.t, b)) {
-    std::fill_n(d_gates, 4 * H, T(0));  // dc passes through unchanged
+    std::fill_n(d_gates, 4 * H, T(0));  // dc passes through (clamped by grad_clip)
+    if (grad_clip.on) {
+      for_each_chunk<T>(H, [&](int64_t j, int64_t n) { store(grad_clip(load(dc + j, n)), dc + j, n); });
+    }
     return;
   }
+  const auto cell_clip = Clip<Vec<T>>::make(p.cell_clip);
+  const T* zone_h = p.zone_h ? p.zone_h + b * H : nullptr;
+  const T* zone_c = p.zone_c ? p.zone_c + b * H : nullptr;
+  const Vec<T> one(T(1));
   for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
     auto gate = [&](int g) { return load(gates + g * H + j, n); };
-    const auto d = lstm_cell_backward(gate(0), gate(1), gate(2), gate(3), load(cells + j, n),
-                                      load(c_prev + j, n), load(dh + j, n), load(dc + j, n));
+    const auto i = gate(0), f = gate(1), g = gate(2), o = gate(3), cp = load(c_prev + j, n);
+    const auto dh_t = load(dh + j, n), dc_t = load(dc + j, n);
+    // Zoneout: the cell's own outputs h~, c~ get (1 - d) of the gradient, and
+    // c~ is recomputed (the saved cell is the mixed state).
+    const auto d_h = zone_h ? load(zone_h + j, n) : Vec<T>(T(0));
+    const auto d_c = zone_c ? load(zone_c + j, n) : Vec<T>(T(0));
+    const auto c_new = zone_c ? lstm_new_cell(i, f, g, cp, cell_clip) : load(cells + j, n);
+    const auto d = lstm_cell_backward(i, f, g, o, c_new, cp, zone_h ? (one - d_h) * dh_t : dh_t,
+                                      zone_c ? (one - d_c) * dc_t : dc_t, cell_clip);
     store_gates(d_gates + j, H, n, d.d_i, d.d_f, d.d_g, d.d_o);
-    store(d.d_c_prev, dc + j, n);
+    const auto dc_prev = zone_c ? d.d_c_prev + d_c * dc_t : d.d_c_prev;
+    store(grad_clip(dc_prev), dc + j, n);
   });
 }
 
@@ -105,6 +130,13 @@ void projected_commit_row(const ProjectedCommit<T>& p, int64_t b) {
   }
   std::copy_n(p.h_new + b * W, W, out);
   std::copy_n(p.h_new + b * W, W, p.h_state + b * W);
+  if (p.rec_mask) {
+    const T *h = p.h_new + b * W, *mask = p.rec_mask + b * W;
+    T* masked = p.h_masked + b * W;
+    for_each_chunk<T>(W, [&](int64_t j, int64_t n) {
+      store(load(h + j, n) * load(mask + j, n), masked + j, n);
+    });
+  }
 }
 
 template <typename T>
@@ -126,11 +158,30 @@ template <typename T>
 void grad_h_carry_row(const GradHStep<T>& p, int64_t b) {
   const int64_t W = p.h_size;
   T* state = p.dh_state + b * W;
-  if (row_active(p.lengths, p.t, b)) {
-    std::fill_n(state, W, T(0));
+  const T* total = p.dh_total + b * W;
+  if (!row_active(p.lengths, p.t, b)) {
+    std::copy_n(total, W, state);
+  } else if (p.zone) {  // zoneout: h_t = d h_{t-1} + ..., so h_{t-1} gets d * dh_t directly
+    const T* zone = p.zone + b * W;
+    for_each_chunk<T>(W, [&](int64_t j, int64_t n) {
+      store(load(zone + j, n) * load(total + j, n), state + j, n);
+    });
   } else {
-    std::copy_n(p.dh_total + b * W, W, state);
+    std::fill_n(state, W, T(0));
   }
+}
+
+template <typename T>
+void grad_h_combine_row(const GradHCombine<T>& p, int64_t b) {
+  const int64_t W = p.h_size;
+  const T* rec = p.rec + b * W;
+  const T* mask = p.rec_mask ? p.rec_mask + b * W : nullptr;
+  T* state = p.dh_state + b * W;
+  const auto clip = Clip<Vec<T>>::make(p.grad_clip);
+  for_each_chunk<T>(W, [&](int64_t j, int64_t n) {
+    const auto through_w = mask ? load(rec + j, n) * load(mask + j, n) : load(rec + j, n);
+    store(clip(load(state + j, n) + through_w), state + j, n);
+  });
 }
 
 template <typename T>
@@ -146,13 +197,19 @@ void gru_forward_row(const GruForwardStep<T>& p, int64_t b) {
     std::fill_n(h_out, H, T(0));
     return;
   }
+  const T* zone_h = p.zone_h ? p.zone_h + b * H : nullptr;
+  const T* rec_mask = p.rec_mask ? p.rec_mask + b * H : nullptr;
+  T* h_masked = p.h_masked ? p.h_masked + b * H : nullptr;
   for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
     const auto hh_n = load(hh + 2 * H + j, n);
+    const auto h_prev = load(h + j, n);
     const auto s = gru_cell_forward(load(x + j, n), load(x + H + j, n), load(x + 2 * H + j, n),
-                                    load(hh + j, n), load(hh + H + j, n), hh_n, load(h + j, n));
+                                    load(hh + j, n), load(hh + H + j, n), hh_n, h_prev);
     if (gates) store_gates(gates + j, H, n, s.r, s.z, s.n, hh_n);
-    store(s.h, h + j, n);
-    store(s.h, h_out + j, n);
+    const auto h_new = zone_h ? zoneout_mix(load(zone_h + j, n), h_prev, s.h) : s.h;
+    store(h_new, h + j, n);
+    store(h_new, h_out + j, n);
+    if (rec_mask) store(h_new * load(rec_mask + j, n), h_masked + j, n);
   });
 }
 
@@ -171,17 +228,22 @@ void gru_backward_row(const GruBackwardStep<T>& p, int64_t b) {
     std::copy_n(dh, H, dh_state);
     return;
   }
+  const T* zone_h = p.zone_h ? p.zone_h + b * H : nullptr;
+  const Vec<T> one(T(1));
   for_each_chunk<T>(H, [&](int64_t j, int64_t n) {
     auto gate = [&](int g) { return load(gates + g * H + j, n); };
+    const auto dh_t = load(dh + j, n);
+    // Zoneout: the cell's h~ gets (1 - d) of the gradient, h_{t-1} d of it directly.
+    const auto d_h = zone_h ? load(zone_h + j, n) : Vec<T>(T(0));
     const auto d = gru_cell_backward(gate(0), gate(1), gate(2), gate(3), load(h_prev + j, n),
-                                     load(dh + j, n));
+                                     zone_h ? (one - d_h) * dh_t : dh_t);
     store(d.dx_r, dx + j, n);
     store(d.dx_z, dx + H + j, n);
     store(d.dx_n, dx + 2 * H + j, n);
     store(d.dx_r, dhh + j, n);
     store(d.dx_z, dhh + H + j, n);
     store(d.dh_n, dhh + 2 * H + j, n);
-    store(d.dh_prev, dh_state + j, n);
+    store(zone_h ? d.dh_prev + d_h * dh_t : d.dh_prev, dh_state + j, n);
   });
 }
 
@@ -287,6 +349,7 @@ RowKernels<T> row_kernels() {
           .grad_h_carry = &grad_h_carry_row<T>,
           .gru_forward = &gru_forward_row<T>,
           .gru_backward = &gru_backward_row<T>,
+          .grad_h_combine = &grad_h_combine_row<T>,
           .lstm_forward_slice = &lstm_forward_slice<T>,
           .lstm_backward_slice = &lstm_backward_slice<T>,
           .gru_forward_slice = &gru_forward_slice<T>,

@@ -46,6 +46,8 @@ template <typename T>
 void gru_forward(const GruForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().gru_forward); }
 template <typename T>
 void gru_backward(const GruBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().gru_backward); }
+template <typename T>
+void grad_h_combine(const GradHCombine<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_combine); }
 
 }  // namespace
 
@@ -63,7 +65,7 @@ template const RowKernels<double>& best_row_kernels<double>();
 template <typename T>
 StepKernels<T> step_kernels() {
   return {&lstm_forward<T>,     &lstm_backward<T>, &projected_commit<T>, &grad_h_accumulate<T>,
-          &grad_h_carry<T>,     &gru_forward<T>,   &gru_backward<T>};
+          &grad_h_carry<T>,     &gru_forward<T>,   &gru_backward<T>,     &grad_h_combine<T>};
 }
 
 template StepKernels<float> step_kernels<float>();

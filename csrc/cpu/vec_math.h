@@ -70,4 +70,18 @@ struct Activations<at::vec::Vectorized<T>> {
   }
 };
 
+// cells.h's clamps on SIMD lanes: blends on lane masks, so that a NaN lane
+// stays NaN (its comparisons are false) as in torch.clamp.
+template <typename T>
+struct Compare<at::vec::Vectorized<T>> {
+  using Vec = at::vec::Vectorized<T>;
+  static Vec clamp(const Vec& x, const Vec& lo, const Vec& hi) {
+    const Vec upper = Vec::blendv(x, hi, x > hi);
+    return Vec::blendv(upper, lo, x < lo);
+  }
+  static Vec pass_inside(const Vec& x, const Vec& lo, const Vec& hi, const Vec& grad) {
+    return Vec::blendv(Vec(T(0)), grad, (x > lo) & (x < hi));
+  }
+};
+
 }  // namespace fusedrnn

@@ -62,15 +62,20 @@ __global__ void lstm_forward_kernel(const LstmForwardStep<T> p) {
     const int64_t b = idx / H, j = idx - b * H;
     const int64_t g0 = b * 4 * H + j;  // gate i of this element; f, g, o follow H apart
     if (row_active(p.lengths, p.t, b)) {
+      const T c_prev = p.c[idx];
       const LstmGatesAndState<T> s = lstm_cell_forward<T>(
           p.xproj[g0] + p.hh[g0], p.xproj[g0 + H] + p.hh[g0 + H],
           p.xproj[g0 + 2 * H] + p.hh[g0 + 2 * H], p.xproj[g0 + 3 * H] + p.hh[g0 + 3 * H],
-          p.c[idx]);
+          c_prev, Clip<T>::make(p.cell_clip));
       save_gates(p.gates, g0, H, s.i, s.f, s.g, s.o);
-      p.c[idx] = s.c;
-      if (p.cells != nullptr) p.cells[idx] = s.c;
-      p.h_out[idx] = s.h;
-      if (p.h_state != nullptr) p.h_state[idx] = s.h;
+      // Toolkit: zoneout mixes in the previous state; h_masked feeds the next product.
+      const T c_new = p.zone_c != nullptr ? zoneout_mix(p.zone_c[idx], c_prev, s.c) : s.c;
+      const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[idx], p.h_state[idx], s.h) : s.h;
+      p.c[idx] = c_new;
+      if (p.cells != nullptr) p.cells[idx] = c_new;
+      p.h_out[idx] = h_new;
+      if (p.h_state != nullptr) p.h_state[idx] = h_new;
+      if (p.rec_mask != nullptr) p.h_masked[idx] = h_new * p.rec_mask[idx];
     } else {
       // Finished sequence: state carried, zero output and zero saved gates.
       save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
@@ -86,21 +91,32 @@ __global__ void lstm_backward_kernel(const LstmBackwardStep<T> p) {
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     const int64_t b = idx / H, j = idx - b * H;
     const int64_t g0 = b * 4 * H + j;
+    const Clip<T> grad_clip = Clip<T>::make(p.grad_clip);
     if (row_active(p.lengths, p.t, b)) {
+      const Clip<T> cell_clip = Clip<T>::make(p.cell_clip);
+      const T i = p.gates[g0], f = p.gates[g0 + H], g = p.gates[g0 + 2 * H];
+      const T c_prev = p.c_prev[idx], dh = p.dh[idx], dc = p.dc[idx];
+      // Zoneout: the cell's own h~, c~ get (1 - d) of the gradient, and c~ is
+      // recomputed (the saved cell is the mixed state).
+      const T d_h = p.zone_h != nullptr ? p.zone_h[idx] : T(0);
+      const T d_c = p.zone_c != nullptr ? p.zone_c[idx] : T(0);
+      const T c_new = p.zone_c != nullptr ? lstm_new_cell(i, f, g, c_prev, cell_clip) : p.cells[idx];
       const LstmGrads<T> d = lstm_cell_backward<T>(
-          p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H], p.gates[g0 + 3 * H], p.cells[idx],
-          p.c_prev[idx], p.dh[idx], p.dc[idx]);
+          i, f, g, p.gates[g0 + 3 * H], c_new, c_prev, (T(1) - d_h) * dh, (T(1) - d_c) * dc,
+          cell_clip);
       p.d_gates[g0] = d.d_i;
       p.d_gates[g0 + H] = d.d_f;
       p.d_gates[g0 + 2 * H] = d.d_g;
       p.d_gates[g0 + 3 * H] = d.d_o;
-      p.dc[idx] = d.d_c_prev;
+      p.dc[idx] = grad_clip(p.zone_c != nullptr ? d.d_c_prev + d_c * dc : d.d_c_prev);
     } else {
-      // dc passes straight through; zero d_gates keep dh_state += dG @ W a no-op.
+      // dc passes straight through (clamped by grad_clip); zero d_gates keep
+      // dh_state += dG @ W a no-op.
       p.d_gates[g0] = T(0);
       p.d_gates[g0 + H] = T(0);
       p.d_gates[g0 + 2 * H] = T(0);
       p.d_gates[g0 + 3 * H] = T(0);
+      if (grad_clip.on) p.dc[idx] = grad_clip(p.dc[idx]);
     }
   }
 }
@@ -115,6 +131,7 @@ __global__ void projected_commit_kernel(const ProjectedCommit<T> p) {
       const T h = p.h_new[idx];
       p.out[idx] = h;
       p.h_state[idx] = h;
+      if (p.rec_mask != nullptr) p.h_masked[idx] = h * p.rec_mask[idx];
     } else {
       p.out[idx] = T(0);  // h_state keeps the last active value
     }
@@ -135,9 +152,22 @@ template <typename T>
 __global__ void grad_h_carry_kernel(const GradHStep<T> p) {
   const int64_t W = p.h_size, n = p.batch * W;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
-    // Active rows restart from zero before the caller adds dG @ W_hh; inactive
-    // rows carry the gradient to the earlier step unchanged.
-    p.dh_state[idx] = row_active(p.lengths, p.t, idx / W) ? T(0) : p.dh_total[idx];
+    // Active rows restart from zero (zoneout: from d * dh, h_{t-1}'s direct
+    // share) before the caller adds dG @ W_hh; inactive rows carry the
+    // gradient to the earlier step unchanged.
+    const T direct = p.zone != nullptr ? p.zone[idx] * p.dh_total[idx] : T(0);
+    p.dh_state[idx] = row_active(p.lengths, p.t, idx / W) ? direct : p.dh_total[idx];
+  }
+}
+
+template <typename T>
+__global__ void grad_h_combine_kernel(const GradHCombine<T> p) {
+  const int64_t n = p.batch * p.h_size;
+  const Clip<T> clip = Clip<T>::make(p.grad_clip);
+  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
+    // The recurrent product took the masked h_{t-1}: its gradient is masked too.
+    const T through_w = p.rec_mask != nullptr ? p.rec[idx] * p.rec_mask[idx] : p.rec[idx];
+    p.dh_state[idx] = clip(p.dh_state[idx] + through_w);
   }
 }
 
@@ -152,11 +182,14 @@ __global__ void gru_forward_kernel(const GruForwardStep<T> p) {
     const int64_t g0 = b * 4 * H + j;  // r column of gates; z, n, hh_n follow
     if (row_active(p.lengths, p.t, b)) {
       const T hh_n = p.hh[x0 + 2 * H];
+      const T h_prev = p.h_state[idx];
       const GruGatesAndState<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
-                                                p.hh[x0], p.hh[x0 + H], hh_n, p.h_state[idx]);
+                                                p.hh[x0], p.hh[x0 + H], hh_n, h_prev);
       save_gates(p.gates, g0, H, s.r, s.z, s.n, hh_n);  // dr needs W_hn h + b_hn
-      p.h_state[idx] = s.h;
-      p.h_out[idx] = s.h;
+      const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[idx], h_prev, s.h) : s.h;
+      p.h_state[idx] = h_new;
+      p.h_out[idx] = h_new;
+      if (p.rec_mask != nullptr) p.h_masked[idx] = h_new * p.rec_mask[idx];
     } else {
       save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
       p.h_out[idx] = T(0);  // h_state carried
@@ -173,8 +206,11 @@ __global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
     const int64_t g0 = b * 4 * H + j;
     const T dh = p.dh[idx];  // read before dh_state is written: they may alias
     if (row_active(p.lengths, p.t, b)) {
+      // Zoneout: the cell's h~ gets (1 - d) of the gradient, h_{t-1} d of it directly.
+      const T d_h = p.zone_h != nullptr ? p.zone_h[idx] : T(0);
       const GruGrads<T> d = gru_cell_backward<T>(p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H],
-                                                 p.gates[g0 + 3 * H], p.h_prev[idx], dh);
+                                                 p.gates[g0 + 3 * H], p.h_prev[idx],
+                                                 (T(1) - d_h) * dh);
       // r and z enter as x + hh, so both products get the same gradient; the
       // n gate's recurrent product sits inside r * (.), hence dh_n.
       p.d_xproj[x0] = d.dx_r;
@@ -183,7 +219,7 @@ __global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
       p.d_hh[x0] = d.dx_r;
       p.d_hh[x0 + H] = d.dx_z;
       p.d_hh[x0 + 2 * H] = d.dh_n;
-      p.dh_state[idx] = d.dh_prev;
+      p.dh_state[idx] = p.zone_h != nullptr ? d.dh_prev + d_h * dh : d.dh_prev;
     } else {
       p.d_xproj[x0] = T(0);
       p.d_xproj[x0 + H] = T(0);
@@ -242,6 +278,11 @@ void gru_backward(const GruBackwardStep<T>& p) {
   launch(gru_backward_kernel<T>, p, p.batch * p.hidden);
 }
 
+template <typename T>
+void grad_h_combine(const GradHCombine<T>& p) {
+  launch(grad_h_combine_kernel<T>, p, p.batch * p.h_size);
+}
+
 }  // namespace step
 
 // The definition behind the declaration in step_kernels.h; each
@@ -256,6 +297,7 @@ StepKernels<T> step_kernels() {
   k.grad_h_carry = &step::grad_h_carry<T>;
   k.gru_forward = &step::gru_forward<T>;
   k.gru_backward = &step::gru_backward<T>;
+  k.grad_h_combine = &step::grad_h_combine<T>;
   return k;
 }
 

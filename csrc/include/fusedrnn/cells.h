@@ -44,6 +44,41 @@ FUSEDRNN_HD V sigmoid(V x) { return Activations<V>::sigmoid(x); }
 template <typename V>
 FUSEDRNN_HD V tanh(V x) { return Activations<V>::tanh(x); }
 
+// Comparisons per value type, for the toolkit's clamps. Comparisons, not
+// fmin/fmax, so that a NaN stays NaN as in torch.clamp (a NaN compares false
+// both ways). cpu/vec_math.h specialises it for the SIMD type.
+template <typename V>
+struct Compare {
+  static FUSEDRNN_HD V clamp(V x, V lo, V hi) { return x > hi ? hi : (x < lo ? lo : x); }
+  // grad where lo < x < hi, else 0: the gradient through a clamp (x is the
+  // clamped value, so the bounds themselves count as clamped).
+  static FUSEDRNN_HD V pass_inside(V x, V lo, V hi, V grad) {
+    return (x > lo && x < hi) ? grad : V(0);
+  }
+};
+
+// A symmetric clamp [-limit, limit] that may be off (cell_clip, grad_clip).
+template <typename V>
+struct Clip {
+  bool on;
+  V lo, hi;
+  template <typename T>
+  static FUSEDRNN_HD Clip make(T limit) {
+    return {limit > T(0), V(-limit), V(limit)};
+  }
+  FUSEDRNN_HD V operator()(V x) const { return on ? Compare<V>::clamp(x, lo, hi) : x; }
+  FUSEDRNN_HD V gradient(V clamped, V grad) const {
+    return on ? Compare<V>::pass_inside(clamped, lo, hi, grad) : grad;
+  }
+};
+
+// Zoneout: the new state keeps the previous one with weight d (a 0/1 draw in
+// training, the zoneout probability in eval).
+template <typename V>
+FUSEDRNN_HD V zoneout_mix(V d, V previous, V candidate) {
+  return d * previous + (V(1) - d) * candidate;
+}
+
 // ---------------------------------------------------------------- LSTM
 
 // Activated gates and new state of one element. Inputs are the gate
@@ -55,14 +90,22 @@ struct LstmGatesAndState {
   V h;           // new hidden state (before any projection)
 };
 
+// The new cell state from the activated gates, clamped by cell_clip. The
+// backward recomputes it with this same function when zoneout replaced it.
 template <typename V>
-FUSEDRNN_HD LstmGatesAndState<V> lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev) {
+FUSEDRNN_HD V lstm_new_cell(V i, V f, V g, V c_prev, const Clip<V>& cell_clip) {
+  return cell_clip(f * c_prev + i * g);
+}
+
+template <typename V>
+FUSEDRNN_HD LstmGatesAndState<V> lstm_cell_forward(V pre_i, V pre_f, V pre_g, V pre_o, V c_prev,
+                                                   const Clip<V>& cell_clip = {}) {
   LstmGatesAndState<V> out;
   out.i = fusedrnn::sigmoid(pre_i);
   out.f = fusedrnn::sigmoid(pre_f);
   out.g = fusedrnn::tanh(pre_g);
   out.o = fusedrnn::sigmoid(pre_o);
-  out.c = out.f * c_prev + out.i * out.g;
+  out.c = lstm_new_cell(out.i, out.f, out.g, c_prev, cell_clip);
   out.h = out.o * fusedrnn::tanh(out.c);
   return out;
 }
@@ -75,12 +118,15 @@ struct LstmGrads {
 };
 
 // dh: gradient reaching the (unprojected) hidden state of this step;
-// dc: gradient reaching the cell state of this step from the step after.
+// dc: gradient reaching the cell state of this step from the step after;
+// c: the cell state the step computed (clamped by cell_clip, before zoneout).
+// Where cell_clip clamped c, no gradient passes to the gates or c_prev.
 template <typename V>
-FUSEDRNN_HD LstmGrads<V> lstm_cell_backward(V i, V f, V g, V o, V c, V c_prev, V dh, V dc) {
+FUSEDRNN_HD LstmGrads<V> lstm_cell_backward(V i, V f, V g, V o, V c, V c_prev, V dh, V dc,
+                                            const Clip<V>& cell_clip = {}) {
   const V one(1);
   const V tanh_c = fusedrnn::tanh(c);
-  const V dc_total = dc + dh * o * (one - tanh_c * tanh_c);
+  const V dc_total = cell_clip.gradient(c, dc + dh * o * (one - tanh_c * tanh_c));
   LstmGrads<V> out;
   out.d_i = dc_total * g * i * (one - i);
   out.d_f = dc_total * c_prev * f * (one - f);

@@ -10,6 +10,13 @@
 // A row b is active at step t when lengths == nullptr or t < lengths[b].
 // Inactive rows carry their state unchanged, output zero, save zero gates
 // and pass gradients straight through.
+//
+// The toolkit fields (fusedrnn/features.py; csrc/ops.cpp documents them) are
+// off when null or zero; a step kernel reads them per element:
+//   zone_*    (B, W) this step's weight d of the previous state (zoneout)
+//   rec_mask  (B, P) recurrent dropout mask; h_masked receives h_t * rec_mask,
+//             the operand of the next step's recurrent product
+//   cell_clip / grad_clip: the limits (cells.h, Clip)
 #pragma once
 
 #include <cstdint>
@@ -40,6 +47,11 @@ struct LstmForwardStep {
                    //        nullptr when a projection follows (see ProjectedCommit)
   const int64_t* lengths;
   int64_t t;
+  T cell_clip;        // toolkit (see the top of this file)
+  const T* zone_h;    // (B, H); needs h_state (no projection)
+  const T* zone_c;    // (B, H)
+  const T* rec_mask;  // (B, H); with a projection ProjectedCommit applies it
+  T* h_masked;        // (B, H)
 };
 
 // After the projection GEMM of a proj_size LSTM, commits the projected h:
@@ -52,6 +64,8 @@ struct ProjectedCommit {
   T* h_state;      // (B, P)
   const int64_t* lengths;
   int64_t t;
+  const T* rec_mask;  // (B, P) toolkit, or nullptr
+  T* h_masked;        // (B, P)
 };
 
 // One backward step. The caller then forms dh_state += d_gates @ W_hh.
@@ -66,11 +80,15 @@ struct LstmBackwardStep {
   T* d_gates;       // (B, 4H) gradient of the pre-activations (0 if inactive)
   const int64_t* lengths;
   int64_t t;
+  T cell_clip, grad_clip;   // toolkit; grad_clip clamps the dc sent to step t-1
+  const T* zone_h;          // (B, H): dh reaches h~_t scaled by 1 - d
+  const T* zone_c;          // (B, H): then c~_t is recomputed from c_prev
 };
 
 // Gradient bookkeeping of the hidden state around one backward step:
 //   accumulate: dh_total = dh_state + (active ? grad_out : 0)
-//   carry:      dh_state = active ? 0 : dh_total   (before dh_state += dG @ W)
+//   carry:      dh_state = active ? (zone ? zone * dh_total : 0) : dh_total
+//               (before dh_state += dG @ W)
 template <typename T>
 struct GradHStep {
   int64_t batch, h_size;
@@ -79,6 +97,21 @@ struct GradHStep {
   T* dh_total;        // (B, P)
   const int64_t* lengths;
   int64_t t;
+  const T* zone;      // (B, P) carry only: zoneout's weight of h_{t-1}, or nullptr
+};
+
+// With the toolkit on, the backward step ends with
+//   dh_state = clip(dh_state + (rec_mask ? rec_mask * rec : rec))
+// where rec = d_gates @ W_hh is the gradient of h_{t-1} through the recurrent
+// product (taken by the masked h_{t-1}) and dh_state holds the direct paths
+// (zoneout, GRU's z * dh, inactive rows' carry).
+template <typename T>
+struct GradHCombine {
+  int64_t batch, h_size;
+  const T* rec;       // (B, P)
+  const T* rec_mask;  // (B, P) or nullptr
+  T* dh_state;        // (B, P)
+  T grad_clip;        // 0: off
 };
 
 // ----------------------------------------------------------------- GRU
@@ -94,6 +127,9 @@ struct GruForwardStep {
   T* h_out;        // (B, H) output slot, zero where inactive
   const int64_t* lengths;
   int64_t t;
+  const T* zone_h;    // (B, H) toolkit, or nullptr
+  const T* rec_mask;  // (B, H)
+  T* h_masked;        // (B, H)
 };
 
 // One backward step. The caller then forms dh_state += d_hh @ W_hh.
@@ -108,6 +144,7 @@ struct GruBackwardStep {
   T* dh_state;      // (B, H) out: z * dh where active, dh where inactive
   const int64_t* lengths;
   int64_t t;
+  const T* zone_h;  // (B, H) toolkit: dh reaches h~_t scaled by 1 - d, h_{t-1} by d
 };
 
 // ------------------------------------------------- whole sequences

@@ -19,6 +19,7 @@ struct StepKernels {
   void (*grad_h_carry)(const GradHStep<T>&);
   void (*gru_forward)(const GruForwardStep<T>&);
   void (*gru_backward)(const GruBackwardStep<T>&);
+  void (*grad_h_combine)(const GradHCombine<T>&);
 };
 
 namespace cpu {
