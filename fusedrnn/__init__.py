@@ -9,6 +9,7 @@
 from . import reference
 from .modules import GRU, LSTM, GRUCell, LSTMCell
 from .ops import backend, build_info
+from .streaming import tbptt
 
-__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "backend", "build_info", "reference"]
+__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "backend", "build_info", "reference", "tbptt"]
 __version__ = "0.1.0"

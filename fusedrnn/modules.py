@@ -20,6 +20,7 @@ from torch.nn.modules.rnn import RNNBase
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import checks, features, ops
+from .streaming import Stepping
 
 
 def _cast_to(dtype: torch.dtype):
@@ -32,7 +33,7 @@ def _int_arguments(module, names: tuple) -> dict:
     return {name: module.__dict__[name] for name in names if name in module.__dict__}
 
 
-class _FusedRNNBase(RNNBase):
+class _FusedRNNBase(Stepping, RNNBase):
     """Shared forward of LSTM and GRU: input forms, states, layers, directions.
 
     The constructor is RNNBase's own (same arguments, checks and errors); where

@@ -154,7 +154,7 @@ def test_list_prints_configurations(capsys):
 def test_presets_hold_the_design_grids():
     P = bench.PRESETS
     assert set(P) == {"quick", "default", "cpu", "streaming", "fastrnns", "flashrnn", "cudnn",
-                      "cuda", "persistent"}
+                      "cuda", "persistent", "features"}
     assert bench.Shape(100, 64, 512, 512) in P["default"].shapes("cuda")
     assert any(s.B == 1 for s in P["default"].shapes("cuda"))  # small-batch latency row
     assert P["fastrnns"].shapes("cuda") == (bench.Shape(100, 64, 512, 512),

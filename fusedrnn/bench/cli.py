@@ -24,6 +24,7 @@ from .metrics import DEFINITIONS
 from .peers import BASELINE, Peer, default_peers
 from .report import collect_env, format_table, summarize, write_results
 from .run import Progress, run_benchmark
+from .toolkit_peers import feature_costs, toolkit_peers
 
 
 def _number_parser(kind, minimum: float, what: str):
@@ -178,6 +179,7 @@ def main(argv: Optional[Sequence[str]] = None, peers: Optional[Sequence[Peer]] =
         return 0
     if peers is None:
         peers = default_peers(args.device, reference=args.reference, flashrnn=not args.no_flashrnn)
+        peers += toolkit_peers(configs, features=args.preset == "features")
     names = [p.name for p in peers]
     if BASELINE in names or len(set(names)) != len(names):
         raise ValueError(f"peer names must be unique and not {BASELINE!r}: {names}")
@@ -203,6 +205,8 @@ def main(argv: Optional[Sequence[str]] = None, peers: Optional[Sequence[Peer]] =
     stdout.write(format_table(rows) + "\n\n")
     stdout.write(f"vs torch = {DEFINITIONS['ratio_vs_torch']}\n")
     stdout.write(summarize(rows) + "\n")
+    for line in feature_costs(rows):
+        stdout.write(line + "\n")
     plot_note = None
     if args.out and not args.no_plot:
         title = (f"fusedrnn vs torch.nn - {env['device']} ({env['device_name']}), "

@@ -130,6 +130,7 @@ SINGLE_STEP_SHAPE = Shape(1, 1, 128, 128)  # one time step per call, as a stream
 WORD_LM_SHAPE = Shape(35, 20, 200, 200)  # the small word-level language model (35 steps, batch 20)
 CPU_SHAPES = DEFAULT_CPU_SHAPES + SMALL_BATCH_SHAPES + (WORD_LM_SHAPE,)
 STREAMING_SHAPES = (Shape(200, 1, 128, 128),) + SMALL_BATCH_SHAPES + (SINGLE_STEP_SHAPE,)
+FEATURES_SHAPE = Shape(50, 16, 128, 128)  # a small training batch: each feature's cost per step
 
 FASTRNNS_SHAPE = Shape(100, 64, 512, 512)
 LATENCY_SHAPE = Shape(100, 1, 512, 512)  # small-batch latency row (GPU default)
@@ -188,6 +189,10 @@ PRESETS = {
     "streaming": Preset("streaming", "small batches (B <= 8) and single-step calls "
                                      "(T=1, B=1, I=H=128): streaming inference",
                         cpu_shapes=STREAMING_SHAPES),
+    "features": Preset("features", "the cost of each toolkit feature (fusedrnn with it vs "
+                                   "without, same run): T=50 B=16 I=H=128",
+                       cpu_shapes=(FEATURES_SHAPE,), reps={"cpu": 7, "cuda": 10},
+                       warmup={"cpu": 1, "cuda": 3}),
     "fastrnns": Preset("fastrnns", "fastrnns default: T=100 B=64 I=H=512, 1 and 4 layers",
                        cpu_shapes=(FASTRNNS_SHAPE, Shape(100, 64, 512, 512, layers=4))),
     "cuda": Preset("cuda", "CUDA grid: T=512, B in 1..256, I=H in 256..1024 (fp32, bf16)",

@@ -208,6 +208,8 @@ def torch_error(base: dict, ref: Optional[dict]) -> Optional[float]:
 
 def check_peer(peer: Peer, case: Case, train: bool):
     """Build a peer for ``case`` and gate it: returns ``(BuiltPeer, GateResult)``."""
+    if hasattr(peer, "check"):  # a gate of its own (toolkit_peers.FeaturePeer)
+        return peer.check(case, train)
     built = peer.build(case.cfg, case.baseline)
     res = evaluate(built, case.cfg.cell, case.inputs(), train)
     gate = gate_check(case.cfg.dtype, case.baseline_results(train), res,
