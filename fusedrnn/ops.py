@@ -189,6 +189,7 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, w_hr:
         return reference.lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
                                     **toolkit)
     save = _needs_backward(x, w_ih, bias, w_hh, w_hr, h0, c0)
+    _forward_only(toolkit, save)
     out, h_n, c_n, _, _ = _call(
         ops.lstm_forward, save, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, save,
         use_persistent(x) and not _toolkit_on(toolkit), *_toolkit_args(toolkit))
@@ -207,6 +208,7 @@ def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor, b_hh: 
     if ops is None:
         return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, **toolkit)
     save = _needs_backward(x, w_ih, b_ih, w_hh, b_hh, h0)
+    _forward_only(toolkit, save)
     out, h_n, _ = _call(
         ops.gru_forward, save, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, save,
         use_persistent(x) and not _toolkit_on(toolkit), *_toolkit_args(toolkit))
@@ -221,6 +223,13 @@ def _call(op, save: bool, *args):
         return op(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
+
+
+def _forward_only(toolkit: dict, save: bool) -> None:
+    """grad_clip acts in the backward only: a call without one drops it, and so
+    keeps the persistent path (inference costs nothing with grad_clip set)."""
+    if not save:
+        toolkit["grad_clip"] = None
 
 
 def _toolkit_on(toolkit: dict) -> bool:
