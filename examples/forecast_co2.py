@@ -45,17 +45,11 @@ def features(month: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
     return torch.stack([change.float(), angle.sin(), angle.cos()], dim=-1)
 
 
-def available(**options) -> dict:
-    """The toolkit options this build of fusedrnn takes (they land one by one, issue 12)."""
-    known = getattr(getattr(fusedrnn, "features", None), "KEYWORDS", ())
-    return {name: value for name, value in options.items() if name in known}
-
-
 class Forecaster(torch.nn.Module):
     def __init__(self, hidden: int = 32):
         super().__init__()
         # zoneout regularises the recurrence; grad_clip bounds what each step sends back
-        self.rnn = fusedrnn.LSTM(3, hidden, **available(zoneout=(0.1, 0.05), grad_clip=1.0))
+        self.rnn = fusedrnn.LSTM(3, hidden, zoneout=(0.1, 0.05), grad_clip=1.0)
         self.head = torch.nn.Linear(hidden, 1)
 
     def forward(self, x, state=None):

@@ -1,7 +1,7 @@
 """Every toolkit feature through ``step`` and ``tbptt``.
 
-* Deterministic settings (any feature in eval mode; cell_clip, grad_clip, layer_norm and
-  forget_bias in training): stepping or chunked stateful calls give the one long
+* Deterministic settings (any feature in eval mode; cell_clip, grad_clip and forget_bias
+  in training): stepping or chunked stateful calls give the one long
   call's outputs, states and gradients.
 * Random masks in training (zoneout, recurrent_dropout, weight_drop): a call draws
   them for the steps it runs, so ``step`` draws new ones each step; tbptt is then
@@ -18,10 +18,6 @@ import fusedrnn
 from conftest import TOL, assert_results_close, run
 from test_streaming import _chunked, _stepwise
 
-# The toolkit's options (fusedrnn/features.py) arrive on their own branch: until then
-# this module is skipped, and it tests each option as soon as the build takes it.
-KEYWORDS = pytest.importorskip("fusedrnn.features").KEYWORDS
-
 LSTM_FEATURES = {
     "forget_bias": dict(forget_bias=1.0),
     "weight_drop": dict(weight_drop=0.3),
@@ -29,7 +25,6 @@ LSTM_FEATURES = {
     "zoneout": dict(zoneout=(0.3, 0.2)),
     "recurrent_dropout": dict(recurrent_dropout=0.3),
     "grad_clip": dict(grad_clip=0.02),
-    "layer_norm": dict(layer_norm=True),
     "all": dict(forget_bias=1.0, weight_drop=0.2, cell_clip=0.5, zoneout=(0.2, 0.1),
                 recurrent_dropout=0.2, grad_clip=0.05),
 }
@@ -38,12 +33,11 @@ GRU_FEATURES = {
     "zoneout": dict(zoneout=0.3),
     "recurrent_dropout": dict(recurrent_dropout=0.3),
     "grad_clip": dict(grad_clip=0.02),
-    "layer_norm": dict(layer_norm=True),
 }
 CASES = [(kind, name, kw) for kind, table in (("LSTM", LSTM_FEATURES), ("GRU", GRU_FEATURES))
-         for name, kw in table.items() if set(kw) <= set(KEYWORDS)]
+         for name, kw in table.items()]
 IDS = [f"{kind}-{name}" for kind, name, _ in CASES]
-DETERMINISTIC_IN_TRAINING = {"forget_bias", "cell_clip", "grad_clip", "layer_norm"}
+DETERMINISTIC_IN_TRAINING = {"forget_bias", "cell_clip", "grad_clip"}
 T, B = 6, 3
 
 
@@ -74,9 +68,8 @@ def test_deterministic_features_step_and_chunks_match_one_long_call(kind, name, 
                                  f"{kind} {name} {mode} {how}")
 
 
-@pytest.mark.parametrize("kind,name", [(kind, name) for kind, name in
-                                       [("LSTM", "grad_clip"), ("GRU", "grad_clip"),
-                                        ("LSTM", "cell_clip")] if name in KEYWORDS])
+@pytest.mark.parametrize("kind,name", [("LSTM", "grad_clip"), ("GRU", "grad_clip"),
+                                       ("LSTM", "cell_clip")])
 def test_clips_act_through_step(kind, name):
     """The clamps are active in the comparisons above: without them the results differ
     (grad_clip: the gradients only; cell_clip: the outputs too)."""
