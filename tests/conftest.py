@@ -49,6 +49,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models (examples, harness smoke tests): one thread is fastest, and
+    steadier on a busy machine."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def make_pair(kind: str, *args, seed: int = 0, **kwargs):
     """``(torch.nn.<kind>, fusedrnn.<kind>)`` built with the same arguments and state_dict."""
     torch.manual_seed(seed)

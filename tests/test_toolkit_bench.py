@@ -10,12 +10,7 @@ from fusedrnn.bench import toolkit_peers as tk
 FAST = dict(reps=2, warmup=1, min_sample_s=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(cell="lstm", mode="train", T=1, B=2, I=3, H=4, **kw):
