@@ -123,8 +123,8 @@ _persistent_mode = {"1": "on", "0": "off"}.get(os.environ.get("FUSEDRNN_PERSISTE
 def set_persistent(mode: str) -> None:
     """Choose the kernel path: ``"on"`` runs the persistent whole-sequence
     loops (CPU) and kernels (CUDA) where they fit, ``"off"`` the standard step
-    loop, ``"auto"`` the default rule (``use_persistent``). The environment variable ``FUSEDRNN_PERSISTENT=1|0`` sets the
-    starting value."""
+    loop, ``"auto"`` the default rule (``use_persistent``). The environment
+    variable ``FUSEDRNN_PERSISTENT=1|0`` sets the starting value."""
     global _persistent_mode
     if mode not in _PERSISTENT_MODES:
         raise ValueError(f"fusedrnn.ops.set_persistent: mode must be one of {_PERSISTENT_MODES}, "
