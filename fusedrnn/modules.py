@@ -28,6 +28,11 @@ def _cast_to(dtype: torch.dtype):
     return lambda t: t if t is None or t.dtype == dtype else t.to(dtype)
 
 
+def _role(name: str) -> str:
+    """A parameter's role from its torch.nn name: ``weight_hh_l1_reverse`` -> ``w_hh``."""
+    return name.split("_l")[0].replace("weight_", "w_").replace("bias_", "b_")
+
+
 def _int_arguments(module, names: tuple) -> dict:
     """The size arguments a failed torch.nn constructor had already stored."""
     return {name: module.__dict__[name] for name in names if name in module.__dict__}
@@ -53,6 +58,9 @@ class _FusedRNNBase(Stepping, RNNBase):
             if not detail:
                 raise
             raise type(exc)(f"{exc} ({detail})") from None
+        # (role, attribute name) per layer-direction, parsed once: the names never change.
+        self._param_roles = [[(_role(name), name) for name in names]
+                             for names in self._all_weights]
         if self.toolkit.forget_bias is not None and not self.bias:
             raise ValueError("fusedrnn: forget_bias needs bias=True")
         if any(self.toolkit.zoneout) and self.proj_size > 0:
@@ -86,9 +94,7 @@ class _FusedRNNBase(Stepping, RNNBase):
     # -------------------------------------------------------------------------
     def _layer_params(self, k: int) -> dict:
         """Parameters of layer-direction ``k`` by role: w_ih, w_hh, b_ih, b_hh, w_hr."""
-        names = self._all_weights[k]
-        return {name.split("_l")[0].replace("weight_", "w_").replace("bias_", "b_"):
-                getattr(self, name) for name in names}
+        return {role: getattr(self, name) for role, name in self._param_roles[k]}
 
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):

@@ -68,14 +68,14 @@ class Stepping:
     def _step_layers(self, x: Tensor, states: list):
         """``_run_layers`` for one step of one direction, without its generality: the
         same per-layer code (``_run_layer``, where the features act), autocast and
-        dropout, with the parameter names looked up once per module."""
+        dropout."""
         compute = ops.autocast_dtype(x, casts_fp32=self.mode == "LSTM" or x.is_cuda)
         if compute is not None:
             x, states = x.to(compute), [s.to(compute) for s in states]
         finals = [[] for _ in states]
-        for layer, names in enumerate(self._step_parameter_names()):
-            params = {role: getattr(self, name) for role, name in names}
-            out, *final = self._run_layer(x, params, [s[layer] for s in states], None, False)
+        for layer in range(self.num_layers):  # unidirectional: layer-direction = layer
+            out, *final = self._run_layer(x, self._layer_params(layer),
+                                          [s[layer] for s in states], None, False)
             for acc, f in zip(finals, final):
                 acc.append(f)
             x = out
@@ -83,16 +83,6 @@ class Stepping:
                 x = F.dropout(x, self.dropout, training=True)
         stacked = [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
         return x[0], stacked
-
-    def _step_parameter_names(self) -> list:
-        """Per layer, ``(role, attribute name)`` as ``_layer_params`` keys them (w_ih,
-        w_hh, b_ih, b_hh, w_hr); computed once (the names never change)."""
-        names = self.__dict__.get("_step_names")
-        if names is None:
-            names = [list(zip(self._layer_params(k), self._all_weights[k]))
-                     for k in range(self.num_layers)]
-            self.__dict__["_step_names"] = names
-        return names
 
     def _step_states(self, state, x: Tensor, batched: bool) -> list:
         """The states as (num_layers, batch, size) tensors, shapes checked."""
