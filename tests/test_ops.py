@@ -42,6 +42,16 @@ def make_gru_inputs(T, B, H, dtype, bias=True, lengths=None, seed=0):
     return inputs, None if lengths is None else torch.tensor(lengths)
 
 
+def layer_case(cell, T, B, H, dtype, lengths=None):
+    """A plain layer (biases, no projection) of ``cell`` ("lstm"/"LSTM", "gru"/"GRU"):
+    ``(inputs, lengths, fused layer, reference layer)``."""
+    if cell.lower() == "lstm":
+        inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
+        return inputs, lens, ops.lstm_layer, reference.lstm_layer
+    inputs, lens = make_gru_inputs(T, B, H, dtype, True, lengths)
+    return inputs, lens, ops.gru_layer, reference.gru_layer
+
+
 def grads_of(outputs, inputs, seed=1):
     """Gradients of a random linear function of ``outputs`` w.r.t. ``inputs``
     (zeros for an input the outputs do not depend on, e.g. x when T = 0)."""
@@ -309,12 +319,7 @@ PERSISTENT_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("T,B,H,lengths,reverse", PERSISTENT_CASES)
 def test_cpu_paths_match_reference(cell, T, B, H, lengths, reverse, dtype, cpu_path):
-    if cell == "lstm":
-        inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
-        layer, expected_layer = ops.lstm_layer, reference.lstm_layer
-    else:
-        inputs, lens = make_gru_inputs(T, B, H, dtype, True, lengths)
-        layer, expected_layer = ops.gru_layer, reference.gru_layer
+    inputs, lens, layer, expected_layer = layer_case(cell, T, B, H, dtype, lengths)
     fused = layer(*inputs, lens, reverse)
     expected = expected_layer(*inputs, lens, reverse)
     assert_close_all(fused, expected, TOL[dtype])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from fusedrnn import ops, reference
-from test_ops import TOL, assert_close_all, grads_of, leaves_on, make_gru_inputs, make_lstm_inputs
+from test_ops import TOL, assert_close_all, grads_of, layer_case, leaves_on
 
 # H = 13 over at most 3 blocks: 5 units per block, the last block 3; B = 10 in tiles of
 # 4 rows: three tiles, the last with 2 rows (a partial group of the kernel's 4).
@@ -52,12 +52,7 @@ def test_forced_tiling_matches_reference(mode, dtype, lengths, reverse, persiste
     """Outputs, final states and every gradient (the backward reads the gates and cells
     the persistent kernel saved)."""
     persistent_device.debug.set_persistent_tiling(MAX_BLOCKS, TILE)
-    if mode == "LSTM":
-        inputs, lens = make_lstm_inputs(STEPS, BATCH, HIDDEN, 0, dtype, lengths)
-        layer, ref_layer = ops.lstm_layer, reference.lstm_layer
-    else:
-        inputs, lens = make_gru_inputs(STEPS, BATCH, HIDDEN, dtype, True, lengths)
-        layer, ref_layer = ops.gru_layer, reference.gru_layer
+    inputs, lens, layer, ref_layer = layer_case(mode, STEPS, BATCH, HIDDEN, dtype, lengths)
     on_device = leaves_on(persistent_device, inputs)
     before = simt_launches()
     fused = layer(*on_device, lens, reverse)
