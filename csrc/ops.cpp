@@ -31,6 +31,15 @@
 //   grad_clip              backward: what step t sends back into h_{t-1} (and
 //                          c_{t-1}) clamped to [-grad_clip, grad_clip]
 //
+// layer_norm (the toolkit) has ops of its own, *_norm_forward/backward: they
+// take the layer's input side already computed, xproj (T, B, G*H) =
+// LN_ih(W_ih x) + b_ih (+ b_hh for LSTM), and run the recurrence with
+//   hh_weight, hh_bias (G*H)  LN_hh's gain and bias, on W_hh h_{t-1}
+//   c_weight, c_bias (H)      LSTM: LN_c's, on the candidate cell before tanh
+// and the toolkit arguments above (no projection, no persistent path). They
+// also save the normalised recurrent product (hh_norm), cell (c_norm) and the
+// norms' 1/sigma (rstd); the backward returns xproj's gradient.
+//
 // The forward ops also return what the backward needs: the activated gates
 // (LSTM i|f|g|o; GRU r|z|n|W_hn h + b_hn) and the LSTM cell states, in the
 // compute dtype (fp32 for fp16/bf16 inputs); with save_for_backward=false
@@ -106,6 +115,32 @@ void define_ops(torch::Library& m) {
       "Tensor? zoneout_h=None, float grad_clip=0.) -> (Tensor grad_input, Tensor grad_w_ih, "
       "Tensor grad_b_ih, "
       "Tensor grad_w_hh, Tensor grad_b_hh, Tensor grad_h0)");
+  m.def(
+      "lstm_norm_forward(Tensor xproj, Tensor w_hh, Tensor hh_weight, Tensor hh_bias, "
+      "Tensor c_weight, Tensor c_bias, Tensor h0, Tensor c0, Tensor? lengths, bool reverse, "
+      "bool save_for_backward=True, Tensor? recurrent_mask=None, Tensor? zoneout_h=None, "
+      "Tensor? zoneout_c=None, float cell_clip=0., float grad_clip=0.) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells, Tensor hh_norm, "
+      "Tensor c_norm, Tensor rstd)");
+  m.def(
+      "lstm_norm_backward(Tensor grad_output, Tensor grad_h_n, Tensor grad_c_n, Tensor w_hh, "
+      "Tensor hh_weight, Tensor c_weight, Tensor c_bias, Tensor h0, Tensor c0, Tensor output, "
+      "Tensor gates, Tensor cells, Tensor hh_norm, Tensor c_norm, Tensor rstd, Tensor? lengths, "
+      "bool reverse, Tensor? recurrent_mask=None, Tensor? zoneout_h=None, "
+      "Tensor? zoneout_c=None, float cell_clip=0., float grad_clip=0.) -> "
+      "(Tensor grad_xproj, Tensor grad_w_hh, Tensor grad_hh_weight, Tensor grad_hh_bias, "
+      "Tensor grad_c_weight, Tensor grad_c_bias, Tensor grad_h0, Tensor grad_c0)");
+  m.def(
+      "gru_norm_forward(Tensor xproj, Tensor w_hh, Tensor? b_hh, Tensor hh_weight, "
+      "Tensor hh_bias, Tensor h0, Tensor? lengths, bool reverse, bool save_for_backward=True, "
+      "Tensor? recurrent_mask=None, Tensor? zoneout_h=None, float grad_clip=0.) -> "
+      "(Tensor output, Tensor h_n, Tensor gates, Tensor hh_norm, Tensor rstd)");
+  m.def(
+      "gru_norm_backward(Tensor grad_output, Tensor grad_h_n, Tensor w_hh, Tensor hh_weight, "
+      "Tensor h0, Tensor output, Tensor gates, Tensor hh_norm, Tensor rstd, Tensor? lengths, "
+      "bool reverse, Tensor? recurrent_mask=None, Tensor? zoneout_h=None, "
+      "float grad_clip=0.) -> (Tensor grad_xproj, Tensor grad_w_hh, Tensor grad_b_hh, "
+      "Tensor grad_hh_weight, Tensor grad_hh_bias, Tensor grad_h0)");
   m.def("build_info() -> str", &build_info);
 }
 
@@ -114,6 +149,10 @@ void impl_ops(torch::Library& m) {
   m.impl("lstm_backward", &lstm_backward);
   m.impl("gru_forward", &gru_forward);
   m.impl("gru_backward", &gru_backward);
+  m.impl("lstm_norm_forward", &lstm_norm_forward);
+  m.impl("lstm_norm_backward", &lstm_norm_backward);
+  m.impl("gru_norm_forward", &gru_norm_forward);
+  m.impl("gru_norm_backward", &gru_norm_backward);
 }
 
 #ifdef FUSEDRNN_CUDA_KERNELS

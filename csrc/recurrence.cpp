@@ -34,6 +34,7 @@
 #include "fusedrnn/persistent.h"
 #include "fusedrnn/step_kernels.h"
 #include "op_checks.h"
+#include "step_loop.h"
 
 // The CUDA kernels are built for CUDA tensors (FUSEDRNN_WITH_CUDA), or in
 // the SIMT build (FUSEDRNN_SIMT, csrc/simt/) for CPU tensors: there the CUDA
@@ -48,77 +49,6 @@ namespace {
 
 using checks::compute_dtype_for;
 using checks::OpArgs;
-
-// Whether CPU tensors run the C++ CPU kernels (cpu/): all but the SIMT build.
-#ifdef FUSEDRNN_SIMT
-constexpr bool kCpuKernels = false;
-#else
-constexpr bool kCpuKernels = true;
-#endif
-
-// Every op computes in its inputs' dtypes: the caller (fusedrnn/ops.py) casts
-// for torch.autocast as torch.nn would, and no ATen call inside an op is
-// autocast again.
-using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
-
-template <typename T>
-StepKernels<T> kernels_for(const Tensor& t) {
-#ifdef FUSEDRNN_SIMT
-  TORCH_CHECK(t.is_cpu(), "fusedrnn (SIMT build): CPU tensors only, got a tensor on ", t.device());
-  return cuda::step_kernels<T>();
-#else
-  if (t.is_cuda()) {
-#ifdef FUSEDRNN_WITH_CUDA
-    return cuda::step_kernels<T>();
-#else
-    TORCH_CHECK(false, "fusedrnn: this build has no CUDA kernels (built without a CUDA toolkit)");
-#endif
-  }
-  TORCH_CHECK(t.is_cpu(), "fusedrnn: unsupported device ", t.device());
-  return cpu::step_kernels<T>();
-#endif
-}
-
-// Index of the s-th step processed.
-int64_t step_time(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
-
-template <typename T>
-T* at_step(const Tensor& seq, int64_t t) {  // seq: contiguous (T, B, W)
-  return seq.data_ptr<T>() + t * seq.size(1) * seq.size(2);
-}
-
-// A saved (T, B, W) buffer at step t, or nullptr when nothing is saved.
-template <typename T>
-T* saved_at(const Tensor& seq, int64_t t) {
-  return seq.size(0) == 0 ? nullptr : at_step<T>(seq, t);
-}
-
-template <typename T>
-T* data_or_null(const std::optional<Tensor>& t) {
-  return t ? t->data_ptr<T>() : nullptr;
-}
-
-// Step t of an optional (T, B, W) tensor, or nullptr.
-template <typename T>
-T* step_or_null(const std::optional<Tensor>& seq, int64_t t) {
-  return seq ? at_step<T>(*seq, t) : nullptr;
-}
-
-Tensor to_compute(const Tensor& t, at::ScalarType compute_type) {
-  return t.to(compute_type).contiguous();
-}
-
-std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType compute_type) {
-  if (!t) return std::nullopt;
-  return to_compute(*t, compute_type);
-}
-
-// W^T for the step loop's per-step product h @ W^T. BLAS runs that product
-// several times faster on a row-major copy than on the transposed view, but
-// the copy costs more than it saves in a call of a step or two.
-Tensor per_step_operand(const Tensor& w, int64_t steps) {
-  return steps > 2 ? w.t().contiguous() : w.t();
-}
 
 // ------------------------------------------------ 16-bit GEMM operands
 
@@ -188,33 +118,6 @@ Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Ten
   return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
 
-// a^T @ b for a (R, M) and each b (R, N_i) of `bs`, with many rows R
-// (steps x batch): the weight gradients, which may share a (LSTM's W_ih and
-// W_hh). On cpu::gemm, one GEMM (b_1 .. b_n)^T a, then transposed: the wide
-// a is read and packed once, only the narrower b's are transposed.
-std::vector<Tensor> gemm_tn_over_steps(const Tensor& a, const std::vector<Tensor>& bs) {
-  std::vector<Tensor> products;
-  if (!use_cpu_gemm(a)) {
-    for (const Tensor& b : bs) products.push_back(a.t().mm(b));
-    return products;
-  }
-  int64_t width = 0;
-  for (const Tensor& b : bs) width += b.size(1);
-  Tensor stacked = at::empty({width, a.size(0)}, a.options());
-  int64_t offset = 0;
-  for (const Tensor& b : bs) {
-    stacked.narrow(0, offset, b.size(1)).copy_(b.t());
-    offset += b.size(1);
-  }
-  const Tensor product = gemm_over_steps(stacked, a);
-  offset = 0;
-  for (const Tensor& b : bs) {
-    products.push_back(product.narrow(0, offset, b.size(1)).t().contiguous());
-    offset += b.size(1);
-  }
-  return products;
-}
-
 // x (T, B, I) @ w_ih^T + bias, for all steps in one GEMM: (T, B, G*H).
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias) {
   const Tensor rows = x.reshape({x.size(0) * x.size(1), x.size(2)});
@@ -272,42 +175,28 @@ InputGrads input_projection_backward_half(const Tensor& d_xproj, const Tensor& d
   return grads;
 }
 
-// State before each step: init at the first step a sequence processes,
-// else the state after the step processed just before. seq: (T, B, W).
-Tensor previous_states(const Tensor& seq, const Tensor& init,
-                       const std::optional<Tensor>& lengths, bool reverse) {
-  const int64_t steps = seq.size(0);
-  Tensor prev = at::empty_like(seq);
-  if (steps == 0) return prev;
-  if (reverse) {
-    prev.select(0, steps - 1).copy_(init);
-    prev.narrow(0, 0, steps - 1).copy_(seq.narrow(0, 1, steps - 1));
-    if (lengths) {
-      // A reversed sequence starts at its own last step, lengths[b] - 1.
-      auto t = at::arange(steps, lengths->options()).view({steps, 1});
-      auto first = (t >= (*lengths - 1).view({1, -1})).unsqueeze(-1);
-      prev = at::where(first, init.unsqueeze(0), prev);
-    }
-  } else {
-    prev.select(0, 0).copy_(init);
-    prev.narrow(0, 1, steps - 1).copy_(seq.narrow(0, 0, steps - 1));
-  }
-  return prev;
-}
-
 // ------------------------------------------------------ persistent path
 // The whole-sequence loops run when the caller asks for them (the
 // `persistent` op argument, decided in fusedrnn/ops.py) and the call is one
 // they cover (no projection): on CPU the persistent loops of cpu/persistent.h,
 // which also compute the input projection, on CUDA the kernels of
-// cuda/persistent.cuh (H within the on-chip limit; on CPU tensors in the SIMT
-// build). Otherwise the step loop runs.
+// cuda/persistent.cuh and cuda/persistent_backward.cuh (H within the on-chip
+// limit; fp32/fp64 GEMMs; on CPU tensors in the SIMT build). Otherwise the
+// step loop runs.
 
 #ifdef FUSEDRNN_CUDA_KERNELS
 template <typename T>
 bool persistent_kernel(const LstmSequence<T>& seq) { return cuda::persistent::lstm_forward<T>(seq); }
 template <typename T>
 bool persistent_kernel(const GruSequence<T>& seq) { return cuda::persistent::gru_forward<T>(seq); }
+template <typename T>
+bool persistent_kernel(const LstmBackwardSequence<T>& seq) {
+  return cuda::persistent::lstm_backward<T>(seq);
+}
+template <typename T>
+bool persistent_kernel(const GruBackwardSequence<T>& seq) {
+  return cuda::persistent::gru_backward<T>(seq);
+}
 #endif
 
 std::atomic<int64_t> g_persistent_fallbacks{0};
@@ -349,46 +238,6 @@ cpu::InputProjection<T> input_projection_of(const Tensor& x, const Tensor& w_ih,
           .bias = data_or_null<T>(bias)};
 }
 
-// ------------------------------------------------------------- toolkit
-// The toolkit arguments of one call (csrc/ops.cpp documents them), checked
-// and in the compute dtype. The persistent paths take none of them: with any
-// one on, the step loop runs.
-
-struct Toolkit {
-  std::optional<Tensor> rec_mask, zone_h, zone_c;
-  double cell_clip = 0, grad_clip = 0;
-  bool any() const { return rec_mask || zone_h || zone_c || cell_clip > 0 || grad_clip > 0; }
-};
-
-struct ToolkitShape {
-  int64_t steps, batch, hidden, h_size;
-  bool projected;
-};
-
-Toolkit check_toolkit(const OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
-                      const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
-                      const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip) {
-  auto check_limit = [&](double limit, const char* name) {
-    if (!(limit >= 0) || std::isinf(limit))
-      args.fail(std::string(name) + " must be finite and >= 0 (0: off), got " + c10::str(limit));
-  };
-  check_limit(cell_clip, "cell_clip");
-  check_limit(grad_clip, "grad_clip");
-  if (rec_mask) args.tensor(*rec_mask, "recurrent_mask", {s.batch, s.h_size}, dtype);
-  if (zone_h) args.tensor(*zone_h, "zoneout_h", {s.steps, s.batch, s.h_size}, dtype);
-  if (zone_c) args.tensor(*zone_c, "zoneout_c", {s.steps, s.batch, s.hidden}, dtype);
-  if (s.projected && (zone_h || zone_c))
-    args.fail("zoneout with a projection (w_hr) is not implemented");
-  const auto compute = compute_dtype_for(dtype);
-  return {to_compute(rec_mask, compute), to_compute(zone_h, compute), to_compute(zone_c, compute),
-          cell_clip, grad_clip};
-}
-
-// h_prev (T, B, P) as the recurrent product took it: times the recurrent
-// dropout mask, the same at every step.
-Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit) {
-  return toolkit.rec_mask ? h_prev * toolkit.rec_mask->unsqueeze(0) : h_prev;
-}
 
 // -------------------------------------------------------- LSTM checks
 
@@ -418,6 +267,80 @@ LstmSizes check_lstm(const OpArgs& args, const Tensor& input, const Tensor& w_ih
 }
 
 }  // namespace
+
+// ------------------------------------------- shared with norm_recurrence.cpp
+// (declared in step_loop.h)
+
+Tensor previous_states(const Tensor& seq, const Tensor& init,
+                       const std::optional<Tensor>& lengths, bool reverse) {
+  const int64_t steps = seq.size(0);
+  Tensor prev = at::empty_like(seq);
+  if (steps == 0) return prev;
+  if (reverse) {
+    prev.select(0, steps - 1).copy_(init);
+    prev.narrow(0, 0, steps - 1).copy_(seq.narrow(0, 1, steps - 1));
+    if (lengths) {
+      // A reversed sequence starts at its own last step, lengths[b] - 1.
+      auto t = at::arange(steps, lengths->options()).view({steps, 1});
+      auto first = (t >= (*lengths - 1).view({1, -1})).unsqueeze(-1);
+      prev = at::where(first, init.unsqueeze(0), prev);
+    }
+  } else {
+    prev.select(0, 0).copy_(init);
+    prev.narrow(0, 1, steps - 1).copy_(seq.narrow(0, 0, steps - 1));
+  }
+  return prev;
+}
+
+// a^T @ b for a (R, M) and each b (R, N_i) of `bs`, with many rows R
+// (steps x batch): the weight gradients, which may share a (LSTM's W_ih and
+// W_hh). On cpu::gemm, one GEMM (b_1 .. b_n)^T a, then transposed: the wide
+// a is read and packed once, only the narrower b's are transposed.
+std::vector<Tensor> gemm_tn_over_steps(const Tensor& a, const std::vector<Tensor>& bs) {
+  std::vector<Tensor> products;
+  if (!use_cpu_gemm(a)) {
+    for (const Tensor& b : bs) products.push_back(a.t().mm(b));
+    return products;
+  }
+  int64_t width = 0;
+  for (const Tensor& b : bs) width += b.size(1);
+  Tensor stacked = at::empty({width, a.size(0)}, a.options());
+  int64_t offset = 0;
+  for (const Tensor& b : bs) {
+    stacked.narrow(0, offset, b.size(1)).copy_(b.t());
+    offset += b.size(1);
+  }
+  const Tensor product = gemm_over_steps(stacked, a);
+  offset = 0;
+  for (const Tensor& b : bs) {
+    products.push_back(product.narrow(0, offset, b.size(1)).t().contiguous());
+    offset += b.size(1);
+  }
+  return products;
+}
+
+Toolkit check_toolkit(const OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
+                      const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
+                      const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip) {
+  auto check_limit = [&](double limit, const char* name) {
+    if (!(limit >= 0) || std::isinf(limit))
+      args.fail(std::string(name) + " must be finite and >= 0 (0: off), got " + c10::str(limit));
+  };
+  check_limit(cell_clip, "cell_clip");
+  check_limit(grad_clip, "grad_clip");
+  if (rec_mask) args.tensor(*rec_mask, "recurrent_mask", {s.batch, s.h_size}, dtype);
+  if (zone_h) args.tensor(*zone_h, "zoneout_h", {s.steps, s.batch, s.h_size}, dtype);
+  if (zone_c) args.tensor(*zone_c, "zoneout_c", {s.steps, s.batch, s.hidden}, dtype);
+  if (s.projected && (zone_h || zone_c))
+    args.fail("zoneout with a projection (w_hr) is not implemented");
+  const auto compute = compute_dtype_for(dtype);
+  return {to_compute(rec_mask, compute), to_compute(zone_h, compute), to_compute(zone_c, compute),
+          cell_clip, grad_clip};
+}
+
+Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit) {
+  return toolkit.rec_mask ? h_prev * toolkit.rec_mask->unsqueeze(0) : h_prev;
+}
 
 // ============================================================== LSTM
 
@@ -574,19 +497,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::lstm_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
+    const Tensor c0_c = to_compute(c0, compute_type);
+    const LstmBackwardSequence<scalar_t> seq{
+        .steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+        .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
+        .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
+        .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
+        .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(), .lengths = lens};
     if constexpr (kCpuKernels) {
       if (!s.projected && use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
-        const Tensor c0_c = to_compute(c0, compute_type);
-        cpu::persistent_lstm_backward<scalar_t>(
-            {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-             .w_hh = w_hh_c.data_ptr<scalar_t>(), .c0 = c0_c.data_ptr<scalar_t>(),
-             .grad_out = grad_output.data_ptr<scalar_t>(), .gates = gates_c.data_ptr<scalar_t>(),
-             .cells = cells_c.data_ptr<scalar_t>(), .d_gates = d_gates.data_ptr<scalar_t>(),
-             .dh = dh_state.data_ptr<scalar_t>(), .dc = dc.data_ptr<scalar_t>(),
-             .lengths = lens});
+        cpu::persistent_lstm_backward<scalar_t>(seq);
         return;
       }
     }
+    // The persistent CUDA backward computes in fp32 with no 16-bit GEMM operands.
+    if (persistent && !s.projected && !half && run_persistent_cuda(seq, gates_c, "LSTM backward"))
+      return;
     const auto kernels = kernels_for<scalar_t>(gates_c);
     const Tensor c_prev = previous_states(cells_c, c0.to(compute_type), lengths, reverse);
     if (!s.projected && kernels.lstm_backward_fused != nullptr && !toolkit.any()) {
@@ -841,21 +767,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
+    const Tensor h0_c = to_compute(h0, compute_type);
+    const Tensor output_c = to_compute(output, compute_type);
+    const GruBackwardSequence<scalar_t> seq{
+        .steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
+        .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
+        .output = output_c.data_ptr<scalar_t>(), .grad_out = grad_output.data_ptr<scalar_t>(),
+        .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
+        .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(), .lengths = lens};
     if constexpr (kCpuKernels) {
       if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
-        const Tensor h0_c = to_compute(h0, compute_type);
-        const Tensor output_c = to_compute(output, compute_type);
-        cpu::persistent_gru_backward<scalar_t>(
-            {.steps = steps, .batch = batch, .hidden = hidden, .reverse = reverse,
-             .w_hh = w_hh_c.data_ptr<scalar_t>(), .h0 = h0_c.data_ptr<scalar_t>(),
-             .output = output_c.data_ptr<scalar_t>(),
-             .grad_out = grad_output.data_ptr<scalar_t>(),
-             .gates = gates_c.data_ptr<scalar_t>(), .d_xproj = d_xproj.data_ptr<scalar_t>(),
-             .d_hh = d_hh.data_ptr<scalar_t>(), .dh = dh_state.data_ptr<scalar_t>(),
-             .lengths = lens});
+        cpu::persistent_gru_backward<scalar_t>(seq);
         return;
       }
     }
+    // The persistent CUDA backward computes in fp32 with no 16-bit GEMM operands.
+    if (persistent && !half && run_persistent_cuda(seq, gates_c, "GRU backward")) return;
     const auto kernels = kernels_for<scalar_t>(gates_c);
     if (kernels.gru_backward_fused != nullptr && !toolkit.any()) {
       // One kernel and one GEMM per step (GradFlow, params.h), as the LSTM's.

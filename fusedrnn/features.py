@@ -4,7 +4,9 @@
 ``weight_drop`` is DropConnect on W_hh; ``cell_clip`` (LSTM) clamps the cell
 state; ``zoneout`` keeps units of the previous state at random;
 ``recurrent_dropout`` drops units of h_{t-1} where it enters W_hh h_{t-1};
-``grad_clip`` clamps the gradient each step sends back through the recurrence.
+``grad_clip`` clamps the gradient each step sends back through the recurrence;
+``layer_norm`` adds LayerNorms on the input and recurrent parts of the gate
+pre-activations and (LSTM) on the cell state, in haste's form.
 Their exact semantics are those of ``reference.py``, which the kernels match.
 
 Every random mask is drawn here, with torch's generator (deterministic under
@@ -15,10 +17,11 @@ zoneout mixes with its expectation.
 The kernels: ``forget_bias`` is initialisation only and ``weight_drop`` hands
 the masked W_hh to the unchanged kernels; the other four are computed in the
 fused step kernels (CPU and CUDA: csrc/include/fusedrnn/cells.h and
-the step loop of csrc/recurrence.cpp). The
+the step loop of csrc/recurrence.cpp); ``layer_norm`` has ops of its own
+(csrc/norm_recurrence.cpp, row kernels in csrc/include/fusedrnn/norm_rows.h)
+after its input side is computed for all steps in torch ops (``ops.py``). The
 persistent whole-sequence paths (CPU loops, CUDA kernels) take none of them:
-a layer with one on runs the step loop (``ops.py``). ``layer_norm`` is not
-implemented.
+a layer with one on runs the step loop (``ops.py``).
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .reference import LAYER_NORM_EPS
+
 KEYWORDS = ("forget_bias", "weight_drop", "cell_clip", "zoneout", "recurrent_dropout",
-            "grad_clip")
+            "grad_clip", "layer_norm")
 _LSTM_ONLY = ("forget_bias", "cell_clip")
 
 
@@ -44,6 +49,7 @@ class Toolkit:
     zoneout: tuple = (0.0, 0.0)  # (z_h, z_c); z_c is 0 for a GRU
     recurrent_dropout: float = 0.0
     grad_clip: float | None = None
+    layer_norm: bool = False
 
     def describe(self) -> str:
         """The non-default settings, as ``extra_repr`` shows them."""
@@ -71,6 +77,11 @@ def pop_toolkit(mode: str, kwargs: dict, allowed: tuple = KEYWORDS) -> Toolkit:
             settings[name] = _positive(given[name], name)
     if "zoneout" in given:
         settings["zoneout"] = _zoneout(given["zoneout"], mode)
+    if "layer_norm" in given:
+        if not isinstance(given["layer_norm"], bool):
+            raise TypeError(f"fusedrnn: layer_norm must be True or False, "
+                            f"got {given['layer_norm']!r}")
+        settings["layer_norm"] = given["layer_norm"]
     return Toolkit(**settings)
 
 
@@ -164,3 +175,42 @@ def init_forget_bias(module, hidden: int, value: float, names) -> None:
                 getattr(module, name)[hidden:2 * hidden].fill_(value)
             elif name.startswith("bias_hh"):
                 getattr(module, name)[hidden:2 * hidden].zero_()
+
+
+def add_layer_norms(module, suffixes, lstm: bool) -> list:
+    """layer_norm's parameters: per layer and direction (``suffixes``: ``"_l0"``,
+    ``"_l0_reverse"``, ...; ``""`` for a cell), LayerNorms (gain 1, bias 0) named
+    ``layer_norm_ih{suffix}`` and ``layer_norm_hh{suffix}`` over the G*H gate vector
+    and, for an LSTM, ``layer_norm_c{suffix}`` over the cell. Registered as
+    submodules, so their parameters are ``layer_norm_ih_l0.weight``, ... in the
+    state_dict. Returns the ``(role, name)`` pairs per suffix (roles ``norm_ih``, ...)."""
+    hidden = module.hidden_size
+    weight = next(module.parameters())
+    like = dict(device=weight.device, dtype=weight.dtype)
+    parts = (("ih", (4 if lstm else 3) * hidden), ("hh", (4 if lstm else 3) * hidden))
+    if lstm:
+        parts += (("c", hidden),)
+    roles = []
+    for suffix in suffixes:
+        roles.append([])
+        for part, size in parts:
+            name = f"layer_norm_{part}{suffix}"
+            module.add_module(name, torch.nn.LayerNorm(size, eps=LAYER_NORM_EPS, **like))
+            roles[-1].append((f"norm_{part}", name))
+    return roles
+
+
+def reset_layer_norms(module) -> None:
+    """layer_norm's LayerNorms back to gain 1, bias 0 (after torch.nn's
+    ``reset_parameters``, which draws every parameter of the module, theirs too)."""
+    for child in module.children():
+        if isinstance(child, torch.nn.LayerNorm):
+            child.reset_parameters()
+
+
+def layer_norm_pairs(params: dict, cast) -> tuple | None:
+    """The ops' ``layer_norm`` argument from one layer and direction's parameters by
+    role: the (gain, bias) pairs of its norms (ih, hh[, c]), each cast by ``cast``;
+    None when the layer has none."""
+    norms = [params[role] for role in ("norm_ih", "norm_hh", "norm_c") if role in params]
+    return tuple((cast(norm.weight), cast(norm.bias)) for norm in norms) or None

@@ -65,6 +65,13 @@ class _FusedRNNBase(Stepping, RNNBase):
             raise ValueError("fusedrnn: forget_bias needs bias=True")
         if any(self.toolkit.zoneout) and self.proj_size > 0:
             raise ValueError("fusedrnn: zoneout with proj_size > 0 is not implemented")
+        if self.toolkit.layer_norm:
+            if self.proj_size > 0:
+                raise ValueError("fusedrnn: layer_norm with proj_size > 0 is not implemented")
+            suffixes = [names[0][len("weight_ih"):] for names in self._all_weights]
+            for roles, norms in zip(self._param_roles,
+                                    features.add_layer_norms(self, suffixes, mode == "LSTM")):
+                roles += norms
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -72,6 +79,7 @@ class _FusedRNNBase(Stepping, RNNBase):
         if toolkit is not None and toolkit.forget_bias is not None:
             features.init_forget_bias(self, self.hidden_size, toolkit.forget_bias,
                                       self._flat_weights_names)
+        features.reset_layer_norms(self)
 
     def extra_repr(self) -> str:
         toolkit = self.toolkit.describe()
@@ -93,7 +101,8 @@ class _FusedRNNBase(Stepping, RNNBase):
 
     # -------------------------------------------------------------------------
     def _layer_params(self, k: int) -> dict:
-        """Parameters of layer-direction ``k`` by role: w_ih, w_hh, b_ih, b_hh, w_hr."""
+        """Parameters of layer-direction ``k`` by role: w_ih, w_hh, b_ih, b_hh, w_hr (and
+        layer_norm's LayerNorms norm_ih, norm_hh, norm_c)."""
         return {role: getattr(self, name) for role, name in self._param_roles[k]}
 
     def forward(self, input, hx=None):
@@ -224,6 +233,7 @@ class LSTM(_FusedRNNBase):
         w_hh = features.dropped_weight(p["w_hh"], self.toolkit.weight_drop, self.training)
         return ops.lstm_layer(layer_input, like(p["w_ih"]), bias, like(w_hh),
                               like(p.get("w_hr")), state[0], state[1], lengths, reverse,
+                              layer_norm=features.layer_norm_pairs(p, like),
                               **self._toolkit_arguments(layer_input, state))
 
 
@@ -267,6 +277,7 @@ class GRU(_FusedRNNBase):
         w_hh = features.dropped_weight(p["w_hh"], self.toolkit.weight_drop, self.training)
         return ops.gru_layer(layer_input, like(p["w_ih"]), like(p.get("b_ih")), like(w_hh),
                              like(p.get("b_hh")), state[0], lengths, reverse,
+                             layer_norm=features.layer_norm_pairs(p, like),
                              **self._toolkit_arguments(layer_input, state))
 
 
@@ -295,6 +306,9 @@ class _FusedCell:
             raise type(exc)(f"{exc} ({detail})") from None
         if self.toolkit.forget_bias is not None and not self.bias:
             raise ValueError("fusedrnn: forget_bias needs bias=True")
+        self._norm_roles = []  # layer_norm's LayerNorms: (role, name)
+        if self.toolkit.layer_norm:
+            (self._norm_roles,) = features.add_layer_norms(self, [""], mode == "LSTM")
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -302,10 +316,16 @@ class _FusedCell:
         if toolkit is not None and toolkit.forget_bias is not None:
             features.init_forget_bias(self, self.hidden_size, toolkit.forget_bias,
                                       ("bias_ih", "bias_hh"))
+        features.reset_layer_norms(self)
 
     def extra_repr(self) -> str:
         toolkit = self.toolkit.describe()
         return super().extra_repr() + (", " + toolkit if toolkit else "")
+
+    def _layer_norm(self, cast) -> tuple | None:
+        """The ops' ``layer_norm`` argument (features.layer_norm_pairs), or None."""
+        return features.layer_norm_pairs({role: getattr(self, name)
+                                          for role, name in self._norm_roles}, cast)
 
     def _toolkit_arguments(self, x: Tensor) -> dict:
         """The toolkit's op arguments for this step (zoneout masks drawn now); ``x`` is
@@ -348,9 +368,10 @@ def _refuse_unknown(cell, kwargs: dict) -> None:
 
 class LSTMCell(_FusedCell, torch.nn.LSTMCell):
     """Drop-in for :class:`torch.nn.LSTMCell` (and an instance of it); takes the toolkit
-    keywords ``forget_bias``, ``cell_clip`` and ``zoneout`` (features.py)."""
+    keywords ``forget_bias``, ``cell_clip``, ``zoneout`` and ``layer_norm`` (features.py;
+    its parameters ``layer_norm_{ih,hh,c}.weight/bias``)."""
 
-    _TOOLKIT = ("forget_bias", "cell_clip", "zoneout")
+    _TOOLKIT = ("forget_bias", "cell_clip", "zoneout", "layer_norm")
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **toolkit):
         super().__init__(input_size, hidden_size, bias, device, dtype, toolkit=toolkit)
@@ -361,6 +382,7 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         bias = like(self.bias_ih + self.bias_hh) if self.bias else None  # at full precision
         _, h, c = ops.lstm_layer(x, like(self.weight_ih), bias, like(self.weight_hh), None, h0, c0,
+                                 layer_norm=self._layer_norm(like),
                                  **self._toolkit_arguments(x))
         if result_dtype != h.dtype:
             h, c = h.to(result_dtype), c.to(result_dtype)
@@ -369,9 +391,9 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
 
 class GRUCell(_FusedCell, torch.nn.GRUCell):
     """Drop-in for :class:`torch.nn.GRUCell` (and an instance of it); takes the toolkit
-    keyword ``zoneout`` (z_h; features.py)."""
+    keywords ``zoneout`` (z_h) and ``layer_norm`` (features.py)."""
 
-    _TOOLKIT = ("zoneout",)
+    _TOOLKIT = ("zoneout", "layer_norm")
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **toolkit):
         super().__init__(input_size, hidden_size, bias, device, dtype, toolkit=toolkit)
@@ -381,5 +403,7 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
         x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         _, h = ops.gru_layer(x, like(self.weight_ih), like(self.bias_ih), like(self.weight_hh),
-                             like(self.bias_hh), h0, **self._toolkit_arguments(x))
+                             like(self.bias_hh), h0,
+                             layer_norm=self._layer_norm(like),
+                             **self._toolkit_arguments(x))
         return h.squeeze(0) if unbatched else h

@@ -17,7 +17,7 @@ LSTM's summed bias goes into ``Wb`` with ``Rb = 0``; GRU keeps ``b_ih`` and
 
 ONNX's LSTM has no projection: a model with ``proj_size > 0`` cannot be
 expressed without a loop over time, so its export fails with an error naming
-``proj_size``.
+``proj_size``; likewise a model with ``layer_norm=True`` (an error naming it).
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ except ImportError as exc:
 
 from . import ops
 
-__all__ = ["TRANSLATIONS", "lstm_forward", "gru_forward"]
+__all__ = ["TRANSLATIONS", "lstm_forward", "gru_forward", "lstm_norm_forward",
+           "gru_norm_forward"]
 
 # Row blocks of torch's stacked gate weights, in ONNX's gate order.
 LSTM_GATE_ORDER = (0, 3, 1, 2)  # torch i,f,g,o -> ONNX i,o,f,c
@@ -48,6 +49,12 @@ PROJ_SIZE_ERROR = (
     "fusedrnn.onnx: cannot export an LSTM with proj_size > 0 (weight_hr): ONNX's LSTM "
     "operator has no projection, and expressing one would need a loop over time steps. "
     "Export the model without proj_size, or keep it in torch.export.")
+
+
+LAYER_NORM_ERROR = (
+    "fusedrnn.onnx: cannot export a module with layer_norm=True: ONNX's LSTM and GRU "
+    "operators have no normalisation inside the recurrence, and expressing one would need "
+    "a loop over time steps. Keep such a model in torch.export.")
 
 
 # ------------------------------------------------------------- layout
@@ -154,7 +161,21 @@ def gru_forward(input: TFloat, w_ih: TFloat, b_ih: Optional[TFloat], w_hh: TFloa
     return output, h_n, _unused_saved(input, 4 * hidden, save_for_backward)
 
 
+@torch_op("fusedrnn::lstm_norm_forward", trace_only=True)
+def lstm_norm_forward(xproj: TFloat, *args):
+    """``fusedrnn::lstm_norm_forward`` (layer_norm): refused, see LAYER_NORM_ERROR."""
+    raise ValueError(LAYER_NORM_ERROR)
+
+
+@torch_op("fusedrnn::gru_norm_forward", trace_only=True)
+def gru_norm_forward(xproj: TFloat, *args):
+    """``fusedrnn::gru_norm_forward`` (layer_norm): refused, see LAYER_NORM_ERROR."""
+    raise ValueError(LAYER_NORM_ERROR)
+
+
 TRANSLATIONS = {}
 if ops.HAVE_EXTENSION:
     TRANSLATIONS = {torch.ops.fusedrnn.lstm_forward.default: lstm_forward,
-                    torch.ops.fusedrnn.gru_forward.default: gru_forward}
+                    torch.ops.fusedrnn.gru_forward.default: gru_forward,
+                    torch.ops.fusedrnn.lstm_norm_forward.default: lstm_norm_forward,
+                    torch.ops.fusedrnn.gru_norm_forward.default: gru_norm_forward}

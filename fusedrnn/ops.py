@@ -22,6 +22,7 @@ decided here, in :func:`use_persistent`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import warnings
@@ -116,15 +117,18 @@ def _load_simt() -> None:
 
 # ------------------------------------------------------------ kernel path
 
-_PERSISTENT_MODES = ("auto", "on", "off")
-_persistent_mode = {"1": "on", "0": "off"}.get(os.environ.get("FUSEDRNN_PERSISTENT", ""), "auto")
+_PERSISTENT_MODES = ("auto", "on", "off", "model")
+_persistent_mode = {"1": "on", "0": "off", "model": "model"}.get(
+    os.environ.get("FUSEDRNN_PERSISTENT", ""), "auto")
 
 
 def set_persistent(mode: str) -> None:
     """Choose the kernel path: ``"on"`` runs the persistent whole-sequence
     loops (CPU) and kernels (CUDA) where they fit, ``"off"`` the standard step
-    loop, ``"auto"`` the default rule (``use_persistent``). The environment
-    variable ``FUSEDRNN_PERSISTENT=1|0`` sets the starting value."""
+    loop, ``"auto"`` the default rule (``use_persistent``), ``"model"`` the
+    analytic cost model's choice on CUDA (opt-in: no GPU run has confirmed the
+    model yet). The environment variable ``FUSEDRNN_PERSISTENT=1|0|model`` sets
+    the starting value."""
     global _persistent_mode
     if mode not in _PERSISTENT_MODES:
         raise ValueError(f"fusedrnn.ops.set_persistent: mode must be one of {_PERSISTENT_MODES}, "
@@ -137,20 +141,38 @@ def persistent_mode() -> str:
     return _persistent_mode
 
 
-def use_persistent(x: Tensor) -> bool:
-    """Whether a layer on ``x`` (time-major) runs the whole-sequence path.
+def use_persistent(x: Tensor, cell: str = "lstm", hidden: int = 0, train: bool = False) -> bool:
+    """Whether a ``cell`` layer (``"lstm"``/``"gru"``) of ``hidden`` units on ``x``
+    (time-major) runs the whole-sequence path, in a call with a backward or not.
 
-    On the CPU ``auto`` takes the persistent loop for sequences of two steps
-    or more (measured faster than the step loop: README, Speed); a single
-    step (streaming) is cheaper on the step loop, which packs no weights. On
-    CUDA, and on the simt backend (the CUDA kernels run on CPU tensors),
+    On the CPU ``auto`` (and ``model``) takes the persistent loop for sequences
+    of two steps or more (measured faster than the step loop: README, Speed); a
+    single step (streaming) is cheaper on the step loop, which packs no weights.
+    On CUDA, and on the simt backend (the CUDA kernels run on CPU tensors),
     ``auto`` keeps the standard kernels: the persistent ones have not been
-    timed on a GPU yet, so no measured rule picks them."""
+    timed on a GPU yet, so no measured rule picks them. ``model`` takes the
+    path the analytic cost model estimates faster on an H100
+    (``fusedrnn.bench.model.choose_path``, its inputs in one table there)."""
     if x.is_cuda or _backend == "simt":
+        if _persistent_mode == "model":
+            steps, batch, inputs = x.shape
+            return _model_chooses_persistent(cell, train, x.dtype, steps, batch, inputs, hidden,
+                                             torch.backends.cuda.matmul.allow_tf32)
         return _persistent_mode == "on"
-    if _persistent_mode == "auto":
+    if _persistent_mode in ("auto", "model"):
         return x.shape[0] > 1
     return _persistent_mode == "on"
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_chooses_persistent(cell: str, train: bool, dtype: torch.dtype, steps: int, batch: int,
+                              inputs: int, hidden: int, allow_tf32: bool) -> bool:
+    from .bench import model  # pure arithmetic; imported on first use only
+
+    mode = "train" if train else "infer"
+    name = str(dtype).removeprefix("torch.")
+    return model.choose_path(cell, mode, name, steps, batch, inputs, hidden,
+                             allow_tf32=allow_tf32) == "persistent"
 
 
 # --------------------------------------------------------------- autocast
@@ -178,41 +200,69 @@ def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, w_hr:
                h0: Tensor, c0: Tensor, lengths: Tensor | None = None, reverse: bool = False, *,
                recurrent_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
                zoneout_c: Tensor | None = None, cell_clip: float | None = None,
-               grad_clip: float | None = None):
+               grad_clip: float | None = None, layer_norm: tuple | None = None):
     """One LSTM layer, one direction: ``(output, h_n, c_n)``. See csrc/ops.cpp; the
-    keywords are the toolkit's (fusedrnn/features.py), off when None."""
+    keywords are the toolkit's (fusedrnn/features.py), off when None; ``layer_norm``
+    is ``(norm_ih, norm_hh, norm_c)``, a (gain, bias) pair each (reference.py)."""
     lengths = _prepare_lengths(lengths, x)
     toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
                    cell_clip=cell_clip, grad_clip=grad_clip)
     ops = _ops()
     if ops is None:
         return reference.lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
-                                    **toolkit)
+                                    layer_norm=layer_norm, **toolkit)
+    if layer_norm is not None:
+        if w_hr is not None:
+            raise ValueError("fusedrnn: layer_norm with a projection (proj_size > 0) is not "
+                             "implemented")
+        norm_ih, norm_hh, norm_c = layer_norm
+        return _norm_layer(ops.lstm_norm_forward, reference.normed_projection(x, w_ih, bias, norm_ih),
+                           (w_hh, *norm_hh, *norm_c), (h0, c0), lengths, reverse, toolkit)
     save = _needs_backward(x, w_ih, bias, w_hh, w_hr, h0, c0)
     _forward_only(toolkit, save)
     out, h_n, c_n, _, _ = _call(
         ops.lstm_forward, save, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, save,
-        use_persistent(x) and not _toolkit_on(toolkit), *_toolkit_args(toolkit))
+        use_persistent(x, "lstm", w_ih.shape[0] // 4, save) and not _toolkit_on(toolkit),
+        *_toolkit_args(toolkit))
     return out, h_n, c_n
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
               h0: Tensor, lengths: Tensor | None = None, reverse: bool = False, *,
               recurrent_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
-              grad_clip: float | None = None):
+              grad_clip: float | None = None, layer_norm: tuple | None = None):
     """One GRU layer, one direction: ``(output, h_n)``. See csrc/ops.cpp; the keywords
-    are the toolkit's (fusedrnn/features.py), off when None."""
+    are the toolkit's (fusedrnn/features.py), off when None; ``layer_norm`` is
+    ``(norm_ih, norm_hh)``."""
     lengths = _prepare_lengths(lengths, x)
     toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, grad_clip=grad_clip)
     ops = _ops()
     if ops is None:
-        return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, **toolkit)
+        return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
+                                   layer_norm=layer_norm, **toolkit)
+    if layer_norm is not None:
+        norm_ih, norm_hh = layer_norm
+        return _norm_layer(ops.gru_norm_forward, reference.normed_projection(x, w_ih, b_ih, norm_ih),
+                           (w_hh, b_hh, *norm_hh), (h0,), lengths, reverse, toolkit)
     save = _needs_backward(x, w_ih, b_ih, w_hh, b_hh, h0)
     _forward_only(toolkit, save)
     out, h_n, _ = _call(
         ops.gru_forward, save, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, save,
-        use_persistent(x) and not _toolkit_on(toolkit), *_toolkit_args(toolkit))
+        use_persistent(x, "gru", w_ih.shape[0] // 3, save) and not _toolkit_on(toolkit),
+        *_toolkit_args(toolkit))
     return out, h_n
+
+
+def _norm_layer(op, xproj: Tensor, weights: tuple, states: tuple, lengths, reverse: bool,
+                toolkit: dict):
+    """A layer_norm layer: its input side ``xproj`` (all steps, in torch ops, which
+    autograd differentiates) computed by the caller, the recurrence by the ``*_norm``
+    op. Returns the op's output and final states."""
+    save = _needs_backward(xproj, *weights, *states)
+    _forward_only(toolkit, save)
+    results = _call(op, save, xproj, *weights, *states, lengths, reverse, save,
+                    *_toolkit_args(toolkit))
+    return results[:1 + len(states)]
 
 
 def _call(op, save: bool, *args):

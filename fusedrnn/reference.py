@@ -24,28 +24,31 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 
 def lstm_cell(xproj_t: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, w_hr: Tensor | None,
-              cell_clip: float | None = None, recurrent_mask: Tensor | None = None):
+              cell_clip: float | None = None, recurrent_mask: Tensor | None = None,
+              norm_hh: tuple | None = None, norm_c: tuple | None = None):
     """One LSTM step. ``xproj_t`` is ``(B, 4H)``; returns ``(h', c')``. ``cell_clip``
     clamps c' before h' = o * tanh(c'); ``recurrent_mask`` multiplies h where it
-    enters the recurrent product only."""
+    enters the recurrent product only; ``norm_hh`` / ``norm_c`` (layer_norm: a
+    (gain, bias) pair each) normalise the recurrent product and, before the tanh, c'."""
     h_in = h if recurrent_mask is None else h * recurrent_mask
-    gates = xproj_t + h_in @ w_hh.t()
+    gates = xproj_t + _layer_norm(h_in @ w_hh.t(), norm_hh)
     i, f, g, o = gates.chunk(4, dim=-1)
     i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
     c_new = f * c + i * g
     if cell_clip is not None:
         c_new = c_new.clamp(-cell_clip, cell_clip)
-    h_new = o * c_new.tanh()
+    h_new = o * _layer_norm(c_new, norm_c).tanh()
     if w_hr is not None:
         h_new = h_new @ w_hr.t()
     return h_new, c_new
 
 
 def gru_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
-             recurrent_mask: Tensor | None = None):
+             recurrent_mask: Tensor | None = None, norm_hh: tuple | None = None):
     """One GRU step. ``xproj_t`` is ``(B, 3H)`` including ``b_ih``; returns ``h'``.
-    ``recurrent_mask`` multiplies h where it enters the recurrent product only."""
-    hh = (h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t()
+    ``recurrent_mask`` multiplies h where it enters the recurrent product only;
+    ``norm_hh`` (layer_norm) normalises the recurrent product before b_hh is added."""
+    hh = _layer_norm((h if recurrent_mask is None else h * recurrent_mask) @ w_hh.t(), norm_hh)
     if b_hh is not None:
         hh = hh + b_hh
     x_r, x_z, x_n = xproj_t.chunk(3, dim=-1)
@@ -54,6 +57,27 @@ def gru_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
     z = (x_z + h_z).sigmoid()
     n = (x_n + r * h_n).tanh()
     return n + z * (h - n)
+
+
+# ------------------------------------------------------------ layer norm
+# The toolkit's layer_norm, in haste's form: LayerNorms on the input part
+# W_ih x and on the recurrent part W_hh h of the gate pre-activations, the
+# RNN's biases added after, and (LSTM) on the cell state before the output's
+# tanh. Each norm is a (gain, bias) pair over its whole vector.
+
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default; the kernels' (norm_rows.h)
+
+
+def _layer_norm(v: Tensor, gain_bias: tuple | None) -> Tensor:
+    if gain_bias is None:
+        return v
+    return torch.nn.functional.layer_norm(v, (v.shape[-1],), *gain_bias, LAYER_NORM_EPS)
+
+
+def normed_projection(x: Tensor, w_ih: Tensor, bias: Tensor | None, norm_ih: tuple) -> Tensor:
+    """The input side of a layer-normalised layer, for all steps: LN_ih(x @ w_ih^T) + bias."""
+    xproj = _layer_norm(torch.nn.functional.linear(x, w_ih), norm_ih)
+    return xproj if bias is None else xproj + bias
 
 
 def _steps(T: int, reverse: bool):
@@ -103,17 +127,40 @@ def _commit(active, new: Tensor, old: Tensor) -> tuple:
 
 def lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths=None, reverse=False, *,
                recurrent_mask=None, zoneout_h=None, zoneout_c=None, cell_clip=None,
-               grad_clip=None):
+               grad_clip=None, layer_norm=None):
     """One LSTM layer in one direction: ``(output, h_n, c_n)``. ``bias`` is
     ``b_ih + b_hh`` or None. The keywords are the toolkit's (fusedrnn/features.py):
     ``recurrent_mask`` (B, P), ``zoneout_h`` (T, B, P) and ``zoneout_c`` (T, B, H) the
-    weights of the previous state, ``cell_clip``, ``grad_clip``."""
-    xproj = torch.nn.functional.linear(x, w_ih, bias)
+    weights of the previous state, ``cell_clip``, ``grad_clip``, and ``layer_norm``:
+    the (gain, bias) pairs of the norms on the input part, the recurrent part and the
+    cell, ``(norm_ih, norm_hh, norm_c)``."""
+    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
+                   cell_clip=cell_clip, grad_clip=grad_clip)
+    if layer_norm is None:
+        xproj = torch.nn.functional.linear(x, w_ih, bias)
+        return _lstm_steps(xproj, w_hh, w_hr, h0, c0, lengths, reverse, **toolkit)
+    norm_ih, norm_hh, norm_c = layer_norm
+    return _lstm_steps(normed_projection(x, w_ih, bias, norm_ih), w_hh, w_hr, h0, c0, lengths,
+                       reverse, norm_hh=norm_hh, norm_c=norm_c, **toolkit)
+
+
+def lstm_norm_recurrence(xproj, w_hh, hh_weight, hh_bias, c_weight, c_bias, h0, c0,
+                         lengths=None, reverse=False, **toolkit):
+    """The recurrence of a layer-normalised LSTM layer from its input side ``xproj``
+    (:func:`normed_projection`): the contract of the op ``lstm_norm_forward``."""
+    return _lstm_steps(xproj, w_hh, None, h0, c0, lengths, reverse,
+                       norm_hh=(hh_weight, hh_bias), norm_c=(c_weight, c_bias), **toolkit)
+
+
+def _lstm_steps(xproj, w_hh, w_hr, h0, c0, lengths, reverse, *, recurrent_mask=None,
+                zoneout_h=None, zoneout_c=None, cell_clip=None, grad_clip=None, norm_hh=None,
+                norm_c=None):
     h, c = h0, c0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
         h_in, c_in = _clip_grad(h, grad_clip), _clip_grad(c, grad_clip)
-        h_new, c_new = lstm_cell(xproj[t], h_in, c_in, w_hh, w_hr, cell_clip, recurrent_mask)
+        h_new, c_new = lstm_cell(xproj[t], h_in, c_in, w_hh, w_hr, cell_clip, recurrent_mask,
+                                 norm_hh, norm_c)
         h_new = _zoneout(zoneout_h, t, h_in, h_new)
         c_new = _zoneout(zoneout_c, t, c_in, c_new)
         active = _active_rows(lengths, t, h)
@@ -125,15 +172,33 @@ def lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths=None, reverse=False, *
 
 
 def gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths=None, reverse=False, *,
-              recurrent_mask=None, zoneout_h=None, grad_clip=None):
-    """One GRU layer in one direction: ``(output, h_n)``; the keywords as in
-    :func:`lstm_layer`."""
-    xproj = torch.nn.functional.linear(x, w_ih, b_ih)
+              recurrent_mask=None, zoneout_h=None, grad_clip=None, layer_norm=None):
+    """One GRU layer, one direction: ``(output, h_n)``; the keywords as in
+    :func:`lstm_layer` (``layer_norm`` is ``(norm_ih, norm_hh)``)."""
+    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, grad_clip=grad_clip)
+    if layer_norm is None:
+        xproj = torch.nn.functional.linear(x, w_ih, b_ih)
+        return _gru_steps(xproj, w_hh, b_hh, h0, lengths, reverse, **toolkit)
+    norm_ih, norm_hh = layer_norm
+    return _gru_steps(normed_projection(x, w_ih, b_ih, norm_ih), w_hh, b_hh, h0, lengths,
+                      reverse, norm_hh=norm_hh, **toolkit)
+
+
+def gru_norm_recurrence(xproj, w_hh, b_hh, hh_weight, hh_bias, h0, lengths=None,
+                        reverse=False, **toolkit):
+    """The recurrence of a layer-normalised GRU layer from its input side ``xproj``:
+    the contract of the op ``gru_norm_forward``."""
+    return _gru_steps(xproj, w_hh, b_hh, h0, lengths, reverse, norm_hh=(hh_weight, hh_bias),
+                      **toolkit)
+
+
+def _gru_steps(xproj, w_hh, b_hh, h0, lengths, reverse, *, recurrent_mask=None,
+               zoneout_h=None, grad_clip=None, norm_hh=None):
     h = h0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
         h_in = _clip_grad(h, grad_clip)
-        h_new = gru_cell(xproj[t], h_in, w_hh, b_hh, recurrent_mask)
+        h_new = gru_cell(xproj[t], h_in, w_hh, b_hh, recurrent_mask, norm_hh)
         h_new = _zoneout(zoneout_h, t, h_in, h_new)
         h, outputs[t] = _commit(_active_rows(lengths, t, h), h_new, h_in)
     if not outputs:

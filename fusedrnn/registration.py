@@ -19,19 +19,27 @@ from . import reference
 
 
 def register(namespace: str) -> None:
-    """Fake kernels and autograd for the four ops of ``namespace`` (call once)."""
+    """Fake kernels and autograd for the ops of ``namespace`` (call once)."""
     ops = getattr(torch.ops, namespace)
     for op, fake in (("lstm_forward", _lstm_forward_fake), ("lstm_backward", _lstm_backward_fake),
-                     ("gru_forward", _gru_forward_fake), ("gru_backward", _gru_backward_fake)):
+                     ("gru_forward", _gru_forward_fake), ("gru_backward", _gru_backward_fake),
+                     ("lstm_norm_forward", _lstm_norm_forward_fake),
+                     ("lstm_norm_backward", _lstm_norm_backward_fake),
+                     ("gru_norm_forward", _gru_norm_forward_fake),
+                     ("gru_norm_backward", _gru_norm_backward_fake)):
         torch.library.register_fake(f"{namespace}::{op}", fake)
-    torch.library.register_autograd(f"{namespace}::lstm_forward",
-                                    lambda ctx, *grads: _lstm_backward(ops, ctx, *grads),
-                                    setup_context=_lstm_setup_context)
-    torch.library.register_autograd(f"{namespace}::gru_forward",
-                                    lambda ctx, *grads: _gru_backward(ops, ctx, *grads),
-                                    setup_context=_gru_setup_context)
+    for op, backward, setup in (("lstm_forward", _lstm_backward, _lstm_setup_context),
+                                ("gru_forward", _gru_backward, _gru_setup_context),
+                                ("lstm_norm_forward", _lstm_norm_backward,
+                                 _lstm_norm_setup_context),
+                                ("gru_norm_forward", _gru_norm_backward,
+                                 _gru_norm_setup_context)):
+        torch.library.register_autograd(
+            f"{namespace}::{op}",
+            functools.partial(lambda backward, ctx, *grads: backward(ops, ctx, *grads), backward),
+            setup_context=setup)
     # Called directly and differentiated, the backward ops raise, never a silent zero.
-    for op in ("lstm_backward", "gru_backward"):
+    for op in ("lstm_backward", "gru_backward", "lstm_norm_backward", "gru_norm_backward"):
         torch.library.register_autograd(f"{namespace}::{op}", _backward_op_has_no_backward,
                                         setup_context=_save_nothing)
 
@@ -84,6 +92,50 @@ def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, 
     return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
             w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
             h0.new_empty(h0.shape))
+
+
+def _lstm_norm_forward_fake(xproj, w_hh, hh_weight, hh_bias, c_weight, c_bias, h0, c0, lengths,
+                            reverse, save_for_backward=True, *toolkit):
+    steps, batch, gates = xproj.shape
+    hidden = gates // 4
+    ct = _compute_dtype(xproj.dtype)
+    saved = steps if save_for_backward else 0
+    return (xproj.new_empty(steps, batch, hidden), xproj.new_empty(batch, hidden),
+            xproj.new_empty(batch, hidden), xproj.new_empty(saved, batch, gates, dtype=ct),
+            xproj.new_empty(saved, batch, hidden, dtype=ct),
+            xproj.new_empty(saved, batch, gates, dtype=ct),
+            xproj.new_empty(saved, batch, hidden, dtype=ct),
+            xproj.new_empty(saved, batch, 2, dtype=ct))
+
+
+def _lstm_norm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, hh_weight, c_weight, c_bias,
+                             h0, c0, output, gates, cells, hh_norm, c_norm, rstd, lengths,
+                             reverse, *toolkit):
+    steps, batch, hidden = output.shape
+    return (output.new_empty(steps, batch, 4 * hidden), w_hh.new_empty(w_hh.shape),
+            hh_weight.new_empty(hh_weight.shape), hh_weight.new_empty(hh_weight.shape),
+            c_weight.new_empty(c_weight.shape), c_weight.new_empty(c_weight.shape),
+            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
+
+
+def _gru_norm_forward_fake(xproj, w_hh, b_hh, hh_weight, hh_bias, h0, lengths, reverse,
+                           save_for_backward=True, *toolkit):
+    steps, batch, gates3 = xproj.shape
+    hidden = gates3 // 3
+    ct = _compute_dtype(xproj.dtype)
+    saved = steps if save_for_backward else 0
+    return (xproj.new_empty(steps, batch, hidden), xproj.new_empty(batch, hidden),
+            xproj.new_empty(saved, batch, 4 * hidden, dtype=ct),
+            xproj.new_empty(saved, batch, gates3, dtype=ct),
+            xproj.new_empty(saved, batch, dtype=ct))
+
+
+def _gru_norm_backward_fake(grad_output, grad_h_n, w_hh, hh_weight, h0, output, gates, hh_norm,
+                            rstd, lengths, reverse, *toolkit):
+    steps, batch, hidden = output.shape
+    return (output.new_empty(steps, batch, 3 * hidden), w_hh.new_empty(w_hh.shape),
+            hh_weight.new_empty(hh_weight.shape), hh_weight.new_empty(hh_weight.shape),
+            hh_weight.new_empty(hh_weight.shape), h0.new_empty(h0.shape))
 
 
 # ----------------------------------------------------------- autograd
@@ -211,6 +263,68 @@ def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_b_ih if b_ih is not None else None, grad_w_hh,
             grad_b_hh if b_hh is not None else None, grad_h0) + ctx.unused
+
+
+# The layer_norm ops (csrc/ops.cpp): their backward returns the gradients of
+# the differentiable inputs in input order; their reference twins are
+# reference.*_norm_recurrence.
+
+
+def _lstm_norm_setup_context(ctx, inputs, output):
+    *differentiable, lengths, reverse, _save = inputs[:11]
+    toolkit = inputs[11:]
+    out, _, _, *saved = output
+    masks = _save_toolkit(ctx, _LSTM_TOOLKIT[:len(toolkit)], tuple(toolkit))
+    ctx.save_for_backward(*differentiable, out, *saved, lengths, *masks)
+    ctx.reverse = reverse
+    ctx.unused = (None,) * (3 + len(toolkit))  # no gradient from lengths onwards
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)
+
+
+def _lstm_norm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, *_grad_saved):
+    xproj, w_hh, hh_w, hh_b, c_w, c_b, h0, c0, out, *saved, lengths = ctx.saved_tensors[:15]
+    toolkit = _toolkit_of(ctx, ctx.saved_tensors[15:])
+    if torch.is_grad_enabled():
+        _refuse_second_order_grad_clip(toolkit)
+        layer = functools.partial(reference.lstm_norm_recurrence, **_reference_toolkit(toolkit))
+        return _differentiable_backward(layer, ctx.saved_tensors[:8], ctx.needs_input_grad[:8],
+                                        (lengths, ctx.reverse),
+                                        (grad_out, grad_h_n, grad_c_n)) + ctx.unused
+    _check_saved(saved[0], out)
+    grads = ops.lstm_norm_backward(
+        _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0),
+        w_hh, hh_w, c_w, c_b, h0, c0, out, *saved, lengths, ctx.reverse,
+        *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit))
+    return tuple(grads) + ctx.unused
+
+
+def _gru_norm_setup_context(ctx, inputs, output):
+    *differentiable, lengths, reverse, _save = inputs[:9]
+    toolkit = inputs[9:]
+    out, _, *saved = output
+    masks = _save_toolkit(ctx, _GRU_TOOLKIT[:len(toolkit)], tuple(toolkit))
+    ctx.save_for_backward(*differentiable, out, *saved, lengths, *masks)
+    ctx.reverse = reverse
+    ctx.unused = (None,) * (3 + len(toolkit))
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)
+
+
+def _gru_norm_backward(ops, ctx, grad_out, grad_h_n, *_grad_saved):
+    xproj, w_hh, b_hh, hh_w, hh_b, h0, out, *saved, lengths = ctx.saved_tensors[:11]
+    toolkit = _toolkit_of(ctx, ctx.saved_tensors[11:])
+    if torch.is_grad_enabled():
+        _refuse_second_order_grad_clip(toolkit)
+        layer = functools.partial(reference.gru_norm_recurrence, **_reference_toolkit(toolkit))
+        return _differentiable_backward(layer, ctx.saved_tensors[:6], ctx.needs_input_grad[:6],
+                                        (lengths, ctx.reverse), (grad_out, grad_h_n)) + ctx.unused
+    _check_saved(saved[0], out)
+    grad_x, grad_w_hh, grad_b_hh, grad_hh_w, grad_hh_b, grad_h0 = ops.gru_norm_backward(
+        _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), w_hh, hh_w, h0, out, *saved,
+        lengths, ctx.reverse, *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
+    return (grad_x, grad_w_hh, grad_b_hh if b_hh is not None else None, grad_hh_w,
+            grad_hh_b, grad_h0) + ctx.unused
 
 
 def _backward_op_has_no_backward(ctx, *grads):

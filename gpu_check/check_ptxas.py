@@ -25,6 +25,7 @@ MAX_STATIC_SHARED = 48 * 1024
 # be added here, so that its register budget is checked.
 BLOCK_SIZES = {
     "persistent_forward_kernel": 512,  # persistent.cuh, kThreads
+    "persistent_backward_kernel": 512,  # persistent_backward.cuh (persistent.cuh's kThreads)
     "barrier_kernel": 512,             # persistent_barrier.cu, kThreads
     "4cuda4step": 256,                 # step_kernels.cuh (namespace cuda::step), kThreads
 }

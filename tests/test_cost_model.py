@@ -8,11 +8,15 @@ build (its runtime counts every launch; the profiler sees every ATen mm/addmm).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+import fusedrnn
 from fusedrnn import ops
 from fusedrnn.bench import configs, model
+from conftest import TOL, assert_results_close, run
 from devices import simt_marks
 
 GOAL_TRAIN = dict(cell="lstm", mode="train", dtype="bfloat16", T=1024, B=16, I=768, H=768)
@@ -189,3 +193,51 @@ def test_path_rule_follows_the_model():
     assert model.choose_path(**shape, B=64) == "standard"
     slow_barrier = model.with_figures(grid_sync_us=20.0)
     assert model.choose_path(**shape, B=1, fig=slow_barrier) == "standard"
+
+
+# ------------------------------------------------------- the dispatch rule
+
+
+@pytest.fixture
+def model_mode():
+    previous = ops.persistent_mode()
+    ops.set_persistent("model")
+    yield
+    ops.set_persistent(previous)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_model_mode_takes_the_models_path(cell, train, dtype, model_mode):
+    """``set_persistent("model")``: where the CUDA kernels run, each layer takes the path
+    ``model.choose_path`` estimates faster; both answers occur across these shapes. On
+    the CPU the measured rule stays (persistent loop from two steps)."""
+    shapes = [(100, 4, 128, 128), (100, 256, 512, 512)]
+    mode, name = "train" if train else "infer", str(dtype).removeprefix("torch.")
+    with ops.using_backend("simt"):
+        taken = [ops.use_persistent(torch.empty(T, B, I, dtype=dtype), cell, H, train)
+                 for T, B, I, H in shapes]
+    assert taken == [model.choose_path(cell, mode, name, *shape) == "persistent"
+                     for shape in shapes]
+    assert taken == [True, False]
+    assert ops.use_persistent(torch.empty(2, 1, 1), cell, 8, train)  # the CPU's own rule
+    assert not ops.use_persistent(torch.empty(1, 1, 1), cell, 8, train)
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=simt_marks())], ids=["simt"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_model_mode_runs_the_chosen_kernels(kind, _, model_mode):
+    """A module under the model's rule on the CUDA kernels (SIMT): the small shape takes
+    the persistent kernel (no fallback counted) and matches the reference."""
+    torch.manual_seed(0)
+    module = getattr(fusedrnn, kind)(5, 8, num_layers=2).double()
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    with ops.using_backend("simt"):
+        before = torch.ops.fusedrnn_simt_debug.persistent_fallbacks()
+        actual = run(module, x)
+        assert torch.ops.fusedrnn_simt_debug.persistent_fallbacks() == before
+        assert ops.use_persistent(x, kind.lower(), 8, True)
+    with ops.using_backend("reference"):
+        expected = run(copy.deepcopy(module), x)
+    assert_results_close(actual, expected, TOL[torch.float64], kind)

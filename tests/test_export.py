@@ -24,6 +24,8 @@ CONFIGS = {
     "LSTM-batch_first": ("LSTM", dict(batch_first=True)),
     "GRU-L2-bi": ("GRU", dict(num_layers=2, bidirectional=True)),
     "GRU-batch_first-nobias": ("GRU", dict(batch_first=True, bias=False)),
+    "LSTM-L2-bi-layer_norm": ("LSTM", dict(num_layers=2, bidirectional=True, layer_norm=True)),
+    "GRU-layer_norm": ("GRU", dict(layer_norm=True)),
 }
 INPUT, HIDDEN = 5, 6
 EXPORT_SHAPE = (7, 4)  # (T, B) traced at export

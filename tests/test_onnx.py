@@ -168,11 +168,15 @@ def test_translation_table_for_custom_translation_table():
     assert node_types.count("GRU") == 4
 
 
-def test_proj_size_is_a_clear_error():
-    model = fusedrnn.LSTM(INPUT, 6, proj_size=3).eval()
-    with pytest.raises(torch.onnx.OnnxExporterError, match="proj_size") as info:
+@pytest.mark.parametrize("kind,kwargs,names,why", [
+    ("LSTM", dict(proj_size=3), "proj_size", "no projection"),
+    ("LSTM", dict(layer_norm=True), "layer_norm", "no normalisation"),
+    ("GRU", dict(layer_norm=True), "layer_norm", "no normalisation")])
+def test_what_onnx_cannot_express_is_a_clear_error(kind, kwargs, names, why):
+    model = getattr(fusedrnn, kind)(INPUT, 6, **kwargs).eval()
+    with pytest.raises(torch.onnx.OnnxExporterError, match=names) as info:
         torch.onnx.export(model, (torch.randn(*EXPORT_SHAPE, INPUT),))
     cause = info.value
     while cause.__cause__ is not None:
         cause = cause.__cause__
-    assert isinstance(cause, ValueError) and "no projection" in str(cause)
+    assert isinstance(cause, ValueError) and why in str(cause)

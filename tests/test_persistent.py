@@ -2,8 +2,9 @@
 
 Module and op parity on the persistent path are the ``*-persistent`` cases of
 test_parity / test_ops. Here: the tiling plan forced (debug override) to several units
-per block, a partial last block and several batch tiles, at small sizes; the fallback
-when a size does not fit on chip; the grid-barrier micro-benchmark.
+per block, a partial last block and several batch tiles, at small sizes, forward and
+backward; the fallback when a size does not fit on chip; the grid-barrier
+micro-benchmark.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def test_tiling_override_forces_every_path(gates, dtype, persistent_device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
 def test_forced_tiling_matches_reference(mode, dtype, lengths, reverse, persistent_device):
-    """Outputs, final states and every gradient (the backward reads the gates and cells
-    the persistent kernel saved)."""
+    """Outputs, final states and every gradient, forward and backward each in one
+    persistent launch (the backward reads the gates and cells the forward saved)."""
     persistent_device.debug.set_persistent_tiling(MAX_BLOCKS, TILE)
     inputs, lens, layer, ref_layer = layer_case(mode, STEPS, BATCH, HIDDEN, dtype, lengths)
     on_device = leaves_on(persistent_device, inputs)
@@ -60,7 +61,11 @@ def test_forced_tiling_matches_reference(mode, dtype, lengths, reverse, persiste
         assert simt_launches() == before + 1
     expected = ref_layer(*inputs, lens, reverse)
     assert_close_all(fused, expected, TOL[dtype])
-    assert_close_all(grads_of(fused, on_device), grads_of(expected, inputs), TOL[dtype])
+    before = simt_launches()
+    grads = grads_of(fused, on_device)
+    if before is not None:  # the persistent backward, not a launch per step
+        assert simt_launches() == before + 1
+    assert_close_all(grads, grads_of(expected, inputs), TOL[dtype])
 
 
 def test_fallback_when_too_large(persistent_device):

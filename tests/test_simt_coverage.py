@@ -57,7 +57,9 @@ def test_the_source_list_is_complete():
     assert {"lstm_forward_kernel", "lstm_backward_kernel", "projected_commit_kernel",
             "grad_h_accumulate_kernel", "grad_h_carry_kernel", "gru_forward_kernel",
             "lstm_backward_fused_kernel", "gru_backward_fused_kernel",
-            "persistent_forward_kernel", "barrier_kernel"} \
+            "persistent_forward_kernel", "persistent_backward_kernel", "barrier_kernel",
+            "lstm_norm_forward_kernel", "lstm_norm_backward_kernel", "gru_norm_forward_kernel",
+            "gru_norm_backward_kernel"} \
         <= source_kernels()
 
 

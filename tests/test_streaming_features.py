@@ -1,7 +1,7 @@
 """Every toolkit feature through ``step`` and ``tbptt``.
 
-* Deterministic settings (any feature in eval mode; cell_clip, grad_clip and forget_bias
-  in training): stepping or chunked stateful calls give the one long
+* Deterministic settings (any feature in eval mode; cell_clip, grad_clip, forget_bias
+  and layer_norm in training): stepping or chunked stateful calls give the one long
   call's outputs, states and gradients.
 * Random masks in training (zoneout, recurrent_dropout, weight_drop): a call draws
   them for the steps it runs, so ``step`` draws new ones each step; tbptt is then
@@ -25,19 +25,21 @@ LSTM_FEATURES = {
     "zoneout": dict(zoneout=(0.3, 0.2)),
     "recurrent_dropout": dict(recurrent_dropout=0.3),
     "grad_clip": dict(grad_clip=0.02),
+    "layer_norm": dict(layer_norm=True),
     "all": dict(forget_bias=1.0, weight_drop=0.2, cell_clip=0.5, zoneout=(0.2, 0.1),
-                recurrent_dropout=0.2, grad_clip=0.05),
+                recurrent_dropout=0.2, grad_clip=0.05, layer_norm=True),
 }
 GRU_FEATURES = {
     "weight_drop": dict(weight_drop=0.3),
     "zoneout": dict(zoneout=0.3),
     "recurrent_dropout": dict(recurrent_dropout=0.3),
     "grad_clip": dict(grad_clip=0.02),
+    "layer_norm": dict(layer_norm=True),
 }
 CASES = [(kind, name, kw) for kind, table in (("LSTM", LSTM_FEATURES), ("GRU", GRU_FEATURES))
          for name, kw in table.items()]
 IDS = [f"{kind}-{name}" for kind, name, _ in CASES]
-DETERMINISTIC_IN_TRAINING = {"forget_bias", "cell_clip", "grad_clip"}
+DETERMINISTIC_IN_TRAINING = {"forget_bias", "cell_clip", "grad_clip", "layer_norm"}
 T, B = 6, 3
 
 

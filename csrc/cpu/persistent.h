@@ -95,41 +95,6 @@ struct InputProjection {
   const T* bias;  // (G*H): LSTM b_ih + b_hh, GRU b_ih; or nullptr
 };
 
-// Backward of one LSTM layer without projection (the forward's LstmSequence
-// with the gradients): fills d_gates for every step, leaves the gradients of
-// h0 and c0 in dh / dc.
-template <typename T>
-struct LstmBackwardSequence {
-  int64_t steps, batch, hidden;
-  bool reverse;
-  const T* w_hh;      // (4H, H)
-  const T* c0;        // (B, H)
-  const T* grad_out;  // (T, B, H)
-  const T* gates;     // (T, B, 4H) saved by the forward
-  const T* cells;     // (T, B, H) saved by the forward
-  T* d_gates;         // (T, B, 4H) out
-  T* dh;              // (B, H) in: grad of h_n; out: grad of h0
-  T* dc;              // (B, H) in: grad of c_n; out: grad of c0
-  const int64_t* lengths;
-};
-
-// Backward of one GRU layer: fills d_xproj and d_hh for every step, leaves
-// the gradient of h0 in dh.
-template <typename T>
-struct GruBackwardSequence {
-  int64_t steps, batch, hidden;
-  bool reverse;
-  const T* w_hh;      // (3H, H)
-  const T* h0;        // (B, H)
-  const T* output;    // (T, B, H) saved by the forward
-  const T* grad_out;  // (T, B, H)
-  const T* gates;     // (T, B, 4H) saved by the forward
-  T* d_xproj;         // (T, B, 3H) out
-  T* d_hh;            // (T, B, 3H) out
-  T* dh;              // (B, H) in: grad of h_n; out: grad of h0
-  const int64_t* lengths;
-};
-
 // Whether the persistent loops take a layer of this size and dtype (fp32
 // needs oneDNN's brgemm in this torch build; fp64 runs a plain GEMM loop).
 template <typename T>

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cpu/row_kernels.h"
+#include "fusedrnn/norm_rows.h"
 #include "fusedrnn/step_kernels.h"
 
 namespace fusedrnn::cpu {
@@ -49,6 +50,29 @@ void gru_backward(const GruBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, r
 template <typename T>
 void grad_h_combine(const GradHCombine<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_combine); }
 
+// The layer-norm steps (norm_rows.h), one thread per row, in plain C++.
+template <typename Params, void (*row_function)(const SerialRow&, const Params&, int64_t)>
+void serial_row(const Params& p, int64_t b) {
+  row_function(SerialRow{}, p, b);
+}
+
+template <typename T>
+void lstm_norm_forward(const LstmNormForwardStep<T>& p) {
+  for_each_row(p, 4 * p.hidden, serial_row<LstmNormForwardStep<T>, lstm_norm_forward_row<T, SerialRow>>);
+}
+template <typename T>
+void lstm_norm_backward(const LstmNormBackwardStep<T>& p) {
+  for_each_row(p, 4 * p.hidden, serial_row<LstmNormBackwardStep<T>, lstm_norm_backward_row<T, SerialRow>>);
+}
+template <typename T>
+void gru_norm_forward(const GruNormForwardStep<T>& p) {
+  for_each_row(p, 3 * p.hidden, serial_row<GruNormForwardStep<T>, gru_norm_forward_row<T, SerialRow>>);
+}
+template <typename T>
+void gru_norm_backward(const GruNormBackwardStep<T>& p) {
+  for_each_row(p, 3 * p.hidden, serial_row<GruNormBackwardStep<T>, gru_norm_backward_row<T, SerialRow>>);
+}
+
 }  // namespace
 
 template <typename T>
@@ -71,7 +95,11 @@ StepKernels<T> step_kernels() {
           .grad_h_carry = &grad_h_carry<T>,
           .gru_forward = &gru_forward<T>,
           .gru_backward = &gru_backward<T>,
-          .grad_h_combine = &grad_h_combine<T>};
+          .grad_h_combine = &grad_h_combine<T>,
+          .lstm_norm_forward = &lstm_norm_forward<T>,
+          .lstm_norm_backward = &lstm_norm_backward<T>,
+          .gru_norm_forward = &gru_norm_forward<T>,
+          .gru_norm_backward = &gru_norm_backward<T>};
 }
 
 template StepKernels<float> step_kernels<float>();

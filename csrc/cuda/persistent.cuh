@@ -316,31 +316,63 @@ __global__ void __launch_bounds__(kThreads, 1)
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Cuts H over at most `sm_count` blocks (fewer under a max_blocks override)
-// and sizes the h tile to the shared memory left after the weight slice (or
+// and sizes the tile of staged rows (h forward, `staged_width` = G*H gate
+// gradients backward) to the shared memory left after the weight slice (or
 // to an overridden tile, where it fits). Returns false when even one group of
 // rows does not fit next to the slice.
 inline bool plan_tiling(int64_t hidden, int64_t batch, int gates, int64_t elem_bytes,
                         int64_t sm_count, int64_t smem_per_block, const TilingOverride& knobs,
-                        Tiling* tiling, int64_t* smem_bytes) {
+                        Tiling* tiling, int64_t* smem_bytes, int64_t staged_width = 0) {
   if (hidden <= 0 || batch <= 0 || sm_count <= 0) return false;
   const int64_t row_bytes = hidden * elem_bytes;
-  if (row_bytes > smem_per_block) return false;  // also keeps the products below small
+  const int64_t staged_bytes = (staged_width > 0 ? staged_width : hidden) * elem_bytes;
+  if (staged_bytes > smem_per_block) return false;  // also keeps the products below small
   const int64_t max_blocks =
       knobs.max_blocks > 0 ? std::min(sm_count, knobs.max_blocks) : sm_count;
   const int64_t units = ceil_div(hidden, max_blocks);
   const int64_t w_bytes = gates * units * row_bytes;
-  if (w_bytes + kBatchGroup * row_bytes > smem_per_block) return false;
+  if (w_bytes + kBatchGroup * staged_bytes > smem_per_block) return false;
 
   // Largest tile that fits, then spread the rows evenly over the tiles so a
   // batch slightly above the maximum does not leave a tiny last tile.
-  const int64_t max_tile = (smem_per_block - w_bytes) / row_bytes / kBatchGroup * kBatchGroup;
+  const int64_t max_tile =
+      (smem_per_block - w_bytes) / staged_bytes / kBatchGroup * kBatchGroup;
   const int64_t tiles = ceil_div(batch, max_tile);
   const int64_t even_tile = ceil_div(ceil_div(batch, tiles), kBatchGroup) * kBatchGroup;
   const int64_t tile = knobs.batch_tile > 0 ? std::min(knobs.batch_tile, max_tile) : even_tile;
 
   tiling->units = static_cast<int>(units);
   tiling->batch_tile = static_cast<int>(tile);
-  *smem_bytes = w_bytes + tile * row_bytes;
+  *smem_bytes = w_bytes + tile * staged_bytes;
+  return true;
+}
+
+// The grid of one persistent launch, when it fits.
+struct LaunchPlan {
+  Tiling tiling;
+  int64_t smem_bytes = 0;
+  unsigned blocks = 0;
+};
+
+// Plans a launch of `kernel` over `hidden` units (staged rows `staged_width`
+// wide, 0: H) and prepares its shared memory; false when the device has no
+// cooperative launch, the plan does not fit on chip or the grid cannot be
+// co-resident.
+template <typename Kernel>
+bool plan_launch(Kernel kernel, int64_t hidden, int64_t batch, int gates, int64_t elem_bytes,
+                 int64_t staged_width, LaunchPlan* plan) {
+  const compat::DeviceInfo device = compat::current_device();  // cached by ATen on CUDA
+  if (!device.cooperative_launch) return false;
+  if (!plan_tiling(hidden, batch, gates, elem_bytes, device.sm_count,
+                   device.shared_per_block_optin, tiling_override(), &plan->tiling,
+                   &plan->smem_bytes, staged_width))
+    return false;
+  if (plan->smem_bytes > compat::kDefaultSharedBytes)
+    compat::set_max_dynamic_shared(kernel, plan->smem_bytes);
+  const int blocks_per_sm = compat::max_active_blocks_per_sm(kernel, kThreads, plan->smem_bytes);
+  const int64_t blocks = ceil_div(hidden, plan->tiling.units);
+  if (blocks_per_sm < 1 || blocks > int64_t{blocks_per_sm} * device.sm_count) return false;
+  plan->blocks = static_cast<unsigned>(blocks);
   return true;
 }
 
@@ -349,26 +381,14 @@ template <typename Policy>
 bool launch_persistent(const typename Policy::Params& params) {
   using T = typename Policy::Value;
   if (params.steps <= 0 || params.batch <= 0 || params.hidden <= 0) return false;
-
-  const compat::DeviceInfo device = compat::current_device();  // cached by ATen on CUDA
-  if (!device.cooperative_launch) return false;
-
-  Tiling tiling;
-  int64_t smem_bytes = 0;
-  if (!plan_tiling(params.hidden, params.batch, Policy::kGates, sizeof(T), device.sm_count,
-                   device.shared_per_block_optin, tiling_override(), &tiling, &smem_bytes))
-    return false;
-
   auto kernel = persistent_forward_kernel<Policy>;
-  if (smem_bytes > compat::kDefaultSharedBytes) compat::set_max_dynamic_shared(kernel, smem_bytes);
-  const int blocks_per_sm = compat::max_active_blocks_per_sm(kernel, kThreads, smem_bytes);
-  const int64_t blocks = ceil_div(params.hidden, tiling.units);
-  if (blocks_per_sm < 1 || blocks > int64_t{blocks_per_sm} * device.sm_count) return false;
-
+  LaunchPlan plan;
+  if (!plan_launch(kernel, params.hidden, params.batch, Policy::kGates, sizeof(T), 0, &plan))
+    return false;
   // Double-buffered h (see the top of this file), freed when this returns.
   compat::Workspace work(2 * params.batch * params.hidden * static_cast<int64_t>(sizeof(T)));
-  return compat::launch_cooperative(kernel, static_cast<unsigned>(blocks), kThreads, smem_bytes,
-                                    compat::current_stream(), params, tiling,
+  return compat::launch_cooperative(kernel, plan.blocks, kThreads, plan.smem_bytes,
+                                    compat::current_stream(), params, plan.tiling,
                                     static_cast<T*>(work.get()));
 }
 

@@ -1,5 +1,6 @@
-// Persistent LSTM forward: explicit instantiations (see persistent.cuh).
-#include "persistent.cuh"
+// Persistent LSTM forward and backward: explicit instantiations (see
+// persistent.cuh, persistent_backward.cuh).
+#include "persistent_backward.cuh"
 
 namespace fusedrnn::cuda::persistent {
 
@@ -10,5 +11,13 @@ bool lstm_forward(const LstmSequence<T>& p) {
 
 template bool lstm_forward<float>(const LstmSequence<float>&);
 template bool lstm_forward<double>(const LstmSequence<double>&);
+
+template <typename T>
+bool lstm_backward(const LstmBackwardSequence<T>& p) {
+  return launch_persistent_backward<LstmBackwardPolicy<T>>(p);
+}
+
+template bool lstm_backward<float>(const LstmBackwardSequence<float>&);
+template bool lstm_backward<double>(const LstmBackwardSequence<double>&);
 
 }  // namespace fusedrnn::cuda::persistent

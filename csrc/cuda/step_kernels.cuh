@@ -18,8 +18,9 @@
 
 #include "compat.cuh"
 #include "fusedrnn/cells.h"
-#include "fusedrnn/step_kernels.h"
+#include "fusedrnn/norm_rows.h"
 #include "fusedrnn/params.h"
+#include "fusedrnn/step_kernels.h"
 
 namespace fusedrnn {
 namespace cuda {
@@ -324,6 +325,61 @@ __global__ void gru_backward_fused_kernel(const FusedBackward<GruBackwardStep<T>
   }
 }
 
+// -------------------------------------------------------- layer norm
+// One block per batch row (norm_rows.h): the block's threads share the row
+// out and combine their partial sums in shared memory, in a fixed order (the
+// same sums on every run).
+
+template <typename T>
+struct BlockRow {
+  T* scratch;  // blockDim.x values of dynamic shared memory
+  __device__ int64_t first() const { return threadIdx.x; }
+  __device__ int64_t stride() const { return blockDim.x; }
+  __device__ void sync() const { __syncthreads(); }
+  template <typename V>
+  __device__ V sum(V partial) const {  // blockDim.x a power of two
+    scratch[threadIdx.x] = partial;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+      if (threadIdx.x < half) scratch[threadIdx.x] += scratch[threadIdx.x + half];
+      __syncthreads();
+    }
+    const V total = scratch[0];
+    __syncthreads();  // read by all before the next sum overwrites it
+    return total;
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ BlockRow<T> block_row() {
+  FUSEDRNN_DYNAMIC_SHARED(unsigned char, shared_bytes);
+  return {reinterpret_cast<T*>(shared_bytes)};
+}
+
+template <typename T>
+__global__ void lstm_norm_forward_kernel(const LstmNormForwardStep<T> p) {
+  const BlockRow<T> row = block_row<T>();
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) lstm_norm_forward_row(row, p, b);
+}
+
+template <typename T>
+__global__ void lstm_norm_backward_kernel(const LstmNormBackwardStep<T> p) {
+  const BlockRow<T> row = block_row<T>();
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) lstm_norm_backward_row(row, p, b);
+}
+
+template <typename T>
+__global__ void gru_norm_forward_kernel(const GruNormForwardStep<T> p) {
+  const BlockRow<T> row = block_row<T>();
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) gru_norm_forward_row(row, p, b);
+}
+
+template <typename T>
+__global__ void gru_norm_backward_kernel(const GruNormBackwardStep<T> p) {
+  const BlockRow<T> row = block_row<T>();
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) gru_norm_backward_row(row, p, b);
+}
+
 // ------------------------------------------------------ host launchers
 
 // Launches `kernel` over n elements on the current stream; n == 0 (batch 0)
@@ -332,6 +388,15 @@ template <typename Params>
 void launch(void (*kernel)(const Params), const Params& p, int64_t n) {
   if (n <= 0) return;
   FUSEDRNN_LAUNCH(kernel, blocks_for(n), kThreads, 0, compat::current_stream())(p);
+  compat::check_launch();
+}
+
+// A row kernel (above): one block of kThreads per batch row, up to kMaxBlocks.
+template <typename T, typename Params>
+void launch_rows(void (*kernel)(const Params), const Params& p) {
+  if (p.batch <= 0 || p.hidden <= 0) return;
+  const auto blocks = static_cast<unsigned>(std::min(p.batch, kMaxBlocks));
+  FUSEDRNN_LAUNCH(kernel, blocks, kThreads, kThreads * sizeof(T), compat::current_stream())(p);
   compat::check_launch();
 }
 
@@ -387,6 +452,26 @@ void grad_h_combine(const GradHCombine<T>& p) {
   launch(grad_h_combine_kernel<T>, p, p.batch * p.h_size);
 }
 
+template <typename T>
+void lstm_norm_forward(const LstmNormForwardStep<T>& p) {
+  launch_rows<T>(lstm_norm_forward_kernel<T>, p);
+}
+
+template <typename T>
+void lstm_norm_backward(const LstmNormBackwardStep<T>& p) {
+  launch_rows<T>(lstm_norm_backward_kernel<T>, p);
+}
+
+template <typename T>
+void gru_norm_forward(const GruNormForwardStep<T>& p) {
+  launch_rows<T>(gru_norm_forward_kernel<T>, p);
+}
+
+template <typename T>
+void gru_norm_backward(const GruNormBackwardStep<T>& p) {
+  launch_rows<T>(gru_norm_backward_kernel<T>, p);
+}
+
 }  // namespace step
 
 // The definition behind the declaration in step_kernels.h; each
@@ -404,6 +489,10 @@ StepKernels<T> step_kernels() {
   k.lstm_backward_fused = &step::lstm_backward_fused<T>;
   k.gru_backward_fused = &step::gru_backward_fused<T>;
   k.grad_h_combine = &step::grad_h_combine<T>;
+  k.lstm_norm_forward = &step::lstm_norm_forward<T>;
+  k.lstm_norm_backward = &step::lstm_norm_backward<T>;
+  k.gru_norm_forward = &step::gru_norm_forward<T>;
+  k.gru_norm_backward = &step::gru_norm_backward<T>;
   return k;
 }
 

@@ -60,7 +60,8 @@ def torch_flags():
 
 def sources():
     torch_sources = [f"{ROOT}/csrc/{name}" for name in
-                     ("recurrence.cpp", "ops.cpp", "op_checks.cpp", "simt/debug_ops.cpp")]
+                     ("recurrence.cpp", "norm_recurrence.cpp", "ops.cpp", "op_checks.cpp",
+                      "simt/debug_ops.cpp")]
     kernels = sorted(glob.glob(f"{ROOT}/csrc/cuda/*.cu"))
     return torch_sources, kernels, f"{ROOT}/csrc/simt/runtime.cpp"
 

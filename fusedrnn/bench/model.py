@@ -188,6 +188,26 @@ def persistent_forward_today_us(cell: str, B: int, H: int, dtype: str,
             "step_us": step}
 
 
+def persistent_backward_today_us(cell: str, B: int, H: int, dtype: str,
+                                 fig: Figures = H100) -> dict:
+    """Today's backward kernel (fp32/fp64): the forward's structure with one
+    "gate" of length G*H, the block's column slice of W_hh and every block's
+    staged gate gradients (B x G*H: G times the forward's operand) both read
+    from shared memory (1 + 4 loads per 4 FMAs), a 20-shuffle butterfly per
+    warp task, staging that does not overlap compute."""
+    G, e = GATES[cell], BYTES[dtype]
+    blocks, units = _persistent_grid(cell, H, fig)
+    tasks = units * math.ceil(B / 4)
+    loads_per_task = math.ceil(G * H / 32) * (1 + 4)
+    shuffles_per_task = 4 * 5
+    mio_clk = tasks * (loads_per_task + shuffles_per_task) / fig.mio_warp_ops_per_clk_sm
+    compute = mio_clk / fig.clock_hz() * 1e6
+    stage = blocks * B * G * H * e / (fig.l2_tb_s * 1e12) * 1e6
+    step = compute + stage + fig.l2_latency_us + fig.grid_sync_us
+    return {"compute_us": compute, "stage_us": stage, "barrier_us": fig.grid_sync_us,
+            "step_us": step}
+
+
 def _engine_step_us(cell: str, B: int, H: int, dtype: str, staged_width: int,
                     fig: Figures) -> dict:
     """One step of the designed engines: each block multiplies its (<= 32 x K)
@@ -277,6 +297,8 @@ def _forward_step(cell, B, H, dtype, gmode, save, path, fig) -> float:
 def _backward_step(cell, B, H, dtype, gmode, path, fig) -> float:
     if path == "persistent-designed":
         return persistent_backward_designed_us(cell, B, H, dtype, fig)["step_us"]
+    if path == "persistent" and dtype in ("float32", "float64"):  # 16-bit: the step loop's
+        return persistent_backward_today_us(cell, B, H, dtype, fig)["step_us"]
     return standard_backward_step_us(cell, B, H, dtype, gmode, fig)["step_us"]
 
 
@@ -338,8 +360,9 @@ def choose_path(cell: str, mode: str, dtype: str, T: int, B: int, I: int, H: int
                 allow_tf32: bool = False, fig: Figures = H100) -> str:
     """The automatic rule between the built paths, from the model: the
     persistent forward where it is estimated faster than the standard step
-    loop. Not switched on anywhere until a GPU run confirms the model
-    (fusedrnn.ops keeps the persistent path opt-in)."""
+    loop. fusedrnn.ops.use_persistent calls it under the opt-in mode
+    ``"model"``; the default keeps the standard path until a GPU run confirms
+    the model."""
     def cost(path):
         return estimate(cell, mode, dtype, T, B, I, H, path=path, allow_tf32=allow_tf32,
                         half_on_tensor_cores=HALF_GEMMS_NATIVE, fig=fig)["total_us"]

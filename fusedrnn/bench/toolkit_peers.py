@@ -36,7 +36,10 @@ def _module(cfg: Config, baseline: torch.nn.Module, train: bool = True,
     cls = _fusedrnn_class(cfg.cell)
     m = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional, **features)
     m = m.to(device=cfg.device, dtype=cfg.torch_dtype)
-    m.load_state_dict(baseline.state_dict())  # no feature adds parameters
+    # torch.nn's weights; layer_norm's own parameters, the only ones a feature adds,
+    # keep their initial gain 1 and bias 0
+    missing, unexpected = m.load_state_dict(baseline.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("layer_norm") for name in missing)
     return m.train(train)
 
 
@@ -75,6 +78,7 @@ FEATURES = {
     "zoneout": ({"zoneout": (0.1, 0.05)}, {"zoneout": 0.1}),
     "recurrent_dropout": ({"recurrent_dropout": 0.25}, {"recurrent_dropout": 0.25}),
     "grad_clip": ({"grad_clip": 1.0}, {"grad_clip": 1.0}),
+    "layer_norm": ({"layer_norm": True}, {"layer_norm": True}),
 }
 # Features that leave a call's results as torch.nn's: in inference (the regularisers),
 # always in the forward (grad_clip), or always once torch.nn's weights are loaded.

@@ -177,9 +177,109 @@ struct GradFlow {
   T* dh_carry;        // (B, H) in and out
 };
 
+// ------------------------------------------------------- layer norm
+// The toolkit's layer_norm (fusedrnn/features.py): the recurrent product is
+// normalised over its G*H gate vector (LSTM: and the candidate cell state
+// over H before the output's tanh), so a step works on whole batch rows.
+// The input side, LN_ih(W_ih x) + biases, is computed for every step before
+// the loop and arrives as xproj. Inactive rows as above; the toolkit fields
+// as in LstmForwardStep / LstmBackwardStep.
+
+template <typename T>
+struct LstmNormForwardStep {
+  int64_t batch, hidden;
+  const T* xproj;      // (B, 4H) LN_ih(W_ih x_t) + b_ih + b_hh
+  T* hh;               // (B, 4H) in: W_hh h_{t-1}; out: normalised (the saved
+                       //         step when training, zero where inactive)
+  const T* hh_weight;  // (4H) LN_hh's gain and bias
+  const T* hh_bias;
+  const T* c_weight;   // (H) LN_c's gain and bias
+  const T* c_bias;
+  T* c;                // (B, H) cell state, updated in place
+  T* c_norm;           // (B, H) out: the normalised candidate cell (saved when
+                       //         training, scratch otherwise)
+  T* rstd;             // (B, 2) saved 1/sigma of the recurrent product and of
+                       //        the candidate cell, or nullptr (inference)
+  T* gates;            // (B, 4H) saved activated gates, or nullptr
+  T* cells;            // (B, H) saved cell state after the step, or nullptr
+  T* h_out;            // (B, H) output slot, zero where inactive
+  T* h_state;          // (B, H) running hidden state
+  const int64_t* lengths;
+  int64_t t;
+  T cell_clip;
+  const T* zone_h;
+  const T* zone_c;
+  const T* rec_mask;
+  T* h_masked;
+};
+
+// One backward step; the caller then forms dh_state += d_hh @ W_hh.
+template <typename T>
+struct LstmNormBackwardStep {
+  int64_t batch, hidden;
+  const T* gates;      // (B, 4H) saved activated gates
+  const T* hh_norm;    // (B, 4H) saved normalised recurrent product
+  const T* c_norm;     // (B, H) saved normalised candidate cell
+  const T* rstd;       // (B, 2) saved
+  const T* c_prev;     // (B, H) cell state before this step
+  const T* hh_weight;  // (4H)
+  const T* c_weight;   // (H)
+  const T* c_bias;     // (H)
+  const T* dh;         // (B, H) gradient reaching this step's hidden state
+  T* dc;               // (B, H) in: from the later step; out: to the earlier one
+  T* d_gates;          // (B, 4H) gradient of the gate pre-activations: that
+                       //         of xproj and of LN_hh's output (0 if inactive)
+  T* d_hh;             // (B, 4H) gradient of the recurrent product W_hh h_{t-1}
+  T* d_c_norm;         // (B, H) gradient of LN_c's output (for its gain and bias)
+  const int64_t* lengths;
+  int64_t t;
+  T cell_clip, grad_clip;
+  const T* zone_h;
+  const T* zone_c;
+};
+
+template <typename T>
+struct GruNormForwardStep {
+  int64_t batch, hidden;
+  const T* xproj;      // (B, 3H) LN_ih(W_ih x_t) + b_ih
+  T* hh;               // (B, 3H) in: W_hh h_{t-1}; out: normalised, as the LSTM's
+  const T* hh_weight;  // (3H) LN_hh's gain and bias
+  const T* hh_bias;
+  const T* b_hh;       // (3H) added after the norm, or nullptr
+  T* rstd;             // (B) saved 1/sigma of the recurrent product, or nullptr
+  T* gates;            // (B, 4H) saved r | z | n | hh_n, or nullptr
+  T* h_out;            // (B, H) output slot, zero where inactive
+  T* h_state;          // (B, H) hidden state, updated in place where active
+  const int64_t* lengths;
+  int64_t t;
+  const T* zone_h;
+  const T* rec_mask;
+  T* h_masked;
+};
+
+// One backward step; the caller then forms dh_state += d_hh @ W_hh.
+template <typename T>
+struct GruNormBackwardStep {
+  int64_t batch, hidden;
+  const T* gates;      // (B, 4H) saved r | z | n | hh_n
+  const T* hh_norm;    // (B, 3H) saved normalised recurrent product
+  const T* rstd;       // (B) saved
+  const T* hh_weight;  // (3H)
+  const T* h_prev;     // (B, H) hidden state before this step
+  const T* dh;         // (B, H) gradient reaching this step's hidden state
+  T* d_xproj;          // (B, 3H) gradient of xproj
+  T* d_hh_out;         // (B, 3H) gradient of LN_hh's output (+ b_hh)
+  T* d_hh;             // (B, 3H) gradient of the recurrent product W_hh h_{t-1}
+  T* dh_state;         // (B, H) out: the direct paths to h_{t-1} (z * dh; zoneout; dh where inactive)
+  const int64_t* lengths;
+  int64_t t;
+  const T* zone_h;
+};
+
 // ------------------------------------------------- whole sequences
-// For kernels that run every step in one launch (cuda/persistent). The
-// recurrent product is inside the kernel, so it sees the weights.
+// For kernels that run every step in one launch (cuda/persistent, and the
+// CPU's persistent loops). The recurrent product is inside the kernel, so it
+// sees the weights.
 
 template <typename T>
 struct LstmSequence {
@@ -197,6 +297,24 @@ struct LstmSequence {
   const int64_t* lengths;
 };
 
+// Backward of one LSTM layer without projection (the forward's LstmSequence
+// with the gradients): fills d_gates for every step, leaves the gradients of
+// h0 and c0 in dh / dc. For the persistent CPU loops and CUDA kernels.
+template <typename T>
+struct LstmBackwardSequence {
+  int64_t steps, batch, hidden;
+  bool reverse;
+  const T* w_hh;      // (4H, H)
+  const T* c0;        // (B, H)
+  const T* grad_out;  // (T, B, H)
+  const T* gates;     // (T, B, 4H) saved by the forward
+  const T* cells;     // (T, B, H) saved by the forward
+  T* d_gates;         // (T, B, 4H) out
+  T* dh;              // (B, H) in: grad of h_n; out: grad of h0
+  T* dc;              // (B, H) in: grad of c_n; out: grad of c0
+  const int64_t* lengths;
+};
+
 template <typename T>
 struct GruSequence {
   int64_t steps, batch, hidden;
@@ -208,6 +326,23 @@ struct GruSequence {
   T* output;       // (T, B, H)
   T* h_n;          // (B, H)
   T* gates;        // (T, B, 4H), or nullptr (inference)
+  const int64_t* lengths;
+};
+
+// Backward of one GRU layer: fills d_xproj and d_hh for every step, leaves
+// the gradient of h0 in dh.
+template <typename T>
+struct GruBackwardSequence {
+  int64_t steps, batch, hidden;
+  bool reverse;
+  const T* w_hh;      // (3H, H)
+  const T* h0;        // (B, H)
+  const T* output;    // (T, B, H) saved by the forward
+  const T* grad_out;  // (T, B, H)
+  const T* gates;     // (T, B, 4H) saved by the forward
+  T* d_xproj;         // (T, B, 3H) out
+  T* d_hh;            // (T, B, 3H) out
+  T* dh;              // (B, H) in: grad of h_n; out: grad of h0
   const int64_t* lengths;
 };
 

@@ -1,6 +1,7 @@
-// Persistent forward kernels: one cooperative launch runs every time step of
-// one layer in one direction, with the recurrent weights held in shared
-// memory for the whole sequence (see cuda/persistent.cuh for the design).
+// Persistent kernels: one cooperative launch runs every time step of one
+// layer in one direction, forward or backward, with the recurrent weights
+// held in shared memory for the whole sequence (see cuda/persistent.cuh and
+// cuda/persistent_backward.cuh for the design).
 //
 // Plain declarations, no CUDA headers, so the orchestration (recurrence.cpp)
 // can include this file. Implemented in cuda/persistent_*.cu for float and
@@ -32,6 +33,15 @@ template <typename T>
 bool lstm_forward(const LstmSequence<T>& p);
 template <typename T>
 bool gru_forward(const GruSequence<T>& p);
+
+// The backward of such a layer in one cooperative launch (persistent_backward.cuh):
+// fills the gate gradients of every step and leaves the gradients reaching
+// h0 (and c0) in dh (dc). Returns false, having launched nothing, as above
+// (the staged rows are G*H wide, so it fits fewer rows per tile).
+template <typename T>
+bool lstm_backward(const LstmBackwardSequence<T>& p);
+template <typename T>
+bool gru_backward(const GruBackwardSequence<T>& p);
 
 // Debug override of the tiling plan (fusedrnn_debug.set_persistent_tiling),
 // so that tests reach every path of the kernel at small sizes: several units

@@ -20,6 +20,11 @@ struct StepKernels {
   void (*gru_forward)(const GruForwardStep<T>&);
   void (*gru_backward)(const GruBackwardStep<T>&);
   void (*grad_h_combine)(const GradHCombine<T>&);  // with the toolkit on (GradHCombine)
+  // layer_norm: one batch row per thread (CPU) or per block (CUDA).
+  void (*lstm_norm_forward)(const LstmNormForwardStep<T>&);
+  void (*lstm_norm_backward)(const LstmNormBackwardStep<T>&);
+  void (*gru_norm_forward)(const GruNormForwardStep<T>&);
+  void (*gru_norm_backward)(const GruNormBackwardStep<T>&);
   // One kernel per backward step of a layer without projection (accumulation
   // and carry of dh with the cell's backward: GradFlow in params.h), where a
   // launch costs enough to fuse them (CUDA); nullptr where the loop composes

@@ -1,0 +1,203 @@
+// Persistent LSTM / GRU backward: the whole backward-through-time recurrence
+// in one cooperative launch, the mirror of persistent.cuh's forward.
+//
+// * Ownership. Block k owns hidden units j in [k*U, k*U + U), as in the
+//   forward. At each step (latest first) it forms, for its units, the
+//   gradient reaching h_t:
+//     dh = (later step's gate gradients) @ W_hh[:, j]   what the recurrence sends back
+//        + carry                                          what passed straight through
+//        + grad_output[t]                                 where the row is active
+//   then runs the cell's backward (cells.h) for its units and writes their
+//   gate gradients. The carry (LSTM: dh where inactive, else 0; GRU: z * dh
+//   where active, dh where inactive) and the LSTM's dc live in the dh and dc
+//   buffers, each (b, j) touched by its owning block only.
+//
+// * Where W lives. The block holds the columns j of W_hh for all G*H gate
+//   rows, (U, G*H) in shared memory: as many values as the forward's slice.
+//
+// * One step. The block stages the later step's gate gradients of a batch
+//   tile (all G*H of each row: every block wrote some) into shared memory and
+//   dots them with its columns; the same warp tasks and butterfly as the
+//   forward (gate_dot with one "gate" of length G*H). One grid.sync per step
+//   publishes this step's gate gradients; a last pass after the last step
+//   forms the gradient reaching h0. Each step writes its own slice of the
+//   (T, B, G*H) gradients, so no buffer is reused across a barrier.
+//
+// The input and weight gradients stay single GEMMs over all steps, run by
+// the caller (recurrence.cpp) on the gate gradients this kernel leaves.
+#pragma once
+
+#include "persistent.cuh"
+
+namespace fusedrnn::cuda::persistent {
+
+// ------------------------------------------------------------ cell policies
+// Each policy names the gradients W_hh multiplies (`rec_grads`, (T, B, G*H))
+// and finishes one (row, unit) element given the gradient reaching its
+// hidden state: writes its gate gradients and returns the carry.
+
+template <typename T>
+struct LstmBackwardPolicy {
+  using Value = T;
+  using Params = LstmBackwardSequence<T>;
+  static constexpr int kGates = 4;
+
+  __device__ static const T* rec_grads(const Params& p) { return p.d_gates; }
+
+  __device__ static T finish(const Params& p, int64_t t, int64_t b, int64_t j, T dh) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    T* d_gates = p.d_gates + row * 4 * H + j;
+    if (!row_active(p.lengths, t, b)) {  // dh and dc pass straight through
+#pragma unroll
+      for (int g = 0; g < 4; ++g) d_gates[g * H] = T(0);
+      return dh;
+    }
+    const T* gates = p.gates + row * 4 * H + j;
+    // The cell before step t: a sequence's first step starts from c0, and the
+    // steps a shorter sequence skips carried c0 (saved as such).
+    const bool first = p.reverse ? t == p.steps - 1 : t == 0;
+    const int64_t prev_row = p.reverse ? row + p.batch : row - p.batch;
+    const T c_prev = first ? p.c0[b * H + j] : p.cells[prev_row * H + j];
+    const LstmGrads<T> d = lstm_cell_backward<T>(gates[0], gates[H], gates[2 * H], gates[3 * H],
+                                                 p.cells[row * H + j], c_prev, dh,
+                                                 p.dc[b * H + j]);
+    d_gates[0] = d.d_i;
+    d_gates[H] = d.d_f;
+    d_gates[2 * H] = d.d_g;
+    d_gates[3 * H] = d.d_o;
+    p.dc[b * H + j] = d.d_c_prev;
+    return T(0);
+  }
+};
+
+template <typename T>
+struct GruBackwardPolicy {
+  using Value = T;
+  using Params = GruBackwardSequence<T>;
+  static constexpr int kGates = 3;
+
+  __device__ static const T* rec_grads(const Params& p) { return p.d_hh; }
+
+  __device__ static T finish(const Params& p, int64_t t, int64_t b, int64_t j, T dh) {
+    const int64_t H = p.hidden, row = t * p.batch + b;
+    T* d_x = p.d_xproj + row * 3 * H + j;
+    T* d_hh = p.d_hh + row * 3 * H + j;
+    if (!row_active(p.lengths, t, b)) {  // dh passes straight through
+#pragma unroll
+      for (int g = 0; g < 3; ++g) d_x[g * H] = d_hh[g * H] = T(0);
+      return dh;
+    }
+    // h before step t: h0 at a sequence's first step (a reversed one starts
+    // at its own last step), else the output of the step before.
+    const int64_t length = p.lengths != nullptr ? p.lengths[b] : p.steps;
+    const bool first = p.reverse ? t + 1 >= length : t == 0;
+    const int64_t prev_row = p.reverse ? row + p.batch : row - p.batch;
+    const T h_prev = first ? p.h0[b * H + j] : p.output[prev_row * H + j];
+    const T* gates = p.gates + row * 4 * H + j;
+    const GruGrads<T> d =
+        gru_cell_backward<T>(gates[0], gates[H], gates[2 * H], gates[3 * H], h_prev, dh);
+    d_x[0] = d_hh[0] = d.dx_r;
+    d_x[H] = d_hh[H] = d.dx_z;
+    d_x[2 * H] = d.dx_n;
+    d_hh[2 * H] = d.dh_n;
+    return d.dh_prev;
+  }
+};
+
+// ------------------------------------------------------------ device pieces
+
+// Copies columns j0 + u (u < units) of W_hh (rows x H) into w_s, unit-major:
+// w_s[u * rows + n] = W_hh[n][j0 + u], so one unit's column is contiguous.
+template <typename T>
+__device__ void load_weight_columns(T* w_s, const T* w_hh, int rows, int H, int j0, int units) {
+  const int n = units * rows;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int u = i / rows, row = i % rows;
+    w_s[i] = w_hh[static_cast<int64_t>(row) * H + j0 + u];
+  }
+}
+
+// ------------------------------------------------------------------ kernel
+
+template <typename Policy>
+__global__ void __launch_bounds__(kThreads, 1)
+    persistent_backward_kernel(const typename Policy::Params p, const Tiling tiling) {
+  using T = typename Policy::Value;
+  namespace cg = cooperative_groups;
+
+  FUSEDRNN_DYNAMIC_SHARED(unsigned char, smem_raw);
+  const int H = static_cast<int>(p.hidden);  // the host checked it is small
+  const int GH = Policy::kGates * H;
+  const int64_t B = p.batch;
+  T* w_s = reinterpret_cast<T*>(smem_raw);  // (U, G*H) columns of W_hh
+  T* d_s = w_s + tiling.units * GH;         // (batch_tile, G*H) staged gradients
+
+  const int j0 = blockIdx.x * tiling.units;
+  const int units = min(tiling.units, H - j0);  // >= 1 by the grid size
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int num_warps = blockDim.x / kWarp;
+
+  // Once per sequence; first read after the __syncthreads that follows the
+  // first staging.
+  load_weight_columns(w_s, p.w_hh, GH, H, j0, units);
+
+  cg::grid_group grid = cg::this_grid();
+  for (int64_t s = 0; s <= p.steps; ++s) {
+    // Pass s runs step t (latest first); pass `steps` only forms dh of h0.
+    const bool done = s == p.steps;
+    const int64_t t = p.reverse ? s : p.steps - 1 - s;
+    const int64_t t_later = p.reverse ? s - 1 : p.steps - s;
+    const T* later = s > 0 ? Policy::rec_grads(p) + t_later * B * GH : nullptr;
+
+    for (int64_t b0 = 0; b0 < B; b0 += tiling.batch_tile) {
+      const int rows = static_cast<int>(B - b0 < tiling.batch_tile ? B - b0 : tiling.batch_tile);
+      const int groups = (rows + kBatchGroup - 1) / kBatchGroup;
+      if (later != nullptr) {
+        __syncthreads();  // the previous tile's readers of d_s are done
+        stage_h(d_s, later, b0, rows, groups * kBatchGroup, GH);
+        __syncthreads();
+      }
+
+      for (int task = warp; task < units * groups; task += num_warps) {
+        const int u = task % units, group = task / units;
+        const int r = group * kBatchGroup + lane;
+        const bool owner = lane < kBatchGroup && r < rows;
+        const int64_t b = b0 + r, j = j0 + u;
+
+        T acc[1][kBatchGroup] = {};
+        if (later != nullptr) gate_dot<1>(w_s + u * GH, d_s + group * kBatchGroup * GH, GH, lane, acc);
+        T rec = acc[0][0];  // lane l (< kBatchGroup) keeps column l, as in the forward
+#pragma unroll
+        for (int rr = 1; rr < kBatchGroup; ++rr)
+          if (lane == rr) rec = acc[0][rr];
+
+        if (owner) {
+          T dh = rec + p.dh[b * H + j];
+          if (!done) {
+            if (row_active(p.lengths, t, b)) dh += p.grad_out[(t * B + b) * H + j];
+            dh = Policy::finish(p, t, b, j, dh);
+          }
+          p.dh[b * H + j] = dh;  // the carry; after the last pass, dh of h0
+        }
+      }
+    }
+    // Every block must see this step's gate gradients before the next pass.
+    if (!done) grid.sync();
+  }
+}
+
+// Launches persistent_backward_kernel<Policy> if it fits; see persistent.h.
+template <typename Policy>
+bool launch_persistent_backward(const typename Policy::Params& params) {
+  using T = typename Policy::Value;
+  if (params.steps <= 0 || params.batch <= 0 || params.hidden <= 0) return false;
+  auto kernel = persistent_backward_kernel<Policy>;
+  LaunchPlan plan;
+  if (!plan_launch(kernel, params.hidden, params.batch, Policy::kGates, sizeof(T),
+                   Policy::kGates * params.hidden, &plan))
+    return false;
+  return compat::launch_cooperative(kernel, plan.blocks, kThreads, plan.smem_bytes,
+                                    compat::current_stream(), params, plan.tiling);
+}
+
+}  // namespace fusedrnn::cuda::persistent

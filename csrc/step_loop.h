@@ -1,0 +1,123 @@
+// What the step loops of recurrence.cpp and norm_recurrence.cpp share:
+// the kernels of a tensor's device, views of (T, B, W) buffers, the
+// toolkit's arguments, and the GEMMs over all steps.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include <optional>
+#include <vector>
+
+#include "fusedrnn/step_kernels.h"
+#include "op_checks.h"
+
+namespace fusedrnn {
+
+using at::Tensor;
+
+// Whether CPU tensors run the C++ CPU kernels (cpu/): all but the SIMT build.
+#ifdef FUSEDRNN_SIMT
+constexpr bool kCpuKernels = false;
+#else
+constexpr bool kCpuKernels = true;
+#endif
+
+// Every op computes in its inputs' dtypes: the caller (fusedrnn/ops.py) casts
+// for torch.autocast as torch.nn would, and no ATen call inside an op is
+// autocast again.
+using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
+
+template <typename T>
+StepKernels<T> kernels_for(const Tensor& t) {
+#ifdef FUSEDRNN_SIMT
+  TORCH_CHECK(t.is_cpu(), "fusedrnn (SIMT build): CPU tensors only, got a tensor on ", t.device());
+  return cuda::step_kernels<T>();
+#else
+  if (t.is_cuda()) {
+#ifdef FUSEDRNN_WITH_CUDA
+    return cuda::step_kernels<T>();
+#else
+    TORCH_CHECK(false, "fusedrnn: this build has no CUDA kernels (built without a CUDA toolkit)");
+#endif
+  }
+  TORCH_CHECK(t.is_cpu(), "fusedrnn: unsupported device ", t.device());
+  return cpu::step_kernels<T>();
+#endif
+}
+
+// Index of the s-th step processed.
+inline int64_t step_time(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
+
+template <typename T>
+T* at_step(const Tensor& seq, int64_t t) {  // seq: contiguous (T, B, W)
+  return seq.data_ptr<T>() + t * seq.size(1) * seq.size(2);
+}
+
+// A saved (T, B, W) buffer at step t, or nullptr when nothing is saved.
+template <typename T>
+T* saved_at(const Tensor& seq, int64_t t) {
+  return seq.size(0) == 0 ? nullptr : at_step<T>(seq, t);
+}
+
+template <typename T>
+T* data_or_null(const std::optional<Tensor>& t) {
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+// Step t of an optional (T, B, W) tensor, or nullptr.
+template <typename T>
+T* step_or_null(const std::optional<Tensor>& seq, int64_t t) {
+  return seq ? at_step<T>(*seq, t) : nullptr;
+}
+
+inline Tensor to_compute(const Tensor& t, at::ScalarType compute_type) {
+  return t.to(compute_type).contiguous();
+}
+
+inline std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType compute_type) {
+  if (!t) return std::nullopt;
+  return to_compute(*t, compute_type);
+}
+
+// W^T for the step loop's per-step product h @ W^T. BLAS runs that product
+// several times faster on a row-major copy than on the transposed view, but
+// the copy costs more than it saves in a call of a step or two.
+inline Tensor per_step_operand(const Tensor& w, int64_t steps) {
+  return steps > 2 ? w.t().contiguous() : w.t();
+}
+
+// State before each step: init at the first step a sequence processes,
+// else the state after the step processed just before. seq: (T, B, W).
+Tensor previous_states(const Tensor& seq, const Tensor& init,
+                       const std::optional<Tensor>& lengths, bool reverse);
+
+// a^T @ b for a (R, M) and each b (R, N_i) of `bs`, with many rows R
+// (steps x batch): the weight gradients.
+std::vector<Tensor> gemm_tn_over_steps(const Tensor& a, const std::vector<Tensor>& bs);
+
+// ------------------------------------------------------------- toolkit
+// The toolkit arguments of one call (csrc/ops.cpp documents them), checked
+// and in the compute dtype. The persistent paths take none of them: with any
+// one on, the step loop runs.
+
+struct Toolkit {
+  std::optional<Tensor> rec_mask, zone_h, zone_c;
+  double cell_clip = 0, grad_clip = 0;
+  bool any() const { return rec_mask || zone_h || zone_c || cell_clip > 0 || grad_clip > 0; }
+};
+
+struct ToolkitShape {
+  int64_t steps, batch, hidden, h_size;
+  bool projected;
+};
+
+Toolkit check_toolkit(const checks::OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
+                      const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
+                      const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip);
+
+// h_prev (T, B, P) as the recurrent product took it: times the recurrent
+// dropout mask, the same at every step.
+Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit);
+
+}  // namespace fusedrnn
