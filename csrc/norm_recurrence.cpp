@@ -91,8 +91,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   Tensor rstd = at::empty({saved, batch, 2}, opts);
   Tensor h_state = h0.to(compute_type).clone(at::MemoryFormat::Contiguous);
   Tensor c = c0.to(compute_type).clone(at::MemoryFormat::Contiguous);
-  // Inference saves nothing: the step's product and candidate cell go to scratch.
+  // Inference saves nothing: the step's product, gates and candidate cell go to scratch.
   Tensor hh_scratch = at::empty({save_for_backward ? 0 : batch, 4 * hidden}, opts);
+  Tensor gates_scratch = at::empty({save_for_backward ? 0 : batch, 4 * hidden}, opts);
   Tensor c_scratch = at::empty({save_for_backward ? 0 : batch, hidden}, opts);
   Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
   const Tensor& operand = toolkit.rec_mask ? h_masked : h_state;
@@ -110,7 +111,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
            .c_bias = c_b.data_ptr<scalar_t>(), .c = c.data_ptr<scalar_t>(),
            .c_norm = save_for_backward ? at_step<scalar_t>(c_norm, t)
                                        : c_scratch.data_ptr<scalar_t>(),
-           .rstd = saved_at<scalar_t>(rstd, t), .gates = saved_at<scalar_t>(gates, t),
+           .rstd = saved_at<scalar_t>(rstd, t),
+           .gates = save_for_backward ? at_step<scalar_t>(gates, t)
+                                      : gates_scratch.data_ptr<scalar_t>(),
            .cells = saved_at<scalar_t>(cells, t), .h_out = at_step<scalar_t>(output, t),
            .h_state = h_state.data_ptr<scalar_t>(), .lengths = data_or_null<int64_t>(lengths),
            .t = t, .cell_clip = static_cast<scalar_t>(toolkit.cell_clip),

@@ -47,7 +47,9 @@ StepKernels<T> kernels_for(const Tensor& t) {
 }
 
 // Index of the s-th step processed.
-inline int64_t step_time(int64_t s, int64_t steps, bool reverse) { return reverse ? steps - 1 - s : s; }
+inline int64_t step_time(int64_t s, int64_t steps, bool reverse) {
+  return reverse ? steps - 1 - s : s;
+}
 
 template <typename T>
 T* at_step(const Tensor& seq, int64_t t) {  // seq: contiguous (T, B, W)
@@ -75,7 +77,8 @@ inline Tensor to_compute(const Tensor& t, at::ScalarType compute_type) {
   return t.to(compute_type).contiguous();
 }
 
-inline std::optional<Tensor> to_compute(const std::optional<Tensor>& t, at::ScalarType compute_type) {
+inline std::optional<Tensor> to_compute(const std::optional<Tensor>& t,
+                                        at::ScalarType compute_type) {
   if (!t) return std::nullopt;
   return to_compute(*t, compute_type);
 }

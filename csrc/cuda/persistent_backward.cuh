@@ -16,7 +16,8 @@
 //   rows, (U, G*H) in shared memory: as many values as the forward's slice.
 //
 // * One step. The block stages the later step's gate gradients of a batch
-//   tile (all G*H of each row: every block wrote some) into shared memory and
+//   tile (all G*H of each row: every block wrote some; the GRU's n part of
+//   d_hh only, its r and z parts being d_xproj's) into shared memory and
 //   dots them with its columns; the same warp tasks and butterfly as the
 //   forward (gate_dot with one "gate" of length G*H). One grid.sync per step
 //   publishes this step's gate gradients; a last pass after the last step
@@ -32,9 +33,9 @@
 namespace fusedrnn::cuda::persistent {
 
 // ------------------------------------------------------------ cell policies
-// Each policy names the gradients W_hh multiplies (`rec_grads`, (T, B, G*H))
-// and finishes one (row, unit) element given the gradient reaching its
-// hidden state: writes its gate gradients and returns the carry.
+// Each policy stages the gradients W_hh multiplies (G*H per row) of a tile of
+// rows at step t, and finishes one (row, unit) element given the gradient
+// reaching its hidden state: writes its gate gradients and returns the carry.
 
 template <typename T>
 struct LstmBackwardPolicy {
@@ -42,7 +43,11 @@ struct LstmBackwardPolicy {
   using Params = LstmBackwardSequence<T>;
   static constexpr int kGates = 4;
 
-  __device__ static const T* rec_grads(const Params& p) { return p.d_gates; }
+  __device__ static void stage(T* d_s, const Params& p, int64_t t, int64_t b0, int rows,
+                               int padded_rows) {
+    const int GH = 4 * static_cast<int>(p.hidden);
+    stage_h(d_s, p.d_gates + t * p.batch * GH, b0, rows, padded_rows, GH);
+  }
 
   __device__ static T finish(const Params& p, int64_t t, int64_t b, int64_t j, T dh) {
     const int64_t H = p.hidden, row = t * p.batch + b;
@@ -76,15 +81,29 @@ struct GruBackwardPolicy {
   using Params = GruBackwardSequence<T>;
   static constexpr int kGates = 3;
 
-  __device__ static const T* rec_grads(const Params& p) { return p.d_hh; }
+  // The recurrent product's gradient: r and z parts d_xproj's, n part d_hh's.
+  __device__ static void stage(T* d_s, const Params& p, int64_t t, int64_t b0, int rows,
+                               int padded_rows) {
+    const int H = static_cast<int>(p.hidden), GH = 3 * H;
+    const T* d_x = p.d_xproj + (t * p.batch + b0) * GH;
+    const T* d_n = p.d_hh + (t * p.batch + b0) * H;
+    for (int i = threadIdx.x; i < padded_rows * GH; i += blockDim.x) {
+      const int r = i / GH, k = i % GH;  // written by other SMs: read from L2 (__ldcg)
+      if (r >= rows)
+        d_s[i] = T(0);
+      else
+        d_s[i] = k < 2 * H ? __ldcg(d_x + r * GH + k) : __ldcg(d_n + r * H + k - 2 * H);
+    }
+  }
 
   __device__ static T finish(const Params& p, int64_t t, int64_t b, int64_t j, T dh) {
     const int64_t H = p.hidden, row = t * p.batch + b;
     T* d_x = p.d_xproj + row * 3 * H + j;
-    T* d_hh = p.d_hh + row * 3 * H + j;
+    T* d_hh_n = p.d_hh + row * H + j;
     if (!row_active(p.lengths, t, b)) {  // dh passes straight through
 #pragma unroll
-      for (int g = 0; g < 3; ++g) d_x[g * H] = d_hh[g * H] = T(0);
+      for (int g = 0; g < 3; ++g) d_x[g * H] = T(0);
+      *d_hh_n = T(0);
       return dh;
     }
     // h before step t: h0 at a sequence's first step (a reversed one starts
@@ -96,10 +115,10 @@ struct GruBackwardPolicy {
     const T* gates = p.gates + row * 4 * H + j;
     const GruGrads<T> d =
         gru_cell_backward<T>(gates[0], gates[H], gates[2 * H], gates[3 * H], h_prev, dh);
-    d_x[0] = d_hh[0] = d.dx_r;
-    d_x[H] = d_hh[H] = d.dx_z;
+    d_x[0] = d.dx_r;
+    d_x[H] = d.dx_z;
     d_x[2 * H] = d.dx_n;
-    d_hh[2 * H] = d.dh_n;
+    *d_hh_n = d.dh_n;
     return d.dh_prev;
   }
 };
@@ -147,14 +166,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const bool done = s == p.steps;
     const int64_t t = p.reverse ? s : p.steps - 1 - s;
     const int64_t t_later = p.reverse ? s - 1 : p.steps - s;
-    const T* later = s > 0 ? Policy::rec_grads(p) + t_later * B * GH : nullptr;
+    const bool later = s > 0;  // a later step's gradients to send back
 
     for (int64_t b0 = 0; b0 < B; b0 += tiling.batch_tile) {
       const int rows = static_cast<int>(B - b0 < tiling.batch_tile ? B - b0 : tiling.batch_tile);
       const int groups = (rows + kBatchGroup - 1) / kBatchGroup;
-      if (later != nullptr) {
+      if (later) {
         __syncthreads();  // the previous tile's readers of d_s are done
-        stage_h(d_s, later, b0, rows, groups * kBatchGroup, GH);
+        Policy::stage(d_s, p, t_later, b0, rows, groups * kBatchGroup);
         __syncthreads();
       }
 
@@ -165,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int64_t b = b0 + r, j = j0 + u;
 
         T acc[1][kBatchGroup] = {};
-        if (later != nullptr) gate_dot<1>(w_s + u * GH, d_s + group * kBatchGroup * GH, GH, lane, acc);
+        if (later) gate_dot<1>(w_s + u * GH, d_s + group * kBatchGroup * GH, GH, lane, acc);
         T rec = acc[0][0];  // lane l (< kBatchGroup) keeps column l, as in the forward
 #pragma unroll
         for (int rr = 1; rr < kBatchGroup; ++rr)

@@ -86,14 +86,11 @@ FUSEDRNN_HD void lstm_norm_forward_row(const Row& row, const LstmNormForwardStep
   T* hh = p.hh + b * G;
   T* c = p.c + b * H;
   T* c_norm = p.c_norm + b * H;
-  T* gates = p.gates != nullptr ? p.gates + b * G : nullptr;
+  T* gates = p.gates + b * G;
   const int64_t r = b * H;  // this row in the (B, H) buffers
   if (!row_active(p.lengths, p.t, b)) {
     // Finished sequence: state carried, zero output and zero saved values.
-    for (int64_t j = row.first(); j < G; j += row.stride()) {
-      hh[j] = T(0);
-      if (gates != nullptr) gates[j] = T(0);
-    }
+    for (int64_t j = row.first(); j < G; j += row.stride()) hh[j] = gates[j] = T(0);
     for (int64_t j = row.first(); j < H; j += row.stride()) {
       c_norm[j] = T(0);
       if (p.cells != nullptr) p.cells[r + j] = c[j];
@@ -107,23 +104,18 @@ FUSEDRNN_HD void lstm_norm_forward_row(const Row& row, const LstmNormForwardStep
   auto pre = [&](int64_t k) { return x[k] + p.hh_weight[k] * hh[k] + p.hh_bias[k]; };
   const Clip<T> cell_clip = Clip<T>::make(p.cell_clip);
   for (int64_t j = row.first(); j < H; j += row.stride()) {
-    const T i = fusedrnn::sigmoid(pre(j)), f = fusedrnn::sigmoid(pre(j + H));
-    const T g = fusedrnn::tanh(pre(j + 2 * H));
-    if (gates != nullptr) {
-      gates[j] = i;
-      gates[j + H] = f;
-      gates[j + 2 * H] = g;
-      gates[j + 3 * H] = fusedrnn::sigmoid(pre(j + 3 * H));
-    }
-    c_norm[j] = lstm_new_cell(i, f, g, c[j], cell_clip);  // c~ until normalised
+    gates[j] = fusedrnn::sigmoid(pre(j));
+    gates[j + H] = fusedrnn::sigmoid(pre(j + H));
+    gates[j + 2 * H] = fusedrnn::tanh(pre(j + 2 * H));
+    gates[j + 3 * H] = fusedrnn::sigmoid(pre(j + 3 * H));
+    c_norm[j] = lstm_new_cell(gates[j], gates[j + H], gates[j + 2 * H], c[j], cell_clip);
   }
-  const T c_rstd = normalise_row(row, c_norm, H);
+  const T c_rstd = normalise_row(row, c_norm, H);  // c~ until now
   for (int64_t j = row.first(); j < H; j += row.stride()) {
     // c~ again, from this thread's own gates, for zoneout's mix.
-    const T i = fusedrnn::sigmoid(pre(j)), f = fusedrnn::sigmoid(pre(j + H));
-    const T candidate = lstm_new_cell(i, f, fusedrnn::tanh(pre(j + 2 * H)), c[j], cell_clip);
-    const T o = fusedrnn::sigmoid(pre(j + 3 * H));
-    const T h_new_cell = o * fusedrnn::tanh(p.c_weight[j] * c_norm[j] + p.c_bias[j]);
+    const T candidate = lstm_new_cell(gates[j], gates[j + H], gates[j + 2 * H], c[j], cell_clip);
+    const T h_new_cell =
+        gates[j + 3 * H] * fusedrnn::tanh(p.c_weight[j] * c_norm[j] + p.c_bias[j]);
     const T c_new = p.zone_c != nullptr ? zoneout_mix(p.zone_c[r + j], c[j], candidate) : candidate;
     const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[r + j], p.h_state[r + j], h_new_cell)
                                         : h_new_cell;
@@ -240,7 +232,8 @@ FUSEDRNN_HD void gru_norm_backward_row(const Row& row, const GruNormBackwardStep
     const T keep = p.zone_h != nullptr ? p.zone_h[r + j] : T(0);
     const T dh = p.dh[r + j];
     const GruGrads<T> d = gru_cell_backward<T>(gates[j], gates[j + H], gates[j + 2 * H],
-                                               gates[j + 3 * H], p.h_prev[r + j], (T(1) - keep) * dh);
+                                               gates[j + 3 * H], p.h_prev[r + j],
+                                               (T(1) - keep) * dh);
     d_x[j] = d_out[j] = d.dx_r;
     d_x[j + H] = d_out[j + H] = d.dx_z;
     d_x[j + 2 * H] = d.dx_n;

@@ -200,7 +200,8 @@ struct LstmNormForwardStep {
                        //         training, scratch otherwise)
   T* rstd;             // (B, 2) saved 1/sigma of the recurrent product and of
                        //        the candidate cell, or nullptr (inference)
-  T* gates;            // (B, 4H) saved activated gates, or nullptr
+  T* gates;            // (B, 4H) activated gates (saved when training, scratch
+                       //         otherwise)
   T* cells;            // (B, H) saved cell state after the step, or nullptr
   T* h_out;            // (B, H) output slot, zero where inactive
   T* h_state;          // (B, H) running hidden state
