@@ -188,30 +188,78 @@ Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Ten
   return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
 
-// a^T @ b for a (R, M) and each b (R, N_i) of `bs`, with many rows R
+// An operand over all steps as blocks of whole steps, (steps_i, B, W) each,
+// in order: h before each step is h0 and then the output's first T - 1
+// steps (previous_state_blocks), never joined into a copy of its own.
+using StepBlocks = std::vector<Tensor>;
+
+Tensor joined(const std::vector<Tensor>& blocks, int64_t dim) {
+  return blocks.size() == 1 ? blocks.front() : at::cat(blocks, dim);
+}
+
+// (T, B, W) as (T * B, W) rows.
+Tensor rows_of(const Tensor& seq) {
+  return seq.reshape({seq.size(0) * seq.size(1), seq.size(2)});
+}
+
+// a^T @ b for a (T, B, M) and each b (T, B, N_i) of `bs`, over the many rows
 // (steps x batch): the weight gradients, which may share a (LSTM's W_ih and
-// W_hh). On cpu::gemm, one GEMM (b_1 .. b_n)^T a, then transposed: the wide
-// a is read and packed once, only the narrower b's are transposed.
-std::vector<Tensor> gemm_tn_over_steps(const Tensor& a, const std::vector<Tensor>& bs) {
+// W_hh). a comes as blocks of its columns, each (T, B, M_j) with unit column
+// stride. On cpu::gemm, one GEMM (b_1 .. b_n)^T a, then transposed: the wide
+// a is read and packed once, only the narrower b's are transposed, straight
+// from their step blocks.
+std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
+                                       const std::vector<StepBlocks>& bs) {
   std::vector<Tensor> products;
-  if (!use_cpu_gemm(a)) {
-    for (const Tensor& b : bs) products.push_back(a.t().mm(b));
+  const Tensor a_rows = rows_of(a.front());
+  if (!use_cpu_gemm(a_rows)) {
+    const Tensor a_t = rows_of(joined(a, 2)).t();
+    for (const StepBlocks& b : bs) products.push_back(a_t.mm(rows_of(joined(b, 0))));
     return products;
   }
-  int64_t width = 0;
-  for (const Tensor& b : bs) width += b.size(1);
-  Tensor stacked = at::empty({width, a.size(0)}, a.options());
+  const int64_t rows = a_rows.size(0);
+  int64_t width = 0, a_width = 0;
+  for (const StepBlocks& b : bs) width += b.front().size(2);
+  for (const Tensor& block : a) a_width += block.size(2);
+  Tensor stacked = at::empty({width, rows}, a_rows.options());
   int64_t offset = 0;
-  for (const Tensor& b : bs) {
-    stacked.narrow(0, offset, b.size(1)).copy_(b.t());
-    offset += b.size(1);
+  for (const StepBlocks& b : bs) {
+    const int64_t n = b.front().size(2);
+    int64_t row = 0;
+    for (const Tensor& block : b) {
+      const Tensor block_rows = rows_of(block);
+      stacked.narrow(0, offset, n).narrow(1, row, block_rows.size(0)).copy_(block_rows.t());
+      row += block_rows.size(0);
+    }
+    offset += n;
   }
-  const Tensor product = gemm_over_steps(stacked, a);
+  Tensor product = at::empty({width, a_width}, stacked.options());
+  int64_t column = 0;
+  for (const Tensor& block : a) {
+    const Tensor block_rows = rows_of(block);
+    TORCH_INTERNAL_ASSERT(block_rows.stride(1) == 1);
+    cpu::gemm(width, block_rows.size(1), rows, stacked.data_ptr<float>(), rows,
+              block_rows.data_ptr<float>(), block_rows.stride(0), /*b_transposed=*/false,
+              product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
+    column += block_rows.size(1);
+  }
   offset = 0;
-  for (const Tensor& b : bs) {
-    products.push_back(product.narrow(0, offset, b.size(1)).t().contiguous());
-    offset += b.size(1);
+  for (const StepBlocks& b : bs) {
+    const int64_t n = b.front().size(2);
+    products.push_back(product.narrow(0, offset, n).t().contiguous());
+    offset += n;
   }
+  return products;
+}
+
+// a^T @ b for each b of `bs` (gemm_tn_over_steps), then a's column sums (a
+// bias gradient) as one more product, ones^T a: a is read once for all.
+std::vector<Tensor> weight_and_bias_grads(const std::vector<Tensor>& a,
+                                          std::vector<StepBlocks> bs) {
+  const Tensor& first = a.front();
+  bs.push_back({at::ones({first.size(0), first.size(1), 1}, first.options())});
+  std::vector<Tensor> products = gemm_tn_over_steps(a, bs);
+  products.back() = products.back().view({-1});
   return products;
 }
 
@@ -230,22 +278,17 @@ struct InputGrads {
 };
 
 InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x, const Tensor& w_ih,
-                                     bool grad_input, const std::optional<Tensor>& h_prev = {}) {
-  const int64_t rows = d_xproj.size(0) * d_xproj.size(1);
-  const Tensor d_rows = d_xproj.view({rows, d_xproj.size(2)});
-  const Tensor x_rows = x.reshape({rows, x.size(2)});
+                                     bool grad_input, const StepBlocks& h_prev = {}) {
+  std::vector<StepBlocks> operands = {{x}};
+  if (!h_prev.empty()) operands.push_back(h_prev);
+  const std::vector<Tensor> products = weight_and_bias_grads({d_xproj}, operands);
   InputGrads grads;
-  grads.input =
-      grad_input ? gemm_over_steps(d_rows, w_ih).view(x.sizes()) : at::empty({0}, x.options());
-  // The bias gradient, d_rows' column sums, as one more row of the same GEMM
-  // (ones^T d_rows): d_rows is read once for all the weight gradients.
-  std::vector<Tensor> operands = {x_rows};
-  if (h_prev) operands.push_back(h_prev->reshape({rows, h_prev->size(2)}));
-  operands.push_back(at::ones({rows, 1}, d_rows.options()));
-  const std::vector<Tensor> products = gemm_tn_over_steps(d_rows, operands);
   grads.w_ih = products.front();
-  if (h_prev) grads.w_hh = products[1];
-  grads.bias = products.back().view({-1});
+  if (!h_prev.empty()) grads.w_hh = products[1];
+  grads.bias = products.back();
+  // Last: the weights' GEMM has freed its operand copies by now.
+  grads.input = grad_input ? gemm_over_steps(rows_of(d_xproj), w_ih).view(x.sizes())
+                           : at::empty({0}, x.options());
   return grads;
 }
 
@@ -261,38 +304,38 @@ Tensor input_projection_half(const Tensor& x, const Tensor& w_ih,
 // the input projection's gradient; the bias gradient from the fp32 one.
 InputGrads input_projection_backward_half(const Tensor& d_xproj, const Tensor& d_xproj_half,
                                           const Tensor& x, const Tensor& w_ih, bool grad_input,
-                                          const std::optional<Tensor>& h_prev = {}) {
+                                          const StepBlocks& h_prev = {}) {
   const int64_t rows = d_xproj.size(0) * d_xproj.size(1);
   const Tensor d_rows = d_xproj_half.view({rows, d_xproj.size(2)});
   InputGrads grads;
   grads.input = grad_input ? mm_f32(d_rows, w_ih).view(x.sizes()) : at::empty({0}, x.options());
   grads.w_ih = mm_f32(d_rows.t(), x.reshape({rows, x.size(2)}));
-  if (h_prev) grads.w_hh = mm_f32(d_rows.t(), h_prev->reshape({rows, h_prev->size(2)}));
+  if (!h_prev.empty()) grads.w_hh = mm_f32(d_rows.t(), rows_of(joined(h_prev, 0)));
   grads.bias = d_xproj.view({rows, d_xproj.size(2)}).sum(0);
   return grads;
 }
 
 // State before each step: init at the first step a sequence processes,
-// else the state after the step processed just before. seq: (T, B, W).
+// else the state after the step processed just before. seq: (T, B, W),
+// init: (B, W); the result is in step blocks, mostly views of seq.
+StepBlocks previous_state_blocks(const Tensor& seq, const Tensor& init,
+                                 const std::optional<Tensor>& lengths, bool reverse) {
+  const int64_t steps = seq.size(0);
+  if (steps == 0) return {seq};
+  const Tensor first = init.unsqueeze(0);
+  const Tensor rest = seq.narrow(0, reverse ? 1 : 0, steps - 1);
+  if (!reverse) return {first, rest};
+  if (!lengths) return {rest, first};
+  // A reversed sequence starts at its own last step, lengths[b] - 1.
+  auto t = at::arange(steps, lengths->options()).view({steps, 1});
+  auto starts = (t >= (*lengths - 1).view({1, -1})).unsqueeze(-1);
+  return {at::where(starts, first, at::cat({rest, first}))};
+}
+
+// previous_state_blocks as one (T, B, W) tensor.
 Tensor previous_states(const Tensor& seq, const Tensor& init,
                        const std::optional<Tensor>& lengths, bool reverse) {
-  const int64_t steps = seq.size(0);
-  Tensor prev = at::empty_like(seq);
-  if (steps == 0) return prev;
-  if (reverse) {
-    prev.select(0, steps - 1).copy_(init);
-    prev.narrow(0, 0, steps - 1).copy_(seq.narrow(0, 1, steps - 1));
-    if (lengths) {
-      // A reversed sequence starts at its own last step, lengths[b] - 1.
-      auto t = at::arange(steps, lengths->options()).view({steps, 1});
-      auto first = (t >= (*lengths - 1).view({1, -1})).unsqueeze(-1);
-      prev = at::where(first, init.unsqueeze(0), prev);
-    }
-  } else {
-    prev.select(0, 0).copy_(init);
-    prev.narrow(0, 1, steps - 1).copy_(seq.narrow(0, 0, steps - 1));
-  }
-  return prev;
+  return joined(previous_state_blocks(seq, init, lengths, reverse), 0);
 }
 
 // ------------------------------------------------------ persistent path
@@ -386,8 +429,10 @@ Toolkit check_toolkit(const OpArgs& args, const ToolkitShape& s, at::ScalarType 
 
 // h_prev (T, B, P) as the recurrent product took it: times the recurrent
 // dropout mask, the same at every step.
-Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit) {
-  return toolkit.rec_mask ? h_prev * toolkit.rec_mask->unsqueeze(0) : h_prev;
+StepBlocks recurrent_operands(StepBlocks h_prev, const Toolkit& toolkit) {
+  if (toolkit.rec_mask)
+    for (Tensor& block : h_prev) block = block * *toolkit.rec_mask;
+  return h_prev;
 }
 
 // -------------------------------------------------------- LSTM checks
@@ -663,9 +708,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   });
 
   // 16-bit layers: h_prev in its own type, exactly the GEMM operands of the forward.
-  const Tensor h_prev = half ? previous_states(output, h0, lengths, reverse)
-                             : previous_states(output.to(compute_type), h0.to(compute_type),
-                                               lengths, reverse);
+  const StepBlocks h_prev =
+      half ? previous_state_blocks(output, h0, lengths, reverse)
+           : previous_state_blocks(output.to(compute_type), h0.to(compute_type), lengths, reverse);
   Tensor grad_w_hr = at::empty({0}, input.options());
   if (s.projected) {
     // Unprojected hidden state o * tanh(c); zero where inactive (o saved as 0).
@@ -829,10 +874,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
 
   Tensor d_xproj = at::empty({steps, batch, 3 * hidden}, opts);
   Tensor d_hh = at::empty({steps, batch, 3 * hidden}, opts);
-  Tensor dh_total = at::empty({batch, hidden}, opts);
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
-  const Tensor h_prev = previous_states(output.to(compute_type), h0.to(compute_type), lengths,
-                                        reverse);
   const bool half = half_gemms(out_type, input, false) && !toolkit.any();
   // The 16-bit copies of the gradients the GEMMs read.
   Tensor d_xproj_half = half ? at::empty({steps, batch, 3 * hidden}, input.options()) : Tensor();
@@ -856,6 +898,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
         return;
       }
     }
+    // h before each step, which the step loops read (the persistent loop reads the output).
+    const Tensor h_prev =
+        previous_states(output.to(compute_type), h0.to(compute_type), lengths, reverse);
     const auto kernels = kernels_for<scalar_t>(gates_c);
     if (kernels.gru_backward_fused != nullptr && !toolkit.any()) {
       // One kernel and one GEMM per step (GradFlow, params.h), as the LSTM's.
@@ -882,6 +927,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       dh_state.add_(dh_gemm);  // the gradient reaching h0
       return;
     }
+    Tensor dh_total = at::empty({batch, hidden}, opts);
     Tensor rec = toolkit.any() ? at::empty({batch, hidden}, opts) : Tensor();
     for (int64_t step = steps - 1; step >= 0; --step) {
       const int64_t t = step_time(step, steps, reverse);
@@ -912,13 +958,23 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     }
   });
 
-  const Tensor d_hh_rows = d_hh.view({steps * batch, 3 * hidden});
-  const Tensor grad_w_hh =
-      half ? mm_f32(d_hh_half.view({steps * batch, 3 * hidden}).t(),
-                    h_prev.to(out_type).reshape({steps * batch, hidden}))  // exact: h was 16-bit
-           : gemm_tn_over_steps(d_hh_rows, {recurrent_operands(h_prev, toolkit)
-                                                .reshape({steps * batch, hidden})})[0];
-  const Tensor grad_b_hh = d_hh_rows.sum(0);
+  // W_hh's and b_hh's gradients first: d_hh is freed before the input
+  // projection's backward allocates its operands.
+  Tensor grad_w_hh, grad_b_hh;
+  if (half) {
+    const StepBlocks h_prev = previous_state_blocks(output, h0, lengths, reverse);
+    grad_w_hh = mm_f32(rows_of(d_hh_half).t(), rows_of(joined(h_prev, 0)));  // exact: h was 16-bit
+    grad_b_hh = rows_of(d_hh).sum(0);
+  } else {
+    const StepBlocks h_prev =
+        previous_state_blocks(output.to(compute_type), h0.to(compute_type), lengths, reverse);
+    const std::vector<Tensor> grads =
+        weight_and_bias_grads({d_hh}, {recurrent_operands(h_prev, toolkit)});
+    grad_w_hh = grads.front();
+    grad_b_hh = grads.back();
+  }
+  d_hh.reset();
+  d_hh_half.reset();
   const InputGrads in =
       half ? input_projection_backward_half(d_xproj, d_xproj_half, input, w_ih, grad_input)
            : input_projection_backward(d_xproj, to_compute(input, compute_type),
