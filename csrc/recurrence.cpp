@@ -873,7 +873,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   const auto opts = gates_c.options();
 
   Tensor d_xproj = at::empty({steps, batch, 3 * hidden}, opts);
-  Tensor d_hh = at::empty({steps, batch, 3 * hidden}, opts);
+  // The recurrent product's gradient (T, B, 3H). The persistent CPU loop
+  // stores only its n part (T, B, H): its r and z parts are d_xproj's.
+  Tensor d_hh;
   Tensor dh_state = grad_h_n.to(compute_type).clone(at::MemoryFormat::Contiguous);
   const bool half = half_gemms(out_type, input, false) && !toolkit.any();
   // The 16-bit copies of the gradients the GEMMs read.
@@ -885,6 +887,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const int64_t* lens = data_or_null<int64_t>(lengths);
     if constexpr (kCpuKernels) {
       if (use_persistent_cpu<scalar_t>(persistent, input, batch, hidden)) {
+        d_hh = at::empty({steps, batch, hidden}, opts);
         const Tensor h0_c = to_compute(h0, compute_type);
         const Tensor output_c = to_compute(output, compute_type);
         cpu::persistent_gru_backward<scalar_t>(
@@ -898,6 +901,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
         return;
       }
     }
+    d_hh = at::empty({steps, batch, 3 * hidden}, opts);
     // h before each step, which the step loops read (the persistent loop reads the output).
     const Tensor h_prev =
         previous_states(output.to(compute_type), h0.to(compute_type), lengths, reverse);
@@ -968,8 +972,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   } else {
     const StepBlocks h_prev =
         previous_state_blocks(output.to(compute_type), h0.to(compute_type), lengths, reverse);
+    const std::vector<Tensor> d_hh_columns =
+        d_hh.size(2) == 3 * hidden ? std::vector{d_hh}
+                                   : std::vector{d_xproj.narrow(2, 0, 2 * hidden), d_hh};
     const std::vector<Tensor> grads =
-        weight_and_bias_grads({d_hh}, {recurrent_operands(h_prev, toolkit)});
+        weight_and_bias_grads(d_hh_columns, {recurrent_operands(h_prev, toolkit)});
     grad_w_hh = grads.front();
     grad_b_hh = grads.back();
   }
