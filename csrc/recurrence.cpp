@@ -243,10 +243,12 @@ std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
               product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
     column += block_rows.size(1);
   }
+  stacked.reset();  // before the products' copies
   offset = 0;
   for (const StepBlocks& b : bs) {
     const int64_t n = b.front().size(2);
-    products.push_back(product.narrow(0, offset, n).t().contiguous());
+    // A copy even of a single row (a bias): a view would keep all of product alive.
+    products.push_back(product.narrow(0, offset, n).t().clone(at::MemoryFormat::Contiguous));
     offset += n;
   }
   return products;
