@@ -197,26 +197,30 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
                   const InputProjection<T>& in, bool sum_products, const T* w_hh, const T* h0,
                   T* h_n, const Row& row) {
   // Per-thread panels of W_hh^T (H x G*U) and W_ih^T (I x G*U), side by side;
-  // products (B x G*U); the double-buffered h all threads read.
-  const auto panels = buffer<T>(H * G * H), input_panels = buffer<T>(in.input_size * G * H);
-  const auto products = buffer<T>(B * G * H), h_work = buffer<T>(2 * B * H);
+  // products (B x G*U); the double-buffered h all threads read. One
+  // allocation: one hole, not four, for what the caller allocates next.
+  const auto scratch = buffer<T>((H + in.input_size + B) * G * H + 2 * B * H);
+  T* const panels = scratch.get();
+  T* const input_panels = panels + H * G * H;
+  T* const products = input_panels + in.input_size * G * H;
+  T* const h_work = products + B * G * H;
   Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
     // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: this thread's rows of W_hh^T.
-    BlockedPanel<T> panel(panels.get() + H * G * j0, H, G * U);
+    BlockedPanel<T> panel(panels + H * G * j0, H, G * U);
     for (int g = 0; g < G; ++g)
       for (int64_t u = 0; u < U; ++u) panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
-    ChunkedProjection<T> projection(in, input_panels.get() + in.input_size * G * j0, steps, B, H,
+    ChunkedProjection<T> projection(in, input_panels + in.input_size * G * j0, steps, B, H,
                                     G, j0, U, reverse);
 
     for (int64_t s = 0; s < steps; ++s) {
       if (U > 0 && !sync.failed()) {
         const int64_t t = step_time(s, steps, reverse);
-        const T* h_prev = s == 0 ? h0 : h_work.get() + ((s - 1) & 1) * B * H;
-        T* h_next = h_work.get() + (s & 1) * B * H;
+        const T* h_prev = s == 0 ? h0 : h_work + ((s - 1) & 1) * B * H;
+        T* h_next = h_work + (s & 1) * B * H;
         T* x_part = projection.at_step(s, t);
-        T* hh = sum_products ? x_part : products.get() + B * G * j0;
+        T* hh = sum_products ? x_part : products + B * G * j0;
         panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/sum_products);
         for (int64_t b = 0; b < B; ++b)
           row(t, b, j0, U, x_part + b * G * U, hh + b * G * U, h_prev + b * H + j0,
