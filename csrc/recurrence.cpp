@@ -205,9 +205,11 @@ Tensor rows_of(const Tensor& seq) {
 // a^T @ b for a (T, B, M) and each b (T, B, N_i) of `bs`, over the many rows
 // (steps x batch): the weight gradients, which may share a (LSTM's W_ih and
 // W_hh). a comes as blocks of its columns, each (T, B, M_j) with unit column
-// stride. On cpu::gemm, one GEMM (b_1 .. b_n)^T a, then transposed: the wide
-// a is read and packed once, only the narrower b's are transposed, straight
-// from their step blocks.
+// stride. On cpu::gemm, one GEMM (b_1 .. b_n)^T a: the wide a is read and
+// packed once, only the narrower b's are transposed, straight from their
+// step blocks. The products are then transposed views into its result:
+// owned() copies them out, which a caller does once it has freed what it
+// can (a), so that the copies and a are never live at once.
 std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
                                        const std::vector<StepBlocks>& bs) {
   std::vector<Tensor> products;
@@ -243,14 +245,21 @@ std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
               product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
     column += block_rows.size(1);
   }
-  stacked.reset();  // before the products' copies
   offset = 0;
   for (const StepBlocks& b : bs) {
     const int64_t n = b.front().size(2);
-    // A copy even of a single row (a bias): a view would keep all of product alive.
-    products.push_back(product.narrow(0, offset, n).t().clone(at::MemoryFormat::Contiguous));
+    products.push_back(product.narrow(0, offset, n).t());
     offset += n;
   }
+  return products;
+}
+
+// gemm_tn_over_steps' products as tensors of their own: a view into their
+// buffer, even a contiguous one (a bias's column), would keep it all alive.
+std::vector<Tensor> owned(std::vector<Tensor> products) {
+  for (Tensor& p : products)
+    if (!p.is_contiguous() || p.nbytes() != p.storage().nbytes())
+      p = p.clone(at::MemoryFormat::Contiguous);
   return products;
 }
 
@@ -274,21 +283,25 @@ enum class BiasGrad {
   kSum,      // ATen's sum: it adds pairwise, the GEMM in order (larger errors over many rows)
 };
 
-InputGrads input_projection_backward(const Tensor& d_xproj, const Tensor& x, const Tensor& w_ih,
+// d_xproj is taken by value: freed (when the caller moved its last reference
+// in) before the weight gradients are copied out of their GEMM's result.
+InputGrads input_projection_backward(Tensor d_xproj, const Tensor& x, const Tensor& w_ih,
                                      bool grad_input, BiasGrad bias,
                                      const StepBlocks& h_prev = {}) {
   std::vector<StepBlocks> operands = {{x}};
   if (!h_prev.empty()) operands.push_back(h_prev);
   if (bias == BiasGrad::kGemmRow)
     operands.push_back({at::ones({d_xproj.size(0), d_xproj.size(1), 1}, d_xproj.options())});
-  const std::vector<Tensor> products = gemm_tn_over_steps({d_xproj}, operands);
+  std::vector<Tensor> products = gemm_tn_over_steps({d_xproj}, operands);
   InputGrads grads;
-  grads.w_ih = products.front();
-  if (!h_prev.empty()) grads.w_hh = products[1];
-  grads.bias = bias == BiasGrad::kGemmRow ? products.back().view({-1}) : rows_of(d_xproj).sum(0);
-  // Last: the weights' GEMM has freed its operand copies by now.
   grads.input = grad_input ? gemm_over_steps(rows_of(d_xproj), w_ih).view(x.sizes())
                            : at::empty({0}, x.options());
+  if (bias == BiasGrad::kSum) grads.bias = rows_of(d_xproj).sum(0);
+  d_xproj.reset();
+  products = owned(std::move(products));
+  grads.w_ih = products.front();
+  if (!h_prev.empty()) grads.w_hh = products[1];
+  if (bias == BiasGrad::kGemmRow) grads.bias = products.back().view({-1});
   return grads;
 }
 
@@ -723,7 +736,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const InputGrads in =
       half ? input_projection_backward_half(d_gates, d_gates_half, input, w_ih, grad_input,
                                             h_prev)
-           : input_projection_backward(d_gates, to_compute(input, compute_type),
+           : input_projection_backward(std::move(d_gates), to_compute(input, compute_type),
                                        to_compute(w_ih, compute_type), grad_input,
                                        BiasGrad::kGemmRow, recurrent_operands(h_prev, toolkit));
   return {in.input.to(out_type), in.w_ih.to(out_type), in.bias.to(out_type),
@@ -975,7 +988,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const std::vector<Tensor> d_hh_columns =
         d_hh.size(2) == 3 * hidden ? std::vector{d_hh}
                                    : std::vector{d_xproj.narrow(2, 0, 2 * hidden), d_hh};
-    grad_w_hh = gemm_tn_over_steps(d_hh_columns, {recurrent_operands(h_prev, toolkit)}).front();
+    grad_w_hh =
+        owned(gemm_tn_over_steps(d_hh_columns, {recurrent_operands(h_prev, toolkit)})).front();
   }
   const Tensor grad_b_hh_n = rows_of(d_hh.narrow(2, d_hh.size(2) - hidden, hidden)).sum(0);
   d_hh.reset();
@@ -984,7 +998,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   // benchmark's gate (twice torch.nn's error) at T=100 B=64.
   const InputGrads in =
       half ? input_projection_backward_half(d_xproj, d_xproj_half, input, w_ih, grad_input)
-           : input_projection_backward(d_xproj, to_compute(input, compute_type),
+           : input_projection_backward(std::move(d_xproj), to_compute(input, compute_type),
                                        to_compute(w_ih, compute_type), grad_input,
                                        BiasGrad::kSum);
   const Tensor grad_b_hh = at::cat({in.bias.narrow(0, 0, 2 * hidden), grad_b_hh_n});
