@@ -44,10 +44,9 @@ NormSizes check_norm_layer(const OpArgs& args, const Tensor& xproj, const Tensor
 Tensor sum_over_rows(const Tensor& t) { return t.sum(at::IntArrayRef{0, 1}); }
 
 // The weight gradient d_hh^T @ h_prev (as the recurrent product took it).
-Tensor recurrent_weight_grad(const Tensor& d_hh, const Tensor& h_prev, const Toolkit& toolkit) {
-  const int64_t rows = d_hh.size(0) * d_hh.size(1);
-  return gemm_tn_over_steps(d_hh.view({rows, d_hh.size(2)}),
-                            {recurrent_operands(h_prev, toolkit).reshape({rows, h_prev.size(2)})})[0];
+Tensor recurrent_weight_grad(const Tensor& d_hh, const StepBlocks& h_prev,
+                             const Toolkit& toolkit) {
+  return owned(gemm_tn_over_steps({d_hh}, {recurrent_operands(h_prev, toolkit)})).front();
 }
 
 }  // namespace
@@ -214,8 +213,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
     }
   });
 
-  const Tensor h_prev = previous_states(to_compute(output, compute_type), h0_c, lengths, reverse);
-  const Tensor grad_w_hh = recurrent_weight_grad(d_hh, h_prev, toolkit);
+  const Tensor grad_w_hh = recurrent_weight_grad(
+      d_hh, previous_state_blocks(to_compute(output, compute_type), h0_c, lengths, reverse),
+      toolkit);
   return {d_gates.to(out_type),
           grad_w_hh.to(out_type),
           sum_over_rows(d_gates * hh_norm_c).to(out_type),
@@ -353,7 +353,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_norm_backward(
     }
   });
 
-  const Tensor grad_w_hh = recurrent_weight_grad(d_hh, h_prev, toolkit);
+  const Tensor grad_w_hh = recurrent_weight_grad(d_hh, {h_prev}, toolkit);
   // hh = LN_hh(.) + b_hh: b_hh and the norm's bias get the same gradient.
   const Tensor grad_bias = sum_over_rows(d_hh_out);
   return {d_xproj.to(out_type),

@@ -90,14 +90,35 @@ inline Tensor per_step_operand(const Tensor& w, int64_t steps) {
   return steps > 2 ? w.t().contiguous() : w.t();
 }
 
+// An operand over all steps as blocks of whole steps, (steps_i, B, W) each,
+// in order: h before each step is h0 and then the output's first T - 1
+// steps (previous_state_blocks), never joined into a copy of its own.
+using StepBlocks = std::vector<Tensor>;
+
+inline Tensor joined(const std::vector<Tensor>& blocks, int64_t dim) {
+  return blocks.size() == 1 ? blocks.front() : at::cat(blocks, dim);
+}
+
+// (T, B, W) as (T * B, W) rows.
+inline Tensor rows_of(const Tensor& seq) {
+  return seq.reshape({seq.size(0) * seq.size(1), seq.size(2)});
+}
+
 // State before each step: init at the first step a sequence processes,
-// else the state after the step processed just before. seq: (T, B, W).
+// else the state after the step processed just before. seq: (T, B, W),
+// init: (B, W); the result in step blocks, mostly views of seq.
+StepBlocks previous_state_blocks(const Tensor& seq, const Tensor& init,
+                                 const std::optional<Tensor>& lengths, bool reverse);
+// The same as one (T, B, W) tensor.
 Tensor previous_states(const Tensor& seq, const Tensor& init,
                        const std::optional<Tensor>& lengths, bool reverse);
 
-// a^T @ b for a (R, M) and each b (R, N_i) of `bs`, with many rows R
-// (steps x batch): the weight gradients.
-std::vector<Tensor> gemm_tn_over_steps(const Tensor& a, const std::vector<Tensor>& bs);
+// a^T @ b for a (T, B, M), given as blocks of its columns, and each b of
+// `bs`, over all steps: the weight gradients. The products are views into
+// one buffer; owned() copies them out (recurrence.cpp says when).
+std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
+                                       const std::vector<StepBlocks>& bs);
+std::vector<Tensor> owned(std::vector<Tensor> products);
 
 // ------------------------------------------------------------- toolkit
 // The toolkit arguments of one call (csrc/ops.cpp documents them), checked
@@ -121,6 +142,6 @@ Toolkit check_toolkit(const checks::OpArgs& args, const ToolkitShape& s, at::Sca
 
 // h_prev (T, B, P) as the recurrent product took it: times the recurrent
 // dropout mask, the same at every step.
-Tensor recurrent_operands(const Tensor& h_prev, const Toolkit& toolkit);
+StepBlocks recurrent_operands(StepBlocks h_prev, const Toolkit& toolkit);
 
 }  // namespace fusedrnn

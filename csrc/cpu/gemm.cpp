@@ -143,7 +143,8 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
   {
     const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int64_t first = tiles * tid / team, last = tiles * (tid + 1) / team;
-    auto slice = std::make_unique_for_overwrite<float[]>(kDepth * kBlock);
+    // Kept by the thread for its next GEMM: no allocation per call.
+    thread_local const auto slice = std::make_unique_for_overwrite<float[]>(kDepth * kBlock);
     for (int64_t t = first; t < last;) {
       const int64_t b = t / tiles_m, n0 = b * kBlock, w = std::min(kBlock, N - n0);
       const int64_t tile_end = std::min(last, (b + 1) * tiles_m);

@@ -13,6 +13,7 @@
 #include <exception>
 #include <memory>
 #include <type_traits>
+#include <vector>
 
 #include "cpu/gemm.h"
 #include "cpu/row_kernels.h"
@@ -196,26 +197,30 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
                   const InputProjection<T>& in, bool sum_products, const T* w_hh, const T* h0,
                   T* h_n, const Row& row) {
   // Per-thread panels of W_hh^T (H x G*U) and W_ih^T (I x G*U), side by side;
-  // products (B x G*U); the double-buffered h all threads read.
-  const auto panels = buffer<T>(H * G * H), input_panels = buffer<T>(in.input_size * G * H);
-  const auto products = buffer<T>(B * G * H), h_work = buffer<T>(2 * B * H);
+  // products (B x G*U); the double-buffered h all threads read. One
+  // allocation: one hole, not four, for what the caller allocates next.
+  const auto scratch = buffer<T>((H + in.input_size + B) * G * H + 2 * B * H);
+  T* const panels = scratch.get();
+  T* const input_panels = panels + H * G * H;
+  T* const products = input_panels + in.input_size * G * H;
+  T* const h_work = products + B * G * H;
   Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
     // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: this thread's rows of W_hh^T.
-    BlockedPanel<T> panel(panels.get() + H * G * j0, H, G * U);
+    BlockedPanel<T> panel(panels + H * G * j0, H, G * U);
     for (int g = 0; g < G; ++g)
       for (int64_t u = 0; u < U; ++u) panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
-    ChunkedProjection<T> projection(in, input_panels.get() + in.input_size * G * j0, steps, B, H,
+    ChunkedProjection<T> projection(in, input_panels + in.input_size * G * j0, steps, B, H,
                                     G, j0, U, reverse);
 
     for (int64_t s = 0; s < steps; ++s) {
       if (U > 0 && !sync.failed()) {
         const int64_t t = step_time(s, steps, reverse);
-        const T* h_prev = s == 0 ? h0 : h_work.get() + ((s - 1) & 1) * B * H;
-        T* h_next = h_work.get() + (s & 1) * B * H;
+        const T* h_prev = s == 0 ? h0 : h_work + ((s - 1) & 1) * B * H;
+        T* h_next = h_work + (s & 1) * B * H;
         T* x_part = projection.at_step(s, t);
-        T* hh = sum_products ? x_part : products.get() + B * G * j0;
+        T* hh = sum_products ? x_part : products + B * G * j0;
         panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/sum_products);
         for (int64_t b = 0; b < B; ++b)
           row(t, b, j0, U, x_part + b * G * U, hh + b * G * U, h_prev + b * H + j0,
@@ -229,19 +234,35 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
   if (steps == 0) std::copy_n(h0, B * H, h_n);
 }
 
+// The recurrent gradient d_rec (T, B, G*H) as blocks of its columns, in
+// order: `width` columns in a (T, B, ld) buffer each (the GRU's r and z parts
+// are in d_xproj).
+template <typename T>
+struct ColumnBlock {
+  const T* data;
+  int64_t ld, width;
+};
+
 // Backward: per step (in reverse), `row(t, b, j0, U)` for every batch row
 // (it writes the recurrent gradient d_rec[t] of its units and leaves in dh
 // the part of h_{t-1}'s gradient that skips W_hh), the barrier, then
-// dh[:, j0:j0+U] += d_rec[t] @ W_hh[:, j0:j0+U].
+// dh[:, j0:j0+U] += d_rec[t] @ W_hh[:, j0:j0+U], one product per block.
 template <typename T, typename Row>
 void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
-                   const T* d_rec, T* dh, const Row& row) {
+                   const std::vector<ColumnBlock<T>>& d_rec, T* dh, const Row& row) {
   const auto panels = buffer<T>(G * H * H);
   Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
-    BlockedPanel<T> panel(panels.get() + G * H * j0, G * H, U);  // panel[k, u] = W_hh[k, j0 + u]
-    for (int64_t k = 0; k < G * H; ++k) panel.set_row(k, w_hh + k * H + j0);
+    // Block i's panel[k, u] = W_hh[k0 + k, j0 + u], k0 its first column in d_rec.
+    std::vector<BlockedPanel<T>> block_panels;
+    int64_t k0 = 0;
+    for (const ColumnBlock<T>& block : d_rec) {
+      BlockedPanel<T>& panel =
+          block_panels.emplace_back(panels.get() + G * H * j0 + k0 * U, block.width, U);
+      for (int64_t k = 0; k < block.width; ++k) panel.set_row(k, w_hh + (k0 + k) * H + j0);
+      k0 += block.width;
+    }
 
     for (int64_t s = steps - 1; s >= 0; --s) {
       const int64_t t = step_time(s, steps, reverse);
@@ -249,7 +270,9 @@ void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, con
         for (int64_t b = 0; b < B; ++b) row(t, b, j0, U);
       sync.step_barrier();  // every thread's d_rec[t] is written
       if (U > 0 && !sync.failed())
-        panel.multiply(B, d_rec + t * B * G * H, G * H, dh + j0, H, /*accumulate=*/true);
+        for (size_t i = 0; i < d_rec.size(); ++i)
+          block_panels[i].multiply(B, d_rec[i].data + t * B * d_rec[i].ld, d_rec[i].ld, dh + j0,
+                                   H, /*accumulate=*/true);
     }
   });
 }
@@ -289,7 +312,7 @@ template <typename T>
 void persistent_lstm_backward(const LstmBackwardSequence<T>& p) {
   const int64_t B = p.batch, H = p.hidden, steps = p.steps;
   const auto& rows = best_row_kernels<T>();
-  backward_loop<T>(steps, B, H, 4, p.reverse, p.w_hh, p.d_gates, p.dh,
+  backward_loop<T>(steps, B, H, 4, p.reverse, p.w_hh, {{p.d_gates, 4 * H, 4 * H}}, p.dh,
                    [&](int64_t t, int64_t b, int64_t j0, int64_t U) {
     const bool first = first_step_of_row(p.lengths, steps, p.reverse, t, b);
     const int64_t prev_t = p.reverse ? t + 1 : t - 1;
@@ -323,16 +346,18 @@ template <typename T>
 void persistent_gru_backward(const GruBackwardSequence<T>& p) {
   const int64_t B = p.batch, H = p.hidden, steps = p.steps;
   const auto& rows = best_row_kernels<T>();
-  backward_loop<T>(steps, B, H, 3, p.reverse, p.w_hh, p.d_hh, p.dh,
+  // The recurrent gradient: r and z as in d_xproj, then n.
+  backward_loop<T>(steps, B, H, 3, p.reverse, p.w_hh,
+                   {{p.d_xproj, 3 * H, 2 * H}, {p.d_hh, H, H}}, p.dh,
                    [&](int64_t t, int64_t b, int64_t j0, int64_t U) {
     const bool first = first_step_of_row(p.lengths, steps, p.reverse, t, b);
     const int64_t prev_t = p.reverse ? t + 1 : t - 1;
     const T* h_prev = first ? p.h0 + b * H : p.output + (prev_t * B + b) * H;
-    const int64_t rec_row = (t * B + b) * 3 * H + j0;
+    const int64_t row = (t * B + b) * H + j0, rec_row = (t * B + b) * 3 * H + j0;
     rows.gru_backward_slice({.hidden = H, .units = U, .gates = p.gates + (t * B + b) * 4 * H + j0,
-                             .h_prev = h_prev + j0, .grad_out = p.grad_out + (t * B + b) * H + j0,
+                             .h_prev = h_prev + j0, .grad_out = p.grad_out + row,
                              .dh = p.dh + b * H + j0, .d_xproj = p.d_xproj + rec_row,
-                             .d_hh = p.d_hh + rec_row, .active = row_active_at(p.lengths, t, b)});
+                             .d_hh = p.d_hh + row, .active = row_active_at(p.lengths, t, b)});
   });
 }
 

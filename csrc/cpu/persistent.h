@@ -77,7 +77,8 @@ struct GruBackwardSlice {
   const T* grad_out;  // gradient of this step's output
   T* dh;              // in: gradient reaching h_t from later steps; out: see above
   T* d_xproj;         // gradient of the input projection (zero where inactive)
-  T* d_hh;            // gradient of the recurrent product, b_hh included
+  T* d_hh;            // gradient of the recurrent product's n part, b_hh's included
+                      // (its r and z parts are d_xproj's)
   bool active;
 };
 

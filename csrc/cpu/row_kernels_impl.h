@@ -319,10 +319,8 @@ template <typename T>
 void gru_backward_slice(const GruBackwardSlice<T>& p) {
   const int64_t H = p.hidden, U = p.units;
   if (!p.active) {
-    for (int g = 0; g < 3; ++g) {
-      std::fill_n(p.d_xproj + g * H, U, T(0));
-      std::fill_n(p.d_hh + g * H, U, T(0));
-    }
+    for (int g = 0; g < 3; ++g) std::fill_n(p.d_xproj + g * H, U, T(0));
+    std::fill_n(p.d_hh, U, T(0));
     return;  // dh passes straight through
   }
   for_each_chunk<T>(U, [&](int64_t u, int64_t n) {
@@ -333,10 +331,8 @@ void gru_backward_slice(const GruBackwardSlice<T>& p) {
     store(d.dx_r, p.d_xproj + u, n);
     store(d.dx_z, p.d_xproj + H + u, n);
     store(d.dx_n, p.d_xproj + 2 * H + u, n);
-    store(d.dx_r, p.d_hh + u, n);
-    store(d.dx_z, p.d_hh + H + u, n);
-    store(d.dh_n, p.d_hh + 2 * H + u, n);
-    store(d.dh_prev, p.dh + u, n);  // z * dh; the loop adds d_hh @ W_hh
+    store(d.dh_n, p.d_hh + u, n);
+    store(d.dh_prev, p.dh + u, n);  // z * dh; the loop adds the recurrent gradient @ W_hh
   });
 }
 

@@ -331,7 +331,8 @@ struct GruSequence {
 };
 
 // Backward of one GRU layer: fills d_xproj and d_hh for every step, leaves
-// the gradient of h0 in dh.
+// the gradient of h0 in dh. d_hh holds only the n part of the recurrent
+// product's gradient: its r and z parts are d_xproj's.
 template <typename T>
 struct GruBackwardSequence {
   int64_t steps, batch, hidden;
@@ -342,7 +343,7 @@ struct GruBackwardSequence {
   const T* grad_out;  // (T, B, H)
   const T* gates;     // (T, B, 4H) saved by the forward
   T* d_xproj;         // (T, B, 3H) out
-  T* d_hh;            // (T, B, 3H) out
+  T* d_hh;            // (T, B, H) out
   T* dh;              // (B, H) in: grad of h_n; out: grad of h0
   const int64_t* lengths;
 };
