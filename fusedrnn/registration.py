@@ -283,7 +283,7 @@ def _lstm_norm_setup_context(ctx, inputs, output):
 
 
 def _lstm_norm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, *_grad_saved):
-    xproj, w_hh, hh_w, hh_b, c_w, c_b, h0, c0, out, *saved, lengths = ctx.saved_tensors[:15]
+    _xproj, w_hh, hh_w, _hh_b, c_w, c_b, h0, c0, out, *saved, lengths = ctx.saved_tensors[:15]
     toolkit = _toolkit_of(ctx, ctx.saved_tensors[15:])
     if torch.is_grad_enabled():
         _refuse_second_order_grad_clip(toolkit)
@@ -312,7 +312,7 @@ def _gru_norm_setup_context(ctx, inputs, output):
 
 
 def _gru_norm_backward(ops, ctx, grad_out, grad_h_n, *_grad_saved):
-    xproj, w_hh, b_hh, hh_w, hh_b, h0, out, *saved, lengths = ctx.saved_tensors[:11]
+    _xproj, w_hh, b_hh, hh_w, _hh_b, h0, out, *saved, lengths = ctx.saved_tensors[:11]
     toolkit = _toolkit_of(ctx, ctx.saved_tensors[11:])
     if torch.is_grad_enabled():
         _refuse_second_order_grad_clip(toolkit)
