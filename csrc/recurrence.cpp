@@ -309,44 +309,45 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
                                        const std::vector<StepBlocks>& bs) {
   std::vector<Tensor> products;
-  const Tensor a_rows = rows_of(a.front());
-  if (!use_cpu_gemm(a_rows)) {
-    const Tensor a_t = rows_of(joined(a, 2)).t();
-    for (const StepBlocks& b : bs) products.push_back(a_t.mm(rows_of(joined(b, 0))));
-    return products;
-  }
-  const int64_t rows = a_rows.size(0);
-  int64_t width = 0, a_width = 0;
-  for (const StepBlocks& b : bs) width += b.front().size(2);
-  for (const Tensor& block : a) a_width += block.size(2);
-  Tensor stacked = at::empty({width, rows}, a_rows.options());
-  int64_t offset = 0;
-  for (const StepBlocks& b : bs) {
-    const int64_t n = b.front().size(2);
-    int64_t row = 0;
-    for (const Tensor& block : b) {
-      const Tensor block_rows = rows_of(block);
-      stacked.narrow(0, offset, n).narrow(1, row, block_rows.size(0)).copy_(block_rows.t());
-      row += block_rows.size(0);
+  if constexpr (kCpuKernels) {
+    if (use_cpu_gemm(rows_of(a.front()))) {
+      const int64_t rows = a.front().size(0) * a.front().size(1);
+      int64_t width = 0, a_width = 0;
+      for (const StepBlocks& b : bs) width += b.front().size(2);
+      for (const Tensor& block : a) a_width += block.size(2);
+      Tensor stacked = at::empty({width, rows}, a.front().options());
+      int64_t offset = 0;
+      for (const StepBlocks& b : bs) {
+        const int64_t n = b.front().size(2);
+        int64_t row = 0;
+        for (const Tensor& block : b) {
+          const Tensor block_rows = rows_of(block);
+          stacked.narrow(0, offset, n).narrow(1, row, block_rows.size(0)).copy_(block_rows.t());
+          row += block_rows.size(0);
+        }
+        offset += n;
+      }
+      Tensor product = at::empty({width, a_width}, stacked.options());
+      int64_t column = 0;
+      for (const Tensor& block : a) {
+        const Tensor block_rows = rows_of(block);
+        TORCH_INTERNAL_ASSERT(block_rows.stride(1) == 1);
+        cpu::gemm(width, block_rows.size(1), rows, stacked.data_ptr<float>(), rows,
+                  block_rows.data_ptr<float>(), block_rows.stride(0), /*b_transposed=*/false,
+                  product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
+        column += block_rows.size(1);
+      }
+      offset = 0;
+      for (const StepBlocks& b : bs) {
+        const int64_t n = b.front().size(2);
+        products.push_back(product.narrow(0, offset, n).t());
+        offset += n;
+      }
+      return products;
     }
-    offset += n;
   }
-  Tensor product = at::empty({width, a_width}, stacked.options());
-  int64_t column = 0;
-  for (const Tensor& block : a) {
-    const Tensor block_rows = rows_of(block);
-    TORCH_INTERNAL_ASSERT(block_rows.stride(1) == 1);
-    cpu::gemm(width, block_rows.size(1), rows, stacked.data_ptr<float>(), rows,
-              block_rows.data_ptr<float>(), block_rows.stride(0), /*b_transposed=*/false,
-              product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
-    column += block_rows.size(1);
-  }
-  offset = 0;
-  for (const StepBlocks& b : bs) {
-    const int64_t n = b.front().size(2);
-    products.push_back(product.narrow(0, offset, n).t());
-    offset += n;
-  }
+  const Tensor a_t = rows_of(joined(a, 2)).t();
+  for (const StepBlocks& b : bs) products.push_back(a_t.mm(rows_of(joined(b, 0))));
   return products;
 }
 
