@@ -326,6 +326,28 @@ def test_cpu_paths_match_reference(cell, T, B, H, lengths, reverse, dtype, cpu_p
     assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[dtype])
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_all_step_gemms_match_reference_at_tile_edges(cell, cpu_path):
+    """The fp32 GEMMs over all steps (the input projection, the input's and the weights'
+    gradients; cpu/gemm.cpp: tiles of 64 rows, panels of 256 columns in blocks of 32,
+    depth slices of 256) at sizes where each has a partial tile, panel, block and slice:
+    T * B = 280 rows, I = 300, G * H = 280 (LSTM) or 210 (GRU)."""
+    T, B, I, H = 40, 7, 300, 70
+    gates = 4 if cell == "lstm" else 3
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).requires_grad_()
+    w_ih, w_hh = r(gates * H, I, scale=I ** -0.5), r(gates * H, H, scale=H ** -0.5)
+    if cell == "lstm":
+        inputs = (r(T, B, I), w_ih, r(4 * H), w_hh, None, r(B, H), r(B, H))
+        layer, expected_layer = ops.lstm_layer, reference.lstm_layer
+    else:
+        inputs = (r(T, B, I), w_ih, r(3 * H), w_hh, r(3 * H), r(B, H))
+        layer, expected_layer = ops.gru_layer, reference.gru_layer
+    fused, expected = layer(*inputs), expected_layer(*inputs)
+    assert_close_all(fused, expected, TOL[torch.float32])
+    assert_close_all(grads_of(fused, inputs), grads_of(expected, inputs), TOL[torch.float32])
+
+
 def test_persistent_cpu_loop_splits_the_units_over_threads():
     """The cases above with T = 12, B = 4, H = 72 run on two threads when two are there."""
     saved = torch.get_num_threads()

@@ -10,10 +10,11 @@
 namespace fusedrnn::cpu {
 namespace {
 
-// A big GEMM's tiles: kTileM rows of C by one column block of B, in depth
-// steps of kDepth (a 64 KB packed slice of the block, kept in L2 while the
-// tiles' rows pass).
-constexpr int64_t kTileM = 64, kDepth = 256;
+// A big GEMM's tiles: kTileM rows of C by a panel of kPanelBlocks column
+// blocks of B, in depth steps of kDepth (a 256 KB packed slice of the panel,
+// kept in L2 while the tiles' rows pass; each tile of A, 64 KB, stays in
+// cache across the panel's blocks).
+constexpr int64_t kTileM = 64, kDepth = 256, kPanelBlocks = 8;
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinFmasPerThread = 256 * 1024;
 
@@ -126,35 +127,41 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
       for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc, N, 0.0f);
     return;
   }
-  constexpr int64_t kBlock = BlockedPanel<float>::kBlock;
-  const int64_t blocks = ceil_div(N, kBlock);
-  const int64_t tiles_m = ceil_div(M, kTileM), tiles = tiles_m * blocks;
+  constexpr int64_t kBlock = BlockedPanel<float>::kBlock, kPanel = kPanelBlocks * kBlock;
+  const int64_t panels = ceil_div(N, kPanel);
+  const int64_t tiles_m = ceil_div(M, kTileM), tiles = tiles_m * panels;
   const int64_t by_work = std::max<int64_t>(1, M * N * K / kMinFmasPerThread);
   const int threads = static_cast<int>(std::min<int64_t>(
       {omp_in_parallel() ? 1 : omp_get_max_threads(), tiles, by_work}));
 
-  // Each thread takes a contiguous range of tiles, ordered block by block
-  // (tile t: block t / tiles_m, rows (t % tiles_m) * kTileM..). For each
-  // block in its range it packs B one depth slice at a time into its own
-  // buffer (kDepth x kBlock, 64 KB, in L2) and runs its tiles of that block
-  // over it: no copy of the whole of B (the weight gradients' B has
-  // steps x batch rows).
+  // Each thread takes a contiguous range of tiles, ordered panel by panel
+  // (tile t: panel t / tiles_m, rows (t % tiles_m) * kTileM..). For each
+  // panel in its range it packs B one depth slice at a time into its own
+  // buffer (kDepth x kPanel as column blocks, 256 KB, in L2) and runs its
+  // tiles of that panel over it, each tile of A once over all the panel's
+  // blocks while it is in cache: no copy of the whole of B (the weight
+  // gradients' B has steps x batch rows).
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
     const int64_t first = tiles * tid / team, last = tiles * (tid + 1) / team;
     // Kept by the thread for its next GEMM: no allocation per call.
-    thread_local const auto slice = std::make_unique_for_overwrite<float[]>(kDepth * kBlock);
+    thread_local const auto slice = std::make_unique_for_overwrite<float[]>(kDepth * kPanel);
     for (int64_t t = first; t < last;) {
-      const int64_t b = t / tiles_m, n0 = b * kBlock, w = std::min(kBlock, N - n0);
-      const int64_t tile_end = std::min(last, (b + 1) * tiles_m);
+      const int64_t p = t / tiles_m, n0 = p * kPanel, width = std::min(kPanel, N - n0);
+      const int64_t tile_end = std::min(last, (p + 1) * tiles_m);
       for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
         const int64_t depth = std::min(kDepth, K - k0);
-        pack_slice(B, ldb, b_transposed, k0, depth, n0, w, slice.get());
+        for (int64_t b0 = 0; b0 < width; b0 += kBlock)
+          pack_slice(B, ldb, b_transposed, k0, depth, n0 + b0, std::min(kBlock, width - b0),
+                     slice.get() + b0 * depth);
         for (int64_t tile = t; tile < tile_end; ++tile) {
           const int64_t m0 = (tile % tiles_m) * kTileM, rows = std::min(kTileM, M - m0);
-          micro_gemm(rows, w, depth, A + m0 * lda + k0, lda, slice.get(), w, C + m0 * ldc + n0,
-                     ldc, accumulate || k0 > 0);
+          for (int64_t b0 = 0; b0 < width; b0 += kBlock) {
+            const int64_t w = std::min(kBlock, width - b0);
+            micro_gemm(rows, w, depth, A + m0 * lda + k0, lda, slice.get() + b0 * depth, w,
+                       C + m0 * ldc + n0 + b0, ldc, accumulate || k0 > 0);
+          }
         }
       }
       t = tile_end;
