@@ -127,28 +127,43 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
       for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc, N, 0.0f);
     return;
   }
+  // Panels of whole blocks, as even as they can be (N = 800: 224, 224, 224,
+  // 128; not 256, 256, 256, 32, which would leave one thread most of the work).
   constexpr int64_t kBlock = BlockedPanel<float>::kBlock, kPanel = kPanelBlocks * kBlock;
-  const int64_t panels = ceil_div(N, kPanel);
+  const int64_t panel_width = ceil_div(ceil_div(N, ceil_div(N, kPanel)), kBlock) * kBlock;
+  const int64_t panels = ceil_div(N, panel_width);
   const int64_t tiles_m = ceil_div(M, kTileM), tiles = tiles_m * panels;
   const int64_t by_work = std::max<int64_t>(1, M * N * K / kMinFmasPerThread);
   const int threads = static_cast<int>(std::min<int64_t>(
       {omp_in_parallel() ? 1 : omp_get_max_threads(), tiles, by_work}));
+  // Tile t: panel t / tiles_m, rows (t % tiles_m) * kTileM.., and its share
+  // of the work (its area of C; the last row tile and panel may be smaller).
+  auto tile_area = [&](int64_t t) {
+    const int64_t m0 = (t % tiles_m) * kTileM, n0 = (t / tiles_m) * panel_width;
+    return std::min(kTileM, M - m0) * std::min(panel_width, N - n0);
+  };
+  // The first tile of thread `tid`'s range: ranges of equal area, whole tiles.
+  auto first_tile = [&](int64_t tid, int64_t team) {
+    const int64_t target = (M * N * tid + team - 1) / team;
+    int64_t t = 0;
+    for (int64_t area = 0; t < tiles && area < target; ++t) area += tile_area(t);
+    return t;
+  };
 
-  // Each thread takes a contiguous range of tiles, ordered panel by panel
-  // (tile t: panel t / tiles_m, rows (t % tiles_m) * kTileM..). For each
-  // panel in its range it packs B one depth slice at a time into its own
-  // buffer (kDepth x kPanel as column blocks, 256 KB, in L2) and runs its
+  // Each thread takes a contiguous range of tiles, ordered panel by panel.
+  // For each panel in its range it packs B one depth slice at a time into its
+  // own buffer (kDepth x kPanel as column blocks, 256 KB, in L2) and runs its
   // tiles of that panel over it, each tile of A once over all the panel's
   // blocks while it is in cache: no copy of the whole of B (the weight
   // gradients' B has steps x batch rows).
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t first = tiles * tid / team, last = tiles * (tid + 1) / team;
+    const int64_t first = first_tile(tid, team), last = first_tile(tid + 1, team);
     // Kept by the thread for its next GEMM: no allocation per call.
     thread_local const auto slice = std::make_unique_for_overwrite<float[]>(kDepth * kPanel);
     for (int64_t t = first; t < last;) {
-      const int64_t p = t / tiles_m, n0 = p * kPanel, width = std::min(kPanel, N - n0);
+      const int64_t p = t / tiles_m, n0 = p * panel_width, width = std::min(panel_width, N - n0);
       const int64_t tile_end = std::min(last, (p + 1) * tiles_m);
       for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
         const int64_t depth = std::min(kDepth, K - k0);
