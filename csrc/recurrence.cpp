@@ -91,6 +91,8 @@ Tensor mm_f32(const Tensor& a, const Tensor& b) {
 // Below kMinGemmRows rows (a short call) the copies cpu::gemm needs (row-major
 // operands) cost more than it saves.
 constexpr int64_t kMinGemmRows = 32;
+// gemm_tn_over_steps takes cpu::gemm from this many multiply-adds.
+constexpr int64_t kMinTnGemmFmas = 32 << 20;
 bool use_cpu_gemm(const Tensor& a) {
   if constexpr (kCpuKernels)
     return a.is_cpu() && a.scalar_type() == at::kFloat && cpu::have_brgemm() &&
@@ -305,16 +307,19 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 // packed once, only the narrower b's are transposed, straight from their
 // step blocks. The products are then transposed views into its result:
 // owned() copies them out, which a caller does once it has freed what it
-// can (a), so that the copies and a are never live at once.
+// can (a), so that the copies and a are never live at once. A small GEMM
+// runs on ATen, whose GEMM reads the transposed a in place: there the
+// transposed copies would add more to the peak memory than cpu::gemm saves
+// in time.
 std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
                                        const std::vector<StepBlocks>& bs) {
   std::vector<Tensor> products;
+  const int64_t rows = a.front().size(0) * a.front().size(1);
+  int64_t width = 0, a_width = 0;
+  for (const StepBlocks& b : bs) width += b.front().size(2);
+  for (const Tensor& block : a) a_width += block.size(2);
   if constexpr (kCpuKernels) {
-    if (use_cpu_gemm(rows_of(a.front()))) {
-      const int64_t rows = a.front().size(0) * a.front().size(1);
-      int64_t width = 0, a_width = 0;
-      for (const StepBlocks& b : bs) width += b.front().size(2);
-      for (const Tensor& block : a) a_width += block.size(2);
+    if (use_cpu_gemm(rows_of(a.front())) && rows * width * a_width >= kMinTnGemmFmas) {
       Tensor stacked = at::empty({width, rows}, a.front().options());
       int64_t offset = 0;
       for (const StepBlocks& b : bs) {
