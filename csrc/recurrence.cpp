@@ -351,8 +351,13 @@ std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
       return products;
     }
   }
-  const Tensor a_t = rows_of(joined(a, 2)).t();
-  for (const StepBlocks& b : bs) products.push_back(a_t.mm(rows_of(joined(b, 0))));
+  // One product per block of a (no joined copy of a), stacked: weight-sized.
+  for (const StepBlocks& b : bs) {
+    const Tensor b_rows = rows_of(joined(b, 0));
+    std::vector<Tensor> parts;
+    for (const Tensor& block : a) parts.push_back(rows_of(block).t().mm(b_rows));
+    products.push_back(parts.size() == 1 ? parts.front() : at::cat(parts, 0));
+  }
   return products;
 }
 

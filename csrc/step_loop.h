@@ -114,7 +114,7 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
                        const std::optional<Tensor>& lengths, bool reverse);
 
 // a^T @ b for a (T, B, M), given as blocks of its columns, and each b of
-// `bs`, over all steps: the weight gradients. The products are views into
+// `bs`, over all steps: the weight gradients. The products may be views into
 // one buffer; owned() copies them out (recurrence.cpp says when).
 std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
                                        const std::vector<StepBlocks>& bs);
