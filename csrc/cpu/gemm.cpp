@@ -1,5 +1,6 @@
 #include "cpu/gemm.h"
 
+#include <ATen/Version.h>
 #include <ATen/native/CPUBlas.h>
 #include <c10/util/Exception.h>
 #include <omp.h>
@@ -10,11 +11,11 @@
 namespace fusedrnn::cpu {
 namespace {
 
-// A big GEMM's tiles: kTileM rows of C by a panel of kPanelBlocks column
-// blocks of B, in depth steps of kDepth (a 256 KB packed slice of the panel,
-// kept in L2 while the tiles' rows pass; each tile of A, 64 KB, stays in
-// cache across the panel's blocks).
-constexpr int64_t kTileM = 64, kDepth = 256, kPanelBlocks = 8;
+// A big GEMM's tiles: kTileM rows of C by a panel of up to kPanel columns
+// of B (whole column blocks), in depth steps of kDepth (a 256 KB packed
+// slice of the panel, kept in L2 while the tiles' rows pass; each tile of A,
+// 64 KB, stays in cache across the panel's blocks).
+constexpr int64_t kTileM = 64, kDepth = 256, kPanel = 256;
 // Below this many multiply-adds a second thread costs more than it saves.
 constexpr int64_t kMinFmasPerThread = 256 * 1024;
 
@@ -61,23 +62,28 @@ void release_gemm_thread() {
 
 // ------------------------------------------------------------ BlockedPanel
 
+int64_t block_width() {
+  static const int64_t width = at::get_cpu_capability() == "AVX512" ? 64 : 32;
+  return width;
+}
+
 template <typename T>
 int64_t BlockedPanel<T>::width(int64_t b) const {
-  return std::min(kBlock, N_ - b * kBlock);
+  return std::min(block_, N_ - b * block_);
 }
 
 template <typename T>
 void BlockedPanel<T>::set_column(int64_t n, const T* src, int64_t src_stride) {
-  const int64_t b = n / kBlock, w = width(b);
-  T* dst = block(b) + (n - b * kBlock);
+  const int64_t b = n / block_, w = width(b);
+  T* dst = block(b) + (n - b * block_);
   for (int64_t k = 0; k < K_; ++k) dst[k * w] = src[k * src_stride];
 }
 
 template <typename T>
 void BlockedPanel<T>::set_row(int64_t k, const T* src) {
-  for (int64_t b = 0; b * kBlock < N_; ++b) {
+  for (int64_t b = 0; b * block_ < N_; ++b) {
     const int64_t w = width(b);
-    std::copy_n(src + b * kBlock, w, block(b) + k * w);
+    std::copy_n(src + b * block_, w, block(b) + k * w);
   }
 }
 
@@ -85,14 +91,14 @@ template <typename T>
 void BlockedPanel<T>::multiply(int64_t M, const T* A, int64_t lda, T* C, int64_t ldc,
                                bool accumulate) const {
   if (M == 0) return;
-  for (int64_t b = 0; b * kBlock < N_; ++b) {
+  for (int64_t b = 0; b * block_ < N_; ++b) {
     const int64_t w = width(b);
     if (K_ == 0) {
       if (!accumulate)
-        for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc + b * kBlock, w, T(0));
+        for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc + b * block_, w, T(0));
       continue;
     }
-    micro_gemm(M, w, K_, A, lda, block(b), w, C + b * kBlock, ldc, accumulate);
+    micro_gemm(M, w, K_, A, lda, block(b), w, C + b * block_, ldc, accumulate);
   }
 }
 
@@ -127,10 +133,11 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
       for (int64_t m = 0; m < M; ++m) std::fill_n(C + m * ldc, N, 0.0f);
     return;
   }
-  // Panels of whole blocks, as even as they can be (N = 800: 224, 224, 224,
-  // 128; not 256, 256, 256, 32, which would leave one thread most of the work).
-  constexpr int64_t kBlock = BlockedPanel<float>::kBlock, kPanel = kPanelBlocks * kBlock;
-  const int64_t panel_width = ceil_div(ceil_div(N, ceil_div(N, kPanel)), kBlock) * kBlock;
+  // Panels of whole blocks, as even as they can be (N = 800 at 32 columns a
+  // block: 224, 224, 224, 128; not 256, 256, 256, 32, which would leave one
+  // thread most of the work).
+  const int64_t block = block_width(), most = kPanel / block * block;
+  const int64_t panel_width = ceil_div(ceil_div(N, ceil_div(N, most)), block) * block;
   const int64_t panels = ceil_div(N, panel_width);
   const int64_t tiles_m = ceil_div(M, kTileM), tiles = tiles_m * panels;
   const int64_t by_work = std::max<int64_t>(1, M * N * K / kMinFmasPerThread);
@@ -167,13 +174,13 @@ void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const fl
       const int64_t tile_end = std::min(last, (p + 1) * tiles_m);
       for (int64_t k0 = 0; k0 < K; k0 += kDepth) {
         const int64_t depth = std::min(kDepth, K - k0);
-        for (int64_t b0 = 0; b0 < width; b0 += kBlock)
-          pack_slice(B, ldb, b_transposed, k0, depth, n0 + b0, std::min(kBlock, width - b0),
+        for (int64_t b0 = 0; b0 < width; b0 += block)
+          pack_slice(B, ldb, b_transposed, k0, depth, n0 + b0, std::min(block, width - b0),
                      slice.get() + b0 * depth);
         for (int64_t tile = t; tile < tile_end; ++tile) {
           const int64_t m0 = (tile % tiles_m) * kTileM, rows = std::min(kTileM, M - m0);
-          for (int64_t b0 = 0; b0 < width; b0 += kBlock) {
-            const int64_t w = std::min(kBlock, width - b0);
+          for (int64_t b0 = 0; b0 < width; b0 += block) {
+            const int64_t w = std::min(block, width - b0);
             micro_gemm(rows, w, depth, A + m0 * lda + k0, lda, slice.get() + b0 * depth, w,
                        C + m0 * ldc + n0 + b0, ldc, accumulate || k0 > 0);
           }

@@ -22,19 +22,23 @@ bool have_brgemm();
 // Call once per thread that ran a GEMM here, when it is done.
 void release_gemm_thread();
 
-// A K x N right-hand operand stored as column blocks of kBlock columns, each
+// The column-block width of the right-hand operands, for this CPU. AVX2: 32
+// columns, a block of up to 256 rows (K) in a core's 32 KB L1; measured on
+// an AVX2-only AMD EPYC against 64 (1.2-1.6x the micro-kernel's GFLOP/s at
+// K = 256-512, and faster end to end) and 24 (faster per call from 4 rows up
+// but not end to end). AVX-512: 64, the width its speed figures were
+// measured with.
+int64_t block_width();
+
+// A K x N right-hand operand stored as column blocks of `block` columns, each
 // (K x width) row-major and contiguous; the last block may be narrower.
-//
-// 32 columns: a block of up to 256 rows (K) fits a core's 32 KB L1. Measured
-// with the brgemm kernel on one AVX2 core (AMD EPYC): 1.2-1.6x the GFLOP/s of
-// 64-column blocks at K = 256-512 and M = 4-128; about even at K <= 128.
 template <typename T>
 class BlockedPanel {
  public:
-  static constexpr int64_t kBlock = 32;
   static int64_t elements(int64_t K, int64_t N) { return K * N; }
 
-  BlockedPanel(T* storage, int64_t K, int64_t N) : data_(storage), K_(K), N_(N) {}
+  BlockedPanel(T* storage, int64_t K, int64_t N, int64_t block)
+      : data_(storage), K_(K), N_(N), block_(block) {}
 
   // Column n of the panel from `src`, whose element k is src[k * src_stride].
   void set_column(int64_t n, const T* src, int64_t src_stride);
@@ -49,11 +53,11 @@ class BlockedPanel {
   int64_t cols() const { return N_; }
 
  private:
-  int64_t width(int64_t block) const;
-  T* block(int64_t b) const { return data_ + b * kBlock * K_; }
+  int64_t width(int64_t b) const;
+  T* block(int64_t b) const { return data_ + b * block_ * K_; }
 
   T* data_;
-  int64_t K_, N_;
+  int64_t K_, N_, block_;
 };
 
 // C (M x N, ldc) = A (M x K, lda) @ B (+ C when accumulate), fp32. B is K x N
