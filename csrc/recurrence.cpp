@@ -300,6 +300,8 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
   return joined(previous_state_blocks(seq, init, lengths, reverse), 0);
 }
 
+namespace {
+
 // a^T @ b for a (T, B, M) and each b (T, B, N_i) of `bs`, over the many rows
 // (steps x batch): the weight gradients, which may share a (LSTM's W_ih and
 // W_hh). a comes as blocks of its columns, each (T, B, M_j) with unit column
@@ -307,51 +309,59 @@ Tensor previous_states(const Tensor& seq, const Tensor& init,
 // packed once, only the narrower b's are transposed, straight from their
 // step blocks. The products are then transposed views into its result:
 // owned() copies them out, which a caller does once it has freed what it
-// can (a), so that the copies and a are never live at once. A small GEMM
-// runs on ATen, whose GEMM reads the transposed a in place: there the
-// transposed copies would add more to the peak memory than cpu::gemm saves
-// in time.
+// can (a), so that the copies and a are never live at once. `width` is the
+// b's total width, `a_width` a's.
+std::vector<Tensor> cpu_gemm_tn_over_steps(const std::vector<Tensor>& a,
+                                           const std::vector<StepBlocks>& bs, int64_t rows,
+                                           int64_t width, int64_t a_width) {
+  Tensor stacked = at::empty({width, rows}, a.front().options());
+  int64_t offset = 0;
+  for (const StepBlocks& b : bs) {
+    const int64_t n = b.front().size(2);
+    int64_t row = 0;
+    for (const Tensor& block : b) {
+      const Tensor block_rows = rows_of(block);
+      stacked.narrow(0, offset, n).narrow(1, row, block_rows.size(0)).copy_(block_rows.t());
+      row += block_rows.size(0);
+    }
+    offset += n;
+  }
+  Tensor product = at::empty({width, a_width}, stacked.options());
+  int64_t column = 0;
+  for (const Tensor& block : a) {
+    const Tensor block_rows = rows_of(block);
+    TORCH_INTERNAL_ASSERT(block_rows.stride(1) == 1);
+    if constexpr (kCpuKernels)
+      cpu::gemm(width, block_rows.size(1), rows, stacked.data_ptr<float>(), rows,
+                block_rows.data_ptr<float>(), block_rows.stride(0), /*b_transposed=*/false,
+                product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
+    column += block_rows.size(1);
+  }
+  std::vector<Tensor> products;
+  offset = 0;
+  for (const StepBlocks& b : bs) {
+    const int64_t n = b.front().size(2);
+    products.push_back(product.narrow(0, offset, n).t());
+    offset += n;
+  }
+  return products;
+}
+
+}  // namespace
+
+// A small GEMM runs on ATen, whose GEMM reads the transposed a in place:
+// there cpu::gemm's transposed copies would add more to the peak memory than
+// it saves in time. One product per block of a (no joined copy of a), then
+// stacked: weight-sized.
 std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
                                        const std::vector<StepBlocks>& bs) {
-  std::vector<Tensor> products;
   const int64_t rows = a.front().size(0) * a.front().size(1);
   int64_t width = 0, a_width = 0;
   for (const StepBlocks& b : bs) width += b.front().size(2);
   for (const Tensor& block : a) a_width += block.size(2);
-  if constexpr (kCpuKernels) {
-    if (use_cpu_gemm(rows_of(a.front())) && rows * width * a_width >= kMinTnGemmFmas) {
-      Tensor stacked = at::empty({width, rows}, a.front().options());
-      int64_t offset = 0;
-      for (const StepBlocks& b : bs) {
-        const int64_t n = b.front().size(2);
-        int64_t row = 0;
-        for (const Tensor& block : b) {
-          const Tensor block_rows = rows_of(block);
-          stacked.narrow(0, offset, n).narrow(1, row, block_rows.size(0)).copy_(block_rows.t());
-          row += block_rows.size(0);
-        }
-        offset += n;
-      }
-      Tensor product = at::empty({width, a_width}, stacked.options());
-      int64_t column = 0;
-      for (const Tensor& block : a) {
-        const Tensor block_rows = rows_of(block);
-        TORCH_INTERNAL_ASSERT(block_rows.stride(1) == 1);
-        cpu::gemm(width, block_rows.size(1), rows, stacked.data_ptr<float>(), rows,
-                  block_rows.data_ptr<float>(), block_rows.stride(0), /*b_transposed=*/false,
-                  product.data_ptr<float>() + column, a_width, /*accumulate=*/false);
-        column += block_rows.size(1);
-      }
-      offset = 0;
-      for (const StepBlocks& b : bs) {
-        const int64_t n = b.front().size(2);
-        products.push_back(product.narrow(0, offset, n).t());
-        offset += n;
-      }
-      return products;
-    }
-  }
-  // One product per block of a (no joined copy of a), stacked: weight-sized.
+  if (use_cpu_gemm(rows_of(a.front())) && rows * width * a_width >= kMinTnGemmFmas)
+    return cpu_gemm_tn_over_steps(a, bs, rows, width, a_width);
+  std::vector<Tensor> products;
   for (const StepBlocks& b : bs) {
     const Tensor b_rows = rows_of(joined(b, 0));
     std::vector<Tensor> parts;
