@@ -30,15 +30,16 @@ void release_gemm_thread();
 // measured with.
 int64_t block_width();
 
-// A K x N right-hand operand stored as column blocks of `block` columns, each
-// (K x width) row-major and contiguous; the last block may be narrower.
+// A K x N right-hand operand stored as column blocks of block_width()
+// columns, each (K x width) row-major and contiguous; the last block may be
+// narrower.
 template <typename T>
 class BlockedPanel {
  public:
   static int64_t elements(int64_t K, int64_t N) { return K * N; }
 
-  BlockedPanel(T* storage, int64_t K, int64_t N, int64_t block)
-      : data_(storage), K_(K), N_(N), block_(block) {}
+  BlockedPanel(T* storage, int64_t K, int64_t N)
+      : data_(storage), K_(K), N_(N), block_(block_width()) {}
 
   // Column n of the panel from `src`, whose element k is src[k * src_stride].
   void set_column(int64_t n, const T* src, int64_t src_stride);

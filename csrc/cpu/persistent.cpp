@@ -147,9 +147,8 @@ class ChunkedProjection {
  public:
   ChunkedProjection(const InputProjection<T>& in, T* panel_storage, int64_t steps, int64_t B,
                     int64_t H, int G, int64_t j0, int64_t U, bool reverse)
-      : in_(in), panel_(panel_storage, in.input_size, G * U, block_width()), B_(B),
-        steps_(steps), chunk_(std::max<int64_t>(1, kChunkRows / std::max<int64_t>(B, 1))),
-        width_(G * U),
+      : in_(in), panel_(panel_storage, in.input_size, G * U), B_(B), steps_(steps),
+        chunk_(std::max<int64_t>(1, kChunkRows / std::max<int64_t>(B, 1))), width_(G * U),
         reverse_(reverse), bias_(buffer<T>(G * U)), rows_(buffer<T>(chunk_ * B * G * U)) {
     for (int g = 0; g < G; ++g)
       for (int64_t u = 0; u < U; ++u) {
@@ -209,7 +208,7 @@ void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
     const UnitSlice slice = slice_of(H, team, tid);
     const int64_t j0 = slice.begin, U = slice.units;
     // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: this thread's rows of W_hh^T.
-    BlockedPanel<T> panel(panels + H * G * j0, H, G * U, block_width());
+    BlockedPanel<T> panel(panels + H * G * j0, H, G * U);
     for (int g = 0; g < G; ++g)
       for (int64_t u = 0; u < U; ++u) panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
     ChunkedProjection<T> projection(in, input_panels + in.input_size * G * j0, steps, B, H,
@@ -260,8 +259,7 @@ void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, con
     int64_t k0 = 0;
     for (const ColumnBlock<T>& block : d_rec) {
       BlockedPanel<T>& panel =
-          block_panels.emplace_back(panels.get() + G * H * j0 + k0 * U, block.width, U,
-                                    block_width());
+          block_panels.emplace_back(panels.get() + G * H * j0 + k0 * U, block.width, U);
       for (int64_t k = 0; k < block.width; ++k) panel.set_row(k, w_hh + (k0 + k) * H + j0);
       k0 += block.width;
     }
