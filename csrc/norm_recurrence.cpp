@@ -43,12 +43,6 @@ NormSizes check_norm_layer(const OpArgs& args, const Tensor& xproj, const Tensor
 // Sum over steps and batch of a (T, B, W) tensor: a norm's gain or bias gradient.
 Tensor sum_over_rows(const Tensor& t) { return t.sum(at::IntArrayRef{0, 1}); }
 
-// The weight gradient d_hh^T @ h_prev (as the recurrent product took it).
-Tensor recurrent_weight_grad(const Tensor& d_hh, const StepBlocks& h_prev,
-                             const Toolkit& toolkit) {
-  return owned(gemm_tn_over_steps({d_hh}, {recurrent_operands(h_prev, toolkit)})).front();
-}
-
 }  // namespace
 
 // ============================================================== LSTM
@@ -214,7 +208,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
   });
 
   const Tensor grad_w_hh = recurrent_weight_grad(
-      d_hh, previous_state_blocks(to_compute(output, compute_type), h0_c, lengths, reverse),
+      {d_hh}, previous_state_blocks(to_compute(output, compute_type), h0_c, lengths, reverse),
       toolkit);
   return {d_gates.to(out_type),
           grad_w_hh.to(out_type),
@@ -353,7 +347,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_norm_backward(
     }
   });
 
-  const Tensor grad_w_hh = recurrent_weight_grad(d_hh, {h_prev}, toolkit);
+  const Tensor grad_w_hh = recurrent_weight_grad({d_hh}, {h_prev}, toolkit);
   // hh = LN_hh(.) + b_hh: b_hh and the norm's bias get the same gradient.
   const Tensor grad_bias = sum_over_rows(d_hh_out);
   return {d_xproj.to(out_type),

@@ -380,7 +380,6 @@ std::vector<Tensor> owned(std::vector<Tensor> products) {
   return products;
 }
 
-
 Toolkit check_toolkit(const OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
                       const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
                       const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip) {
@@ -404,6 +403,11 @@ StepBlocks recurrent_operands(StepBlocks h_prev, const Toolkit& toolkit) {
   if (toolkit.rec_mask)
     for (Tensor& block : h_prev) block = block * *toolkit.rec_mask;
   return h_prev;
+}
+
+Tensor recurrent_weight_grad(const std::vector<Tensor>& d_hh, const StepBlocks& h_prev,
+                             const Toolkit& toolkit) {
+  return owned(gemm_tn_over_steps(d_hh, {recurrent_operands(h_prev, toolkit)})).front();
 }
 
 // ============================================================== LSTM
@@ -828,10 +832,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
   Tensor d_hh_half = half ? at::empty({steps, batch, 3 * hidden}, input.options()) : Tensor();
   const Tensor w_hh_half = half ? w_hh.contiguous() : Tensor();
 
+  // h0 and the output in the compute type: the loops' inputs and W_hh's GEMM operand.
+  const Tensor h0_c = to_compute(h0, compute_type);
+  Tensor output_c = to_compute(output, compute_type);
   AT_DISPATCH_FLOATING_TYPES(compute_type, "fusedrnn::gru_backward", [&] {
     const int64_t* lens = data_or_null<int64_t>(lengths);
-    const Tensor h0_c = to_compute(h0, compute_type);
-    const Tensor output_c = to_compute(output, compute_type);
     // The persistent paths store only d_hh's n part (T, B, H): its r and z parts
     // are d_xproj's. The step loops need all of it (T, B, 3H).
     bool cpu_loop = false;
@@ -920,14 +925,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
     const StepBlocks h_prev = previous_state_blocks(output, h0, lengths, reverse);
     grad_w_hh = mm_f32(rows_of(d_hh_half).t(), rows_of(joined(h_prev, 0)));  // exact: h was 16-bit
   } else {
-    const StepBlocks h_prev =
-        previous_state_blocks(output.to(compute_type), h0.to(compute_type), lengths, reverse);
     const std::vector<Tensor> d_hh_columns =
         d_hh.size(2) == 3 * hidden ? std::vector{d_hh}
                                    : std::vector{d_xproj.narrow(2, 0, 2 * hidden), d_hh};
-    grad_w_hh =
-        owned(gemm_tn_over_steps(d_hh_columns, {recurrent_operands(h_prev, toolkit)})).front();
+    grad_w_hh = recurrent_weight_grad(
+        d_hh_columns, previous_state_blocks(output_c, h0_c, lengths, reverse), toolkit);
   }
+  output_c.reset();
   const Tensor grad_b_hh_n = rows_of(d_hh.narrow(2, d_hh.size(2) - hidden, hidden)).sum(0);
   d_hh.reset();
   d_hh_half.reset();

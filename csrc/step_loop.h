@@ -144,4 +144,9 @@ Toolkit check_toolkit(const checks::OpArgs& args, const ToolkitShape& s, at::Sca
 // dropout mask, the same at every step.
 StepBlocks recurrent_operands(StepBlocks h_prev, const Toolkit& toolkit);
 
+// W_hh's gradient d_hh^T @ h_prev, h_prev as the recurrent product took it;
+// d_hh (T, B, G*H) as blocks of its columns (gemm_tn_over_steps' a).
+Tensor recurrent_weight_grad(const std::vector<Tensor>& d_hh, const StepBlocks& h_prev,
+                             const Toolkit& toolkit);
+
 }  // namespace fusedrnn
