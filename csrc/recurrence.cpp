@@ -116,6 +116,12 @@ Tensor gemm_over_steps(const Tensor& a, const Tensor& b, const std::optional<Ten
                 b_transposed, out.data_ptr<float>(), N, /*accumulate=*/bias.has_value());
       return out;
     }
+    // A few rows (a streaming step) times w_ih^T, w_ih as stored: the input projection.
+    if (a.size(0) <= cpu::kMaxFewRows && b.t().is_contiguous()) {
+      Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+      StepProduct(b.t(), 1, a.size(0))(out, a.contiguous(), bias);
+      return out;
+    }
   }
   return bias ? at::addmm(*bias, a, b) : at::mm(a, b);
 }
@@ -478,8 +484,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     Tensor h_raw = s.projected ? at::empty({batch, hidden}, opts) : Tensor();
     Tensor h_proj = s.projected ? at::empty({batch, h_size}, opts) : Tensor();
     const auto kernels = kernels_for<scalar_t>(xproj);
-    const Tensor w_hh_t = per_step_operand(half ? w_hh : w_hh_c, s.steps);
-    const Tensor w_hr_t = s.projected ? per_step_operand(*w_hr_c, s.steps) : Tensor();
+    const StepProduct recurrent_product(half ? w_hh : w_hh_c, s.steps, batch);
+    std::optional<StepProduct> projection;
+    if (s.projected) projection.emplace(*w_hr_c, s.steps, batch);
     // Recurrent dropout: the product takes h * mask, which the step kernels keep
     // up to date in h_masked next to h_state.
     Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
@@ -489,9 +496,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
       if (half)
-        mm_f32_out(hh, h_half, w_hh_t);
+        mm_f32_out(hh, h_half, recurrent_product.transposed());
       else
-        at::mm_out(hh, operand, w_hh_t);
+        recurrent_product(hh, operand);
       scalar_t* out_t = at_step<scalar_t>(output, t);
       kernels.lstm_forward({.batch = batch, .hidden = hidden,
                             .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
@@ -508,7 +515,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
                             .h_half = half ? half_bits(h_half) : nullptr,
                             .half_type = half_type_of(out_type)});
       if (s.projected) {
-        at::mm_out(h_proj, h_raw, w_hr_t);
+        (*projection)(h_proj, h_raw);
         kernels.projected_commit({.batch = batch, .h_size = h_size,
                                   .h_new = h_proj.data_ptr<scalar_t>(), .out = out_t,
                                   .h_state = h_state.data_ptr<scalar_t>(), .lengths = lens,
@@ -763,19 +770,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward(
     // The 16-bit copy of h the next step's GEMM reads (its first value is h0 itself).
     Tensor h_half = half ? h0.clone(at::MemoryFormat::Contiguous) : Tensor();
     const auto kernels = kernels_for<scalar_t>(xproj);
-    const Tensor w_hh_t = per_step_operand(half ? w_hh : w_hh_c, s.steps);
+    const StepProduct recurrent_product(half ? w_hh : w_hh_c, s.steps, batch);
     // Recurrent dropout: as in lstm_forward.
     Tensor h_masked = toolkit.rec_mask ? h_state * *toolkit.rec_mask : Tensor();
     const Tensor& operand = toolkit.rec_mask ? h_masked : h_state;
     for (int64_t step = 0; step < s.steps; ++step) {
       const int64_t t = step_time(step, s.steps, reverse);
-      if (half) {
-        mm_f32_out(hh, h_half, w_hh_t);  // b_hh is added by the kernel
-      } else if (b_hh_c) {
-        at::addmm_out(hh, *b_hh_c, operand, w_hh_t);
-      } else {
-        at::mm_out(hh, operand, w_hh_t);
-      }
+      if (half)
+        mm_f32_out(hh, h_half, recurrent_product.transposed());  // b_hh is added by the kernel
+      else
+        recurrent_product(hh, operand, b_hh_c);
       kernels.gru_forward({.batch = batch, .hidden = hidden,
                            .xproj = at_step<scalar_t>(xproj, t), .hh = hh.data_ptr<scalar_t>(),
                            .h_state = h_state.data_ptr<scalar_t>(),

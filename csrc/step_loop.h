@@ -4,11 +4,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <optional>
 #include <vector>
 
+#include "cpu/gemm.h"
 #include "fusedrnn/step_kernels.h"
 #include "op_checks.h"
 
@@ -89,6 +91,53 @@ inline std::optional<Tensor> to_compute(const std::optional<Tensor>& t,
 inline Tensor per_step_operand(const Tensor& w, int64_t steps) {
   return steps > 2 ? w.t().contiguous() : w.t();
 }
+
+// The per-step product of a step loop, out = a @ W^T (+ bias), with W as
+// torch stores it (N x K). A few fp32/fp64 rows on the CPU kernels (a
+// streaming call) run cpu::weight_product on W itself, the rest ATen's GEMM
+// on per_step_operand(W).
+class StepProduct {
+ public:
+  StepProduct(const Tensor& w, int64_t steps, int64_t rows)
+      : w_(w), few_rows_(few_rows(w, rows)) {
+    if (!few_rows_) w_t_ = per_step_operand(w, steps);
+  }
+
+  // out = a @ W^T (+ bias on every row); a and out row-major.
+  void operator()(Tensor& out, const Tensor& a,
+                  const std::optional<Tensor>& bias = std::nullopt) const {
+    if constexpr (kCpuKernels) {
+      if (few_rows_) {
+        TORCH_INTERNAL_ASSERT(a.stride(1) == 1 && out.stride(1) == 1);
+        AT_DISPATCH_FLOATING_TYPES(w_.scalar_type(), "fusedrnn::StepProduct", [&] {
+          cpu::weight_product<scalar_t>(
+              {.rows = a.size(0), .N = w_.size(0), .K = w_.size(1), .a = a.data_ptr<scalar_t>(),
+               .lda = a.stride(0), .w = w_.data_ptr<scalar_t>(),
+               .bias = bias ? bias->data_ptr<scalar_t>() : nullptr,
+               .out = out.data_ptr<scalar_t>(), .ldo = out.stride(0)});
+        });
+        return;
+      }
+    }
+    if (bias)
+      at::addmm_out(out, *bias, a, w_t_);
+    else
+      at::mm_out(out, a, w_t_);
+  }
+
+  // W^T, for a caller's own GEMM (the 16-bit one); never taken with few rows.
+  const Tensor& transposed() const { return w_t_; }
+
+ private:
+  static bool few_rows(const Tensor& w, int64_t rows) {
+    const auto type = w.scalar_type();
+    return kCpuKernels && w.is_cpu() && (type == at::kFloat || type == at::kDouble) &&
+           w.is_contiguous() && rows <= cpu::kMaxFewRows;
+  }
+
+  Tensor w_, w_t_;
+  bool few_rows_;
+};
 
 // An operand over all steps as blocks of whole steps, (steps_i, B, W) each,
 // in order: h before each step is h0 and then the output's first T - 1

@@ -51,6 +51,13 @@ class Toolkit:
     grad_clip: float | None = None
     layer_norm: bool = False
 
+    @property
+    def per_call(self) -> bool:
+        """Whether ``layer_arguments`` has anything to hand the ops (a streaming call
+        skips it otherwise)."""
+        return (self.cell_clip is not None or self.grad_clip is not None
+                or self.recurrent_dropout > 0 or any(self.zoneout))
+
     def describe(self) -> str:
         """The non-default settings, as ``extra_repr`` shows them."""
         off = Toolkit()

@@ -87,6 +87,8 @@ class _FusedRNNBase(Stepping, RNNBase):
 
     def _toolkit_arguments(self, layer_input: Tensor, state: list) -> dict:
         """The toolkit's op arguments for one layer and direction (masks drawn now)."""
+        if not self.toolkit.per_call:
+            return {}
         steps, batch = layer_input.shape[0], layer_input.shape[1]
         return features.layer_arguments(self.toolkit, self.training, steps, batch,
                                          self.hidden_size, state[0].shape[-1], layer_input,
@@ -103,7 +105,9 @@ class _FusedRNNBase(Stepping, RNNBase):
     def _layer_params(self, k: int) -> dict:
         """Parameters of layer-direction ``k`` by role: w_ih, w_hh, b_ih, b_hh, w_hr (and
         layer_norm's LayerNorms norm_ih, norm_hh, norm_c)."""
-        return {role: getattr(self, name) for role, name in self._param_roles[k]}
+        params = self._parameters  # a parametrized or replaced weight is found by getattr
+        return {role: params.get(name) if name in params else getattr(self, name)
+                for role, name in self._param_roles[k]}
 
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
@@ -180,7 +184,8 @@ class _FusedRNNBase(Stepping, RNNBase):
             layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, [torch.stack(f) for f in finals]
+        # One layer and direction: a view of its final state (as stack's copy, cheaper).
+        return layer_input, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
 
     @staticmethod
     def _repack(output: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:

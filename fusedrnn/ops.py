@@ -184,6 +184,8 @@ def autocast_dtype(x: Tensor, casts_fp32: bool) -> torch.dtype | None:
     torch.nn's own kernel is on autocast's lower-precision list (``casts_fp32``:
     the LSTM module on the CPU (oneDNN), LSTM and GRU on CUDA (cuDNN)); else
     None, no cast. The ops themselves never autocast inside."""
+    if not torch._C._is_any_autocast_enabled():  # the common case, in one cheap call
+        return None
     device = x.device.type
     if not torch.is_autocast_enabled(device):
         return None
@@ -266,13 +268,11 @@ def _norm_layer(op, xproj: Tensor, weights: tuple, states: tuple, lengths, rever
 
 
 def _call(op, save: bool, *args):
-    """``op(*args)``; when autograd will not need the backward, straight to the
-    kernel, past the autograd layer (about 9 us of Python per call, a quarter
-    of a streaming step). Under torch.compile the op is traced as it is."""
-    if save or torch.compiler.is_compiling():
-        return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
+    """``op(*args)``, with its backward recorded when autograd will need it; else
+    straight to the kernel, past the autograd layer (registration.py)."""
+    if save:
+        return registration.call_with_autograd(op, *args)
+    return registration.call_below_autograd(op, *args)
 
 
 def _forward_only(toolkit: dict, save: bool) -> None:

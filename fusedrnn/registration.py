@@ -1,16 +1,20 @@
 """Fake kernels and autograd for the fused ops (csrc/ops.cpp), per op namespace.
 
 ``register_fake`` gives torch.compile the output shapes; ``register_autograd``
-makes each forward op's backward another fused op. First-order gradients run
-the fused backward ops. When autograd records the backward itself
-(create_graph=True: gradient penalties, Hessian-vector products,
-gradgradcheck), the backward is computed instead by differentiating
-``reference.py``, whose graph autograd can differentiate again.
+makes each forward op's backward another fused op. The modules' eager calls
+take the same setup_context and backward on a lighter autograd.Function
+(``call_with_autograd``); torch.compile, tracing and torch.func go through
+the registered autograd. First-order gradients run the fused backward ops.
+When autograd records the backward itself (create_graph=True: gradient
+penalties, Hessian-vector products, gradgradcheck), the backward is computed
+instead by differentiating ``reference.py``, whose graph autograd can
+differentiate again.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,10 +38,10 @@ def register(namespace: str) -> None:
                                  _lstm_norm_setup_context),
                                 ("gru_norm_forward", _gru_norm_backward,
                                  _gru_norm_setup_context)):
-        torch.library.register_autograd(
-            f"{namespace}::{op}",
-            functools.partial(lambda backward, ctx, *grads: backward(ops, ctx, *grads), backward),
-            setup_context=setup)
+        backward_of_ops = functools.partial(backward, ops)
+        torch.library.register_autograd(f"{namespace}::{op}", backward_of_ops,
+                                        setup_context=setup)
+        _EAGER_AUTOGRAD[getattr(ops, op)] = _Autograd(getattr(ops, op), setup, backward_of_ops)
     # Called directly and differentiated, the backward ops raise, never a silent zero.
     for op in ("lstm_backward", "gru_backward", "lstm_norm_backward", "gru_norm_backward"):
         torch.library.register_autograd(f"{namespace}::{op}", _backward_op_has_no_backward,
@@ -141,6 +145,59 @@ def _gru_norm_backward_fake(grad_output, grad_h_n, w_hh, hh_weight, h0, output, 
 # ----------------------------------------------------------- autograd
 
 
+class _Autograd(NamedTuple):
+    """A forward op with its autograd: what register_autograd is given."""
+
+    op: object
+    setup_context: Callable
+    backward: Callable
+
+
+# Filled by register(): each forward op's _Autograd, by op (torch.ops.<namespace>.<name>).
+_EAGER_AUTOGRAD: dict = {}
+
+
+class _EagerAutograd(torch.autograd.Function):
+    """A forward op called eagerly, with the setup_context and backward of its
+    register_autograd on a plain autograd.Function. register_autograd's own
+    Function binds the arguments to the op's signature on every call: about
+    75 us of Python, three times a streaming step's op. The _Autograd comes
+    last, so that ``ctx.needs_input_grad`` indexes the op's inputs."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        *inputs, autograd = args
+        output = call_below_autograd(autograd.op, *inputs)
+        autograd.setup_context(ctx, inputs, output)
+        ctx.backward_of_op = autograd.backward
+        return output
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return ctx.backward_of_op(ctx, *grads) + (None,)
+
+
+def call_with_autograd(op, *args):
+    """``op(*args)``, recording its backward. Eagerly on :class:`_EagerAutograd`;
+    under torch.compile, torch.jit tracing or a torch.func transform through the
+    op's own autograd (register_autograd), which they understand."""
+    autograd = _EAGER_AUTOGRAD.get(op)
+    if (autograd is None or torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch._C._are_functorch_transforms_active()):
+        return op(*args)
+    return _EagerAutograd.apply(*args, autograd)
+
+
+def call_below_autograd(op, *args):
+    """``op(*args)`` past the op's autograd kernel (register_autograd's, in Python:
+    several microseconds a call), for a call autograd records nothing of. Under
+    torch.compile the op is traced as it is."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _zeros_if_none(grad: Tensor | None, like: Tensor) -> Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
@@ -224,8 +281,8 @@ def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_ce
                                         (grad_out, grad_h_n, grad_c_n)) + ctx.unused
     _check_saved(gates, out)
     grad_x, grad_w_ih, grad_bias, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = (
-        ops.lstm_backward(
-            _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
+        call_below_autograd(
+            ops.lstm_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
             _zeros_if_none(grad_c_n, c0), x, w_ih, w_hh, w_hr, h0, c0, out, gates, cells, lengths,
             ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
             *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit)))
@@ -256,9 +313,9 @@ def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
                                         ctx.needs_input_grad[:6], (lengths, ctx.reverse),
                                         (grad_out, grad_h_n)) + ctx.unused
     _check_saved(gates, out)
-    grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = ops.gru_backward(
-        _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih, w_hh, h0, out,
-        gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
+    grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = call_below_autograd(
+        ops.gru_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih,
+        w_hh, h0, out, gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
         *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
     return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
             grad_b_ih if b_ih is not None else None, grad_w_hh,
@@ -292,10 +349,10 @@ def _lstm_norm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, *_grad_saved):
                                         (lengths, ctx.reverse),
                                         (grad_out, grad_h_n, grad_c_n)) + ctx.unused
     _check_saved(saved[0], out)
-    grads = ops.lstm_norm_backward(
-        _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), _zeros_if_none(grad_c_n, c0),
-        w_hh, hh_w, c_w, c_b, h0, c0, out, *saved, lengths, ctx.reverse,
-        *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit))
+    grads = call_below_autograd(
+        ops.lstm_norm_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
+        _zeros_if_none(grad_c_n, c0), w_hh, hh_w, c_w, c_b, h0, c0, out, *saved, lengths,
+        ctx.reverse, *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit))
     return tuple(grads) + ctx.unused
 
 
@@ -320,9 +377,10 @@ def _gru_norm_backward(ops, ctx, grad_out, grad_h_n, *_grad_saved):
         return _differentiable_backward(layer, ctx.saved_tensors[:6], ctx.needs_input_grad[:6],
                                         (lengths, ctx.reverse), (grad_out, grad_h_n)) + ctx.unused
     _check_saved(saved[0], out)
-    grad_x, grad_w_hh, grad_b_hh, grad_hh_w, grad_hh_b, grad_h0 = ops.gru_norm_backward(
-        _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), w_hh, hh_w, h0, out, *saved,
-        lengths, ctx.reverse, *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
+    grad_x, grad_w_hh, grad_b_hh, grad_hh_w, grad_hh_b, grad_h0 = call_below_autograd(
+        ops.gru_norm_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), w_hh,
+        hh_w, h0, out, *saved, lengths, ctx.reverse,
+        *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
     return (grad_x, grad_w_hh, grad_b_hh if b_hh is not None else None, grad_hh_w,
             grad_hh_b, grad_h0) + ctx.unused
 

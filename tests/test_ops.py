@@ -357,6 +357,41 @@ def test_all_step_gemms_match_reference_at_tile_edges(cell, cpu_path):
     assert_close_all(fused_grads, grads_of(expected, inputs), TOL[torch.float32])
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm_projected", "gru"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,B", [(1, 1), (1, 3), (1, 8), (1, 9), (3, 3)])
+def test_few_row_products_match_reference(cell, T, B, dtype):
+    """cpu::weight_product (cpu/gemm.h), a streaming step's products at up to 8 rows:
+    x @ W_ih^T, h @ W_hh^T and h @ W_hr^T; B = 9 takes ATen's GEMM. On the step loop
+    (persistent off), two threads. I = 300, H = 75, P = 29: dot products with a
+    partial SIMD chunk, groups of four rows of W with a tail (3H = 225, P = 29), and
+    enough work in x @ W_ih^T at B = 1 for both threads."""
+    I, H = 300, 75
+    r = _random(dtype, seed=0)
+    if cell == "gru":
+        inputs = (r(T, B, I), r(3 * H, I, scale=I ** -0.5), r(3 * H),
+                  r(3 * H, H, scale=H ** -0.5), r(3 * H), r(B, H))
+        layer, expected_layer = ops.gru_layer, reference.gru_layer
+    else:
+        P = 29 if cell == "lstm_projected" else 0
+        inputs = (r(T, B, I), r(4 * H, I, scale=I ** -0.5), r(4 * H),
+                  r(4 * H, P or H, scale=(P or H) ** -0.5),
+                  r(P, H, scale=H ** -0.5) if P else None, r(B, P or H), r(B, H))
+        layer, expected_layer = ops.lstm_layer, reference.lstm_layer
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ops.set_persistent("off")
+    try:
+        fused = layer(*inputs)
+        fused_grads = grads_of(fused, inputs)
+    finally:
+        torch.set_num_threads(saved)
+        ops.set_persistent("auto")
+    expected = expected_layer(*inputs)
+    assert_close_all(fused, expected, TOL[dtype])
+    assert_close_all(fused_grads, grads_of(expected, inputs), TOL[dtype])
+
+
 def test_persistent_cpu_loop_splits_the_units_over_threads():
     """The cases above with T = 12, B = 4, H = 72 run on two threads when two are there."""
     saved = torch.get_num_threads()

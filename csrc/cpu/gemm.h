@@ -69,4 +69,27 @@ class BlockedPanel {
 void gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
           int64_t ldb, bool b_transposed, float* C, int64_t ldc, bool accumulate);
 
+// out[m, n] = bias[n] + sum_k a[m, k] w[n, k]: a few rows (a streaming step)
+// times a weight matrix as torch stores it (N x K, row-major), one dot
+// product per output. For these sizes ATen's GEMM is a GEMV in MKL, whose
+// small-matrix path runs generic code on AMD CPUs, behind a dispatcher call.
+template <typename T>
+struct WeightProduct {
+  int64_t rows, N, K;
+  const T* a;  // (rows, K), row stride lda
+  int64_t lda;
+  const T* w;     // (N, K) contiguous
+  const T* bias;  // (N), or nullptr
+  T* out;         // (rows, N), row stride ldo
+  int64_t ldo;
+};
+
+// Up to this many rows (a streaming step's batch) weight_product beats
+// ATen's GEMM on an AVX2 AMD EPYC.
+constexpr int64_t kMaxFewRows = 8;
+
+// Runs p on the kernels of this CPU (row_kernels.h), spread over threads.
+template <typename T>
+void weight_product(const WeightProduct<T>& p);
+
 }  // namespace fusedrnn::cpu

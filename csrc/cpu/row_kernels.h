@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cpu/gemm.h"
 #include "cpu/persistent.h"
 #include "fusedrnn/params.h"
 
@@ -21,6 +22,8 @@ struct RowKernels {
   void (*gru_forward)(const GruForwardStep<T>&, int64_t row);
   void (*gru_backward)(const GruBackwardStep<T>&, int64_t row);
   void (*grad_h_combine)(const GradHCombine<T>&, int64_t row);
+  // A group of four rows of w of a few-row product (gemm.h).
+  void (*weight_product)(const WeightProduct<T>&, int64_t group);
   // One row of a persistent thread's units (cpu/persistent.h).
   void (*lstm_forward_slice)(const LstmForwardSlice<T>&);
   void (*lstm_backward_slice)(const LstmBackwardSlice<T>&);

@@ -86,6 +86,20 @@ const RowKernels<T>& best_row_kernels() {
 template const RowKernels<float>& best_row_kernels<float>();
 template const RowKernels<double>& best_row_kernels<double>();
 
+// A few-row product (gemm.h) in groups of four rows of w, spread over the
+// threads from about 64K multiply-adds each.
+template <typename T>
+void weight_product(const WeightProduct<T>& p) {
+  const int64_t groups = (p.N + 3) / 4, group_fmas = 4 * p.rows * p.K;
+  const int64_t grain = std::max<int64_t>(1, 64 * 1024 / std::max<int64_t>(1, group_fmas));
+  at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g) rows<T>().weight_product(p, g);
+  });
+}
+
+template void weight_product<float>(const WeightProduct<float>&);
+template void weight_product<double>(const WeightProduct<double>&);
+
 template <typename T>
 StepKernels<T> step_kernels() {
   return {.lstm_forward = &lstm_forward<T>,
