@@ -71,8 +71,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_
 
   const auto compute_type = compute_dtype_for(out_type);
   const Tensor xproj = to_compute(xproj_in, compute_type);
-  // ATen's product, the reference's: a norm divides by its row's sigma, which
-  // amplifies any other rounding (StepProduct's own kernel).
+  // ATen's product, rounded as the reference's: a norm divides by its row's
+  // sigma, which amplifies a product rounded otherwise (StepProduct's kernel)
+  // past the tests' bound of twice the reference's own error.
   const Tensor w_hh_t = per_step_operand(to_compute(w_hh, compute_type), steps);
   const Tensor hh_w = to_compute(hh_weight, compute_type), hh_b = to_compute(hh_bias, compute_type);
   const Tensor c_w = to_compute(c_weight, compute_type), c_b = to_compute(c_bias, compute_type);
@@ -246,8 +247,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> gru_norm_forward(
 
   const auto compute_type = compute_dtype_for(out_type);
   const Tensor xproj = to_compute(xproj_in, compute_type);
-  // ATen's product, the reference's: a norm divides by its row's sigma, which
-  // amplifies any other rounding (StepProduct's own kernel).
+  // ATen's product, rounded as the reference's: a norm divides by its row's
+  // sigma, which amplifies a product rounded otherwise (StepProduct's kernel)
+  // past the tests' bound of twice the reference's own error.
   const Tensor w_hh_t = per_step_operand(to_compute(w_hh, compute_type), steps);
   const auto b_hh_c = to_compute(b_hh, compute_type);
   const Tensor hh_w = to_compute(hh_weight, compute_type), hh_b = to_compute(hh_bias, compute_type);

@@ -84,8 +84,9 @@ struct WeightProduct {
   int64_t ldo;
 };
 
-// Up to this many rows (a streaming step's batch) weight_product beats
-// ATen's GEMM on an AVX2 AMD EPYC.
+// The step loops take weight_product up to this many rows (a streaming
+// step's batch). On the 2-core AVX2 AMD EPYC a GRU step (H = I = 128) ran in
+// 21 us at 1 row and 35 us at 8 rows on it, 62 us at 9 rows on ATen's GEMM.
 constexpr int64_t kMaxFewRows = 8;
 
 // Runs p on the kernels of this CPU (row_kernels.h), spread over threads.
