@@ -223,3 +223,26 @@ def test_isinstance_of_torch_classes(kind):
     base = torch.nn.modules.rnn.RNNCellBase if kind.endswith("Cell") else torch.nn.RNNBase
     assert isinstance(module, base)
     assert isinstance(module, getattr(torch.nn, kind)) == kind.endswith("Cell")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_vmap_of_forward_matches_torch_nn_per_element(kind):
+    """README, Limits: torch.func.vmap of a forward runs on torch's per-element fallback
+    (torch.nn's own modules refuse vmap) and matches torch.nn on each element."""
+    ref, fused = make_pair(kind, 3, 5, num_layers=2)
+    x = torch.randn(4, 6, 2, 3)
+    got = torch.func.vmap(lambda xi: fused(xi)[0])(x)
+    expected = torch.stack([ref(xi)[0] for xi in x])
+    torch.testing.assert_close(got, expected, atol=TOL[torch.float32], rtol=0)
+
+
+@pytest.mark.skipif(not fusedrnn.ops.HAVE_EXTENSION,
+                    reason="the reference backend is torch ops, which torch.func differentiates")
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_func_gradients_raise_not_mislead(kind):
+    """README, Limits: torch.func's gradient transforms over a module raise (the ops'
+    autograd has no torch.func form), rather than return a wrong gradient."""
+    fused = getattr(fusedrnn, kind)(3, 5)
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        torch.func.grad(lambda xi: fused(xi)[0].sum())(x)
