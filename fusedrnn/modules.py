@@ -184,7 +184,7 @@ class _FusedRNNBase(Stepping, RNNBase):
             layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        # One layer and direction: a view of its final state (as stack's copy, cheaper).
+        # One layer and direction: its final state viewed as (1, B, H), not copied by stack.
         return layer_input, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
 
     @staticmethod
