@@ -292,7 +292,9 @@ StepBlocks previous_state_blocks(const Tensor& seq, const Tensor& init,
   const int64_t steps = seq.size(0);
   if (steps == 0) return {seq};
   const Tensor first = init.unsqueeze(0);
-  if (steps == 1) return {first};  // a streaming step: no empty block to join (a copy)
+  // A streaming step: no empty block to join. Contiguous, as a join would be
+  // (the step loops read it through raw pointers).
+  if (steps == 1) return {first.contiguous()};
   const Tensor rest = seq.narrow(0, reverse ? 1 : 0, steps - 1);
   if (!reverse) return {first, rest};
   if (!lengths) return {rest, first};
