@@ -106,7 +106,7 @@ class _FusedRNNBase(Stepping, RNNBase):
         """Parameters of layer-direction ``k`` by role: w_ih, w_hh, b_ih, b_hh, w_hr (and
         layer_norm's LayerNorms norm_ih, norm_hh, norm_c)."""
         params = self._parameters  # a parametrized or replaced weight is found by getattr
-        return {role: params.get(name) if name in params else getattr(self, name)
+        return {role: params[name] if name in params else getattr(self, name)
                 for role, name in self._param_roles[k]}
 
     def forward(self, input, hx=None):

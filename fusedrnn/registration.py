@@ -41,7 +41,8 @@ def register(namespace: str) -> None:
         backward_of_ops = functools.partial(backward, ops)
         torch.library.register_autograd(f"{namespace}::{op}", backward_of_ops,
                                         setup_context=setup)
-        _EAGER_AUTOGRAD[getattr(ops, op)] = _Autograd(getattr(ops, op), setup, backward_of_ops)
+        forward_op = getattr(ops, op)
+        _EAGER_AUTOGRAD[forward_op] = _Autograd(forward_op, setup, backward_of_ops)
     # Called directly and differentiated, the backward ops raise, never a silent zero.
     for op in ("lstm_backward", "gru_backward", "lstm_norm_backward", "gru_norm_backward"):
         torch.library.register_autograd(f"{namespace}::{op}", _backward_op_has_no_backward,
