@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.modules.rnn import RNNBase
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import checks, features, ops
 from .streaming import Stepping
@@ -134,7 +134,7 @@ class _FusedRNNBase(Stepping, RNNBase):
         checks.check_packed(input)
         x, lengths = pad_packed_sequence(input)  # (T, B, I), batch in the caller's order
         output, finals = self._run_layers(x, states, lengths)
-        return self._repack(output, lengths, input), self._pack_states(finals)
+        return self._repack(output, input), self._pack_states(finals)
 
     def _checked_states(self, x: Tensor, hx, batch_sizes, unbatched: bool, steps) -> list:
         """The initial states as (L*D, N, size) tensors, after torch.nn's checks in its order:
@@ -188,12 +188,17 @@ class _FusedRNNBase(Stepping, RNNBase):
         return layer_input, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals]
 
     @staticmethod
-    def _repack(output: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    def _repack(output: Tensor, like: PackedSequence) -> PackedSequence:
         """Pack ``output`` (batch in the caller's order) exactly as ``like`` is packed."""
         if like.sorted_indices is not None:
             output = output.index_select(1, like.sorted_indices)
-            lengths = lengths.index_select(0, like.sorted_indices.cpu())
-        data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
+        # The rows (t, b) with b < batch_sizes[t], time-major: one index_select (which,
+        # unlike pack_padded_sequence, has a forward-mode derivative).
+        steps, batch = output.shape[0], output.shape[1]
+        batch_sizes = like.batch_sizes[:steps].to(output.device)
+        active = torch.arange(batch, device=output.device) < batch_sizes.unsqueeze(1)
+        rows = active.flatten().nonzero().squeeze(1)
+        data = output.reshape(steps * batch, -1).index_select(0, rows)
         return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
@@ -339,9 +344,10 @@ class _FusedCell:
                                         self.hidden_size, self.hidden_size, x,
                                         lstm=isinstance(self, torch.nn.LSTMCell))
 
-    def _prepare(self, input: Tensor, hx, lstm: bool):
+    def _prepare(self, input: Tensor, hx, lstm: bool, weight_ih: Tensor):
         """torch.nn's checks in its order; returns the input as a 1-step sequence, the
-        states, whether the input is unbatched and the dtype of the results."""
+        states, whether the input is unbatched and the dtype of the results.
+        ``weight_ih`` is the weight as the call reads it (a parametrization runs once)."""
         name = type(self).__name__
         checks.check_cell_input_rank(name, input)
         if hx is not None:
@@ -354,10 +360,10 @@ class _FusedCell:
         else:
             states = checks.cell_states(hx, batched, lstm)
         checks.check_cell_sizes(x, states, self.input_size, self.hidden_size)
-        result_dtype = checks.check_cell_dtypes(x, states, self.weight_ih, hx is not None,
+        result_dtype = checks.check_cell_dtypes(x, states, weight_ih, hx is not None,
                                                hidden_first=lstm)
         autocast = ops.autocast_dtype(x, casts_fp32=False)
-        dtype = autocast or self.weight_ih.dtype
+        dtype = autocast or weight_ih.dtype
         result_dtype = autocast or result_dtype
         x = _cast_to(dtype)(x)
         states = [_cast_to(dtype)(s) for s in states]  # c_0 of another dtype
@@ -383,10 +389,11 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
         _refuse_unknown(self, toolkit)
 
     def forward(self, input, hx=None):
-        x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, lstm=True)
+        weight_ih = self.weight_ih
+        x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, True, weight_ih)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         bias = like(self.bias_ih + self.bias_hh) if self.bias else None  # at full precision
-        _, h, c = ops.lstm_layer(x, like(self.weight_ih), bias, like(self.weight_hh), None, h0, c0,
+        _, h, c = ops.lstm_layer(x, like(weight_ih), bias, like(self.weight_hh), None, h0, c0,
                                  layer_norm=self._layer_norm(like),
                                  **self._toolkit_arguments(x))
         if result_dtype != h.dtype:
@@ -405,9 +412,10 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
         _refuse_unknown(self, toolkit)
 
     def forward(self, input, hx=None):
-        x, (h0,), unbatched, _ = self._prepare(input, hx, lstm=False)
+        weight_ih = self.weight_ih
+        x, (h0,), unbatched, _ = self._prepare(input, hx, False, weight_ih)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
-        _, h = ops.gru_layer(x, like(self.weight_ih), like(self.bias_ih), like(self.weight_hh),
+        _, h = ops.gru_layer(x, like(weight_ih), like(self.bias_ih), like(self.weight_hh),
                              like(self.bias_hh), h0,
                              layer_norm=self._layer_norm(like),
                              **self._toolkit_arguments(x))

@@ -268,9 +268,10 @@ def _norm_layer(op, xproj: Tensor, weights: tuple, states: tuple, lengths, rever
 
 
 def _call(op, save: bool, *args):
-    """``op(*args)``, with its backward recorded when autograd will need it; else
-    straight to the kernel, past the autograd layer (registration.py)."""
-    if save:
+    """``op(*args)``, with its backward recorded when autograd will need it, or through
+    autograd when a forward-mode tangent may flow (its jvp); else straight to the
+    kernel, past the autograd layer (registration.py)."""
+    if save or registration.transforms_active():
         return registration.call_with_autograd(op, *args)
     return registration.call_below_autograd(op, *args)
 
@@ -304,8 +305,11 @@ def _op_value(name: str, value):
 
 
 def _needs_backward(*tensors) -> bool:
-    """Whether autograd will call the backward: else the forward saves nothing."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    """Whether autograd may call the backward: else the forward saves nothing. Under a
+    torch.func transform it may, whatever ``requires_grad`` says of the tensors."""
+    return torch.is_grad_enabled() and (
+        any(t is not None and t.requires_grad for t in tensors)
+        or torch._C._are_functorch_transforms_active())
 
 
 def _prepare_lengths(lengths: Tensor | None, x: Tensor) -> Tensor | None:

@@ -91,16 +91,26 @@ def _active_rows(lengths: Tensor | None, t: int, like: Tensor) -> Tensor | None:
 
 
 class _ClampGrad(torch.autograd.Function):
-    """Identity forward; the gradient clamped elementwise to [-limit, limit] (grad_clip)."""
+    """Identity forward; the gradient clamped elementwise to [-limit, limit] (grad_clip).
+    Its tangent is the input's (grad_clip acts in the backward only)."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, limit):
-        ctx.limit = limit
+    def forward(x, limit):
         return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.limit = inputs[1]
 
     @staticmethod
     def backward(ctx, grad):
         return grad.clamp(-ctx.limit, ctx.limit), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, _limit_tangent):
+        return x_tangent.view_as(x_tangent)
 
 
 def _clip_grad(state: Tensor, limit: float | None) -> Tensor:

@@ -1,14 +1,15 @@
 """Fake kernels and autograd for the fused ops (csrc/ops.cpp), per op namespace.
 
 ``register_fake`` gives torch.compile the output shapes; ``register_autograd``
-makes each forward op's backward another fused op. The modules' eager calls
-take the same setup_context and backward on a lighter autograd.Function
-(``call_with_autograd``); torch.compile, tracing and torch.func go through
-the registered autograd. First-order gradients run the fused backward ops.
-When autograd records the backward itself (create_graph=True: gradient
-penalties, Hessian-vector products, gradgradcheck), the backward is computed
-instead by differentiating ``reference.py``, whose graph autograd can
-differentiate again.
+makes each forward op's backward another fused op. Eager calls and torch.func
+transforms take the same setup_context and backward on a lighter
+autograd.Function with a jvp (``call_with_autograd``); torch.compile and
+torch.jit tracing go through the registered autograd. First-order gradients
+run the fused backward ops. When the backward must itself be differentiable
+(create_graph=True: gradient penalties, Hessian-vector products,
+gradgradcheck; or a forward-mode level or torch.func transform around it) it
+is computed instead by differentiating ``reference.py``, and so are
+forward-mode tangents: its plain torch ops compose with every transform.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from . import reference
 
@@ -42,7 +44,7 @@ def register(namespace: str) -> None:
         torch.library.register_autograd(f"{namespace}::{op}", backward_of_ops,
                                         setup_context=setup)
         forward_op = getattr(ops, op)
-        _EAGER_AUTOGRAD[forward_op] = _Autograd(forward_op, setup, backward_of_ops)
+        _EAGER_AUTOGRAD[forward_op] = _Autograd(forward_op, setup, backward_of_ops, _SPECS[op])
     # Called directly and differentiated, the backward ops raise, never a silent zero.
     for op in ("lstm_backward", "gru_backward", "lstm_norm_backward", "gru_norm_backward"):
         torch.library.register_autograd(f"{namespace}::{op}", _backward_op_has_no_backward,
@@ -146,46 +148,101 @@ def _gru_norm_backward_fake(grad_output, grad_h_n, w_hh, hh_weight, h0, output, 
 # ----------------------------------------------------------- autograd
 
 
+class OpSpec(NamedTuple):
+    """The shape of a forward op's signature, as the generic autograd code reads it."""
+
+    differentiable: int  # its leading inputs, which take gradients and tangents
+    results: int  # its leading outputs, the layer's results
+    saved: int  # the outputs after them, saved for the backward (no tangents)
+    toolkit_at: int  # where its trailing toolkit arguments start
+    toolkit: tuple  # their names, in schema order (fusedrnn/features.py)
+    # Its twin in reference.py: (*differentiable, lengths, reverse, **toolkit) -> results.
+    reference: Callable
+
+
 class _Autograd(NamedTuple):
-    """A forward op with its autograd: what register_autograd is given."""
+    """A forward op with its autograd: what register_autograd is given, and its spec."""
 
     op: object
     setup_context: Callable
     backward: Callable
+    spec: OpSpec
 
 
 # Filled by register(): each forward op's _Autograd, by op (torch.ops.<namespace>.<name>).
 _EAGER_AUTOGRAD: dict = {}
 
 
-class _EagerAutograd(torch.autograd.Function):
-    """A forward op called eagerly, with the setup_context and backward of its
-    register_autograd on a plain autograd.Function. register_autograd's own
-    Function binds the arguments to the op's signature on every call: about
-    75 us of Python, three times a streaming step's op. The _Autograd comes
-    last, so that ``ctx.needs_input_grad`` indexes the op's inputs."""
+def transforms_active() -> bool:
+    """Whether a forward-mode AD level (``torch.autograd.forward_ad``) or a torch.func
+    transform is active. A call must then run through autograd even when nothing
+    requires grad, and a backward must stay differentiable: a call below autograd
+    would drop the tangents silently."""
+    return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
+class _OpFunction(torch.autograd.Function):
+    """A forward op under a torch.func transform, with the setup_context and backward
+    of its register_autograd and a jvp (:func:`_reference_jvp`): register_autograd's
+    own Function has neither a jvp nor a torch.func form. The _Autograd comes last,
+    so that ``ctx.needs_input_grad`` indexes the op's inputs. vmap runs the op per
+    element (torch's fallback for a custom op), as the generated rule does."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, *args):
+    def forward(*args):
         *inputs, autograd = args
-        output = call_below_autograd(autograd.op, *inputs)
+        return call_below_autograd(autograd.op, *inputs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *inputs, autograd = inputs
         autograd.setup_context(ctx, inputs, output)
-        ctx.backward_of_op = autograd.backward
-        return output
+        ctx.autograd = autograd
+        if transforms_active():  # the jvp's primals, kept only where a jvp can come
+            ctx.tensor_slots = [i for i, a in enumerate(inputs) if isinstance(a, Tensor)]
+            ctx.other_inputs = [None if isinstance(a, Tensor) else a for a in inputs]
+            ctx.save_for_forward(*(inputs[i] for i in ctx.tensor_slots))
 
     @staticmethod
     def backward(ctx, *grads):
-        return ctx.backward_of_op(ctx, *grads) + (None,)
+        return ctx.autograd.backward(ctx, *grads) + (None,)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        inputs = list(ctx.other_inputs)
+        for slot, tensor in zip(ctx.tensor_slots, ctx.saved_tensors):
+            inputs[slot] = tensor
+        return _reference_jvp(ctx.autograd.spec, inputs, tangents[:-1])
+
+
+class _EagerAutograd(torch.autograd.Function):
+    """:class:`_OpFunction` for an eager call outside torch.func (forward-mode AD
+    included), in the old form: a Function with setup_context binds its arguments to
+    the forward's signature on every call (inspect.signature), tens of microseconds
+    of Python, comparable to a streaming step's op."""
+
+    @staticmethod
+    def forward(ctx, *args):
+        output = call_below_autograd(args[-1].op, *args[:-1])
+        _OpFunction.setup_context(ctx, args, output)
+        return output
+
+    backward = staticmethod(_OpFunction.backward)
+    jvp = staticmethod(_OpFunction.jvp)
 
 
 def call_with_autograd(op, *args):
-    """``op(*args)``, recording its backward. Eagerly on :class:`_EagerAutograd`;
-    under torch.compile, torch.jit tracing or a torch.func transform through the
-    op's own autograd (register_autograd), which they understand."""
+    """``op(*args)``, recording its backward and its jvp: eagerly on
+    :class:`_EagerAutograd`, under a torch.func transform on :class:`_OpFunction`;
+    under torch.compile or torch.jit tracing through the op's own autograd
+    (register_autograd), which they understand."""
     autograd = _EAGER_AUTOGRAD.get(op)
-    if (autograd is None or torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch._C._are_functorch_transforms_active()):
+    if autograd is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return op(*args)
+    if torch._C._are_functorch_transforms_active():
+        return _OpFunction.apply(*args, autograd)
     return _EagerAutograd.apply(*args, autograd)
 
 
@@ -210,25 +267,70 @@ def _check_saved(gates: Tensor, out: Tensor) -> None:
 
 
 def _differentiable_backward(layer, inputs, needs_grad, layer_args, grads):
-    """Gradients of ``layer(*inputs, *layer_args)`` (the reference twin of an op)
-    for the inputs in ``needs_grad``, recorded by autograd so that they can be
-    differentiated again."""
-    wanted = [t for t, need in zip(inputs, needs_grad) if need]
-    with torch.enable_grad():
-        results = layer(*inputs, *layer_args)
-    grads = [_zeros_if_none(g, r) for g, r in zip(grads, results)]
-    found = iter(torch.autograd.grad(results, wanted, grads, create_graph=True,
-                                     allow_unused=True))
-    out = []
-    for t, need in zip(inputs, needs_grad):
-        g = next(found) if need else None
-        out.append(torch.zeros_like(t) if need and g is None else g)
+    """Gradients of ``layer(*inputs, *layer_args)`` (the reference twin of an op) for the
+    inputs in ``needs_grad``, by torch.func.vjp: plain torch ops, which autograd
+    (create_graph=True) and torch.func's outer transforms differentiate again. (A
+    recomputation under torch.autograd.grad would record nothing inside torch.func,
+    whose levels hand a backward unwrapped tensors.)"""
+    wanted = [i for i, (t, need) in enumerate(zip(inputs, needs_grad)) if need and t is not None]
+
+    def of_wanted(*values):
+        args = list(inputs)
+        for i, value in zip(wanted, values):
+            args[i] = value
+        return layer(*args, *layer_args)
+
+    results, pullback = torch.func.vjp(of_wanted, *(inputs[i] for i in wanted))
+    found = pullback(tuple(_zeros_if_none(g, r) for g, r in zip(grads, results)))
+    out = [None] * len(inputs)
+    for i, grad in zip(wanted, found):
+        out[i] = grad
     return tuple(out)
 
 
 # The toolkit arguments (fusedrnn/features.py) after ``persistent``, in schema order.
 _LSTM_TOOLKIT = ("recurrent_mask", "zoneout_h", "zoneout_c", "cell_clip", "grad_clip")
 _GRU_TOOLKIT = ("recurrent_mask", "zoneout_h", "grad_clip")
+
+_SPECS = {
+    "lstm_forward": OpSpec(7, 3, 2, 11, _LSTM_TOOLKIT, reference.lstm_layer),
+    "gru_forward": OpSpec(6, 2, 1, 10, _GRU_TOOLKIT, reference.gru_layer),
+    "lstm_norm_forward": OpSpec(8, 3, 5, 11, _LSTM_TOOLKIT, reference.lstm_norm_recurrence),
+    "gru_norm_forward": OpSpec(6, 2, 3, 9, _GRU_TOOLKIT, reference.gru_norm_recurrence),
+}
+
+
+def _reference_jvp(spec: OpSpec, inputs: list, tangents: tuple) -> tuple:
+    """The op's output tangents, as forward-mode AD of its reference twin gives them
+    (as second-order gradients are; at the reference's speed). The saved outputs
+    are non-differentiable: no tangent."""
+    n = spec.differentiable
+    lengths, reverse = inputs[n], inputs[n + 1]
+    toolkit = _reference_toolkit(dict(zip(spec.toolkit, inputs[spec.toolkit_at:])))
+    toolkit.pop("grad_clip", None)  # acts in the backward only
+    present = [i for i in range(n) if inputs[i] is not None]  # bias, w_hr may be None
+
+    def layer(*primals):
+        args = list(inputs[:n])
+        for i, primal in zip(present, primals):
+            args[i] = primal
+        return spec.reference(*args, lengths, reverse, **toolkit)
+
+    primals = tuple(inputs[i] for i in present)
+    tangents = tuple(_zeros_if_none(tangents[i], inputs[i]) for i in present)
+    return _forward_derivative(layer, primals, tangents) + (None,) * spec.saved
+
+
+def _forward_derivative(function, primals: tuple, tangents: tuple) -> tuple:
+    """The tangents of ``function``'s results. Inside torch.func through its jvp; inside
+    ``torch.autograd.forward_ad`` (which nests no second level) on dual tensors of the
+    level that asked for them."""
+    if torch._C._are_functorch_transforms_active():
+        return tuple(torch.func.jvp(function, primals, tangents)[1])
+    with forward_ad._set_fwd_grad_enabled(True):  # autograd turns it off inside a jvp
+        results = function(*(forward_ad.make_dual(forward_ad.unpack_dual(p).primal, t)
+                             for p, t in zip(primals, tangents)))
+        return tuple(_zeros_if_none(forward_ad.unpack_dual(r).tangent, r) for r in results)
 
 
 def _save_toolkit(ctx, names: tuple, values: tuple) -> None:
@@ -245,12 +347,23 @@ def _toolkit_of(ctx, masks) -> dict:
     return {**dict(zip(ctx.toolkit_masks, masks)), **ctx.toolkit_limits}
 
 
+def _backward_is_differentiated() -> bool:
+    """Whether autograd records the backward (create_graph=True), or a forward-mode
+    level or torch.func transform may carry tangents through it: then it is computed
+    by differentiating the reference, whose graph autograd can differentiate again."""
+    return torch.is_grad_enabled() or transforms_active()
+
+
 def _refuse_second_order_grad_clip(toolkit: dict) -> None:
     """Second-order gradients through grad_clip disagreed with finite differences of the
-    clipped first-order gradient in our checks: refused rather than returned doubtful."""
+    clipped first-order gradient in our checks: refused rather than returned doubtful.
+    torch.func's gradient transforms always ask for a differentiable backward."""
     if toolkit.get("grad_clip"):
         raise RuntimeError("fusedrnn: second-order gradients (create_graph=True) with "
-                           "grad_clip are not supported")
+                           "grad_clip are not supported, nor are torch.func's gradient "
+                           "transforms or a backward under forward-mode AD, which need a "
+                           "differentiable backward; loss.backward() and "
+                           "torch.autograd.grad run it")
 
 
 def _reference_toolkit(toolkit: dict) -> dict:
@@ -274,7 +387,7 @@ def _lstm_setup_context(ctx, inputs, output):
 def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
     x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths, *masks = ctx.saved_tensors
     toolkit = _toolkit_of(ctx, masks)
-    if torch.is_grad_enabled():
+    if _backward_is_differentiated():
         _refuse_second_order_grad_clip(toolkit)
         layer = functools.partial(reference.lstm_layer, **_reference_toolkit(toolkit))
         return _differentiable_backward(layer, (x, w_ih, bias, w_hh, w_hr, h0, c0),
@@ -307,7 +420,7 @@ def _gru_setup_context(ctx, inputs, output):
 def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
     x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths, *masks = ctx.saved_tensors
     toolkit = _toolkit_of(ctx, masks)
-    if torch.is_grad_enabled():
+    if _backward_is_differentiated():
         _refuse_second_order_grad_clip(toolkit)
         layer = functools.partial(reference.gru_layer, **_reference_toolkit(toolkit))
         return _differentiable_backward(layer, (x, w_ih, b_ih, w_hh, b_hh, h0),
@@ -343,7 +456,7 @@ def _lstm_norm_setup_context(ctx, inputs, output):
 def _lstm_norm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, *_grad_saved):
     _xproj, w_hh, hh_w, _hh_b, c_w, c_b, h0, c0, out, *saved, lengths = ctx.saved_tensors[:15]
     toolkit = _toolkit_of(ctx, ctx.saved_tensors[15:])
-    if torch.is_grad_enabled():
+    if _backward_is_differentiated():
         _refuse_second_order_grad_clip(toolkit)
         layer = functools.partial(reference.lstm_norm_recurrence, **_reference_toolkit(toolkit))
         return _differentiable_backward(layer, ctx.saved_tensors[:8], ctx.needs_input_grad[:8],
@@ -372,7 +485,7 @@ def _gru_norm_setup_context(ctx, inputs, output):
 def _gru_norm_backward(ops, ctx, grad_out, grad_h_n, *_grad_saved):
     _xproj, w_hh, b_hh, hh_w, _hh_b, h0, out, *saved, lengths = ctx.saved_tensors[:11]
     toolkit = _toolkit_of(ctx, ctx.saved_tensors[11:])
-    if torch.is_grad_enabled():
+    if _backward_is_differentiated():
         _refuse_second_order_grad_clip(toolkit)
         layer = functools.partial(reference.gru_norm_recurrence, **_reference_toolkit(toolkit))
         return _differentiable_backward(layer, ctx.saved_tensors[:6], ctx.needs_input_grad[:6],

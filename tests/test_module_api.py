@@ -225,24 +225,93 @@ def test_isinstance_of_torch_classes(kind):
     assert isinstance(module, getattr(torch.nn, kind)) == kind.endswith("Cell")
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
 def test_vmap_of_forward_matches_torch_nn_per_element(kind):
     """README, Limits: torch.func.vmap of a forward runs on torch's per-element fallback
-    (torch.nn's own modules refuse vmap) and matches torch.nn on each element."""
-    ref, fused = make_pair(kind, 3, 5, num_layers=2)
-    x = torch.randn(4, 6, 2, 3)
+    (torch.nn's own LSTM, GRU and LSTMCell refuse vmap) and matches torch.nn on each
+    element."""
+    cell = kind.endswith("Cell")
+    ref, fused = make_pair(kind, 3, 5, **({} if cell else dict(num_layers=2)))
+    x = torch.randn(4, 2, 3) if cell else torch.randn(4, 6, 2, 3)
     got = torch.func.vmap(lambda xi: fused(xi)[0])(x)
     expected = torch.stack([ref(xi)[0] for xi in x])
     torch.testing.assert_close(got, expected, atol=TOL[torch.float32], rtol=0)
 
 
-@pytest.mark.skipif(not fusedrnn.ops.HAVE_EXTENSION,
-                    reason="the reference backend is torch ops, which torch.func differentiates")
+class _CountingIdentity(torch.nn.Module):
+    """A parametrization that counts its evaluations (and scales, so that it matters)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, weight):
+        self.calls += 1
+        return weight * 0.9
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_each_parametrized_weight_is_evaluated_once_per_forward(kind):
+    """README, Limits: one evaluation of each parametrized weight per forward (torch.nn's
+    LSTM and GRU evaluate theirs four times: under spectral_norm, four power iterations),
+    with grad and without, and per ``step``; the results are torch.nn's."""
+    kwargs = {} if kind.endswith("Cell") else dict(num_layers=2, bidirectional=kind == "GRU")
+    ref, fused = make_pair(kind, 3, 5, **kwargs)
+    counters = {}
+    for module in (ref, fused):
+        for name, _ in list(module.named_parameters()):
+            counters[module, name] = _CountingIdentity()
+            torch.nn.utils.parametrize.register_parametrization(module, name,
+                                                                counters[module, name])
+    x = torch.randn(2, 3) if kind.endswith("Cell") else torch.randn(4, 2, 3)
+    calls = [lambda: fused(x), torch.no_grad()(lambda: fused(x))]
+    if not kind.endswith("Cell") and kind == "LSTM":  # unidirectional: step runs
+        calls.append(lambda: fused.step(x[0]))
+    for call in calls:
+        for (module, name), counter in counters.items():
+            counter.calls = 0
+        call()
+        counts = {name: c.calls for (m, name), c in counters.items() if m is fused}
+        assert set(counts.values()) == {1}, counts
+    assert_results_close(run(fused, x), run(ref, x), TOL[torch.float32], kind)
+
+
+def _fork_child(kind, x, expected, conn):
+    module = getattr(fusedrnn, kind)(3, 5, num_layers=2)
+    torch.manual_seed(0)
+    module.load_state_dict(_fork_child.state)
+    out = module(x)[0]
+    conn.send(float((out - expected).abs().max()))
+    conn.close()
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_torch_func_gradients_raise_not_mislead(kind):
-    """README, Limits: torch.func's gradient transforms over a module raise (the ops'
-    autograd has no torch.func form), rather than return a wrong gradient."""
-    fused = getattr(fusedrnn, kind)(3, 5)
-    x = torch.randn(4, 2, 3)
-    with pytest.raises(RuntimeError, match="setup_context"):
-        torch.func.grad(lambda xi: fused(xi)[0].sum())(x)
+def test_forked_children_run_and_never_hang(kind):
+    """After the parent has run a module on two threads (the persistent loop's team), 20
+    forked children (DataLoader workers, prefork servers) each run it to the parent's
+    results; a hang fails within its bound instead of stalling CI."""
+    import multiprocessing
+
+    fork = multiprocessing.get_context("fork")
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        module = getattr(fusedrnn, kind)(3, 5, num_layers=2)
+        x = torch.randn(30, 4, 3)
+        expected = module(x)[0].detach()  # the parent's team is now up
+        _fork_child.state = module.state_dict()
+        for child in range(20):
+            receive, send = fork.Pipe(duplex=False)
+            process = fork.Process(target=_fork_child, args=(kind, x, expected, send))
+            process.start()
+            send.close()
+            ready = receive.poll(60)
+            process.join(0 if not ready else 60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+            assert ready, f"forked child {child} hung (no result in 60 s)"
+            assert receive.recv() <= TOL[torch.float32], f"child {child}"
+            assert process.exitcode == 0, f"child {child} exit code {process.exitcode}"
+    finally:
+        torch.set_num_threads(saved_threads)
