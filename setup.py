@@ -78,7 +78,7 @@ def _default_arch_list():
 
 def make_extension():
     with_cuda = _with_cuda()
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/layer/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
     # OpenMP: without it ATen's parallel_for in our sources runs on one thread.
     # The library binds to the libgomp torch has already loaded.

@@ -79,15 +79,17 @@ def constructor_detail(exc: Exception, sizes: dict) -> str:
     return ""
 
 
-# ------------------------------------------------------------- LSTM, GRU
+# -------------------------------------------------------- LSTM, GRU, RNN
 
 
-def check_input_rank(mode: str, x, batch_first: bool) -> None:
-    require_tensor(x, f"{mode} input")
+def check_input_rank(name: str, x, batch_first: bool) -> None:
+    """``name``: the class, as torch.nn's message names it (its RNN's adds "tensor")."""
+    require_tensor(x, f"{name} input")
     if x.dim() not in (2, 3):
         layout = "(N, L, H_in)" if batch_first else "(L, N, H_in)"
+        got = f"{x.dim()}D tensor" if name == "RNN" else f"{x.dim()}D"
         raise ValueError(_with_detail(
-            f"{mode}: Expected input to be 2D or 3D, got {x.dim()}D instead",
+            f"{name}: Expected input to be 2D or 3D, got {got} instead",
             f"input of shape {_shape(x)}; expected (L, H_in) unbatched or {layout} batched"))
 
 
@@ -128,8 +130,9 @@ def check_lstm_hx_form(hx, batched: bool) -> None:
                                         f"hx has {len(hx)} tensors, expected (h_0, c_0)"))
 
 
-def check_gru_state_rank(h, batched: bool) -> None:
-    require_tensor(h, "GRU hx (h_0)")
+def check_hidden_state_rank(h, batched: bool, name: str) -> None:
+    """The rank of a GRU's or RNN's ``hx`` (``name``: the class, for the detail)."""
+    require_tensor(h, f"{name} hx (h_0)")
     rank = 3 if batched else 2
     if h.dim() != rank:
         kind = "batched 3-D" if batched else "unbatched 2-D"

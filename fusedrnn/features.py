@@ -14,14 +14,19 @@ Every random mask is drawn here, with torch's generator (deterministic under
 functions of their arguments. In eval mode the dropouts are the identity and
 zoneout mixes with its expectation.
 
+The LSTM takes all seven; the GRU and the Elman RNN all but the LSTM-only
+``forget_bias`` and ``cell_clip`` (and zoneout's z_c).
+
 The kernels: ``forget_bias`` is initialisation only and ``weight_drop`` hands
 the masked W_hh to the unchanged kernels; the other four are computed in the
-fused step kernels (CPU and CUDA: csrc/include/fusedrnn/cells.h and
-the step loop of csrc/recurrence.cpp); ``layer_norm`` has ops of its own
-(csrc/norm_recurrence.cpp, row kernels in csrc/include/fusedrnn/norm_rows.h)
-after its input side is computed for all steps in torch ops (``ops.py``). The
-persistent whole-sequence paths (CPU loops, CUDA kernels) take none of them:
-a layer with one on runs the step loop (``ops.py``).
+fused step kernels (CPU and CUDA: the cells' element math in
+csrc/include/fusedrnn/cells/, driven by csrc/layer/forward.cpp and
+backward.cpp; the toolkit's fields in csrc/layer/args.h); ``layer_norm`` has
+ops of its own (csrc/layer/norm.cpp, row kernels in
+csrc/include/fusedrnn/norm_rows.h) after its input side is computed for all
+steps in torch ops (``ops.py``). The persistent whole-sequence paths (CPU
+loops, CUDA kernels) take none of them: a layer with one on runs the step loop
+(the plan, csrc/layer/plan.cpp, says so).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import registration
 from .reference import LAYER_NORM_EPS
 
 KEYWORDS = ("forget_bias", "weight_drop", "cell_clip", "zoneout", "recurrent_dropout",
@@ -67,7 +73,8 @@ class Toolkit:
 
 def pop_toolkit(mode: str, kwargs: dict, allowed: tuple = KEYWORDS) -> Toolkit:
     """Take the toolkit keywords out of a constructor's ``kwargs`` and check them.
-    ``mode`` is ``"LSTM"`` or ``"GRU"``; ``allowed`` the keywords this class takes."""
+    ``mode`` is torch.nn's (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ``"RNN_RELU"``);
+    ``allowed`` the keywords this class takes."""
     given = {name: kwargs.pop(name) for name in KEYWORDS if name in kwargs}
     for name in given:
         if name not in allowed or (mode != "LSTM" and name in _LSTM_ONLY):
@@ -147,8 +154,8 @@ def dropped_weight(w_hh: Tensor, p: float, training: bool) -> Tensor:
 
 def layer_arguments(tk: Toolkit, training: bool, steps: int, batch: int, hidden: int,
                     h_size: int, like: Tensor, lstm: bool) -> dict:
-    """The keyword arguments of ``ops.lstm_layer`` / ``gru_layer`` for one layer and
-    direction: masks drawn for this call, clip limits."""
+    """The keyword arguments of ``ops.lstm_layer`` / ``gru_layer`` / ``rnn_layer`` for one
+    layer and direction: masks drawn for this call, clip limits."""
     args = {}
     if lstm and tk.cell_clip is not None:
         args["cell_clip"] = tk.cell_clip
@@ -184,18 +191,20 @@ def init_forget_bias(module, hidden: int, value: float, names) -> None:
                 getattr(module, name)[hidden:2 * hidden].zero_()
 
 
-def add_layer_norms(module, suffixes, lstm: bool) -> list:
+def add_layer_norms(module, suffixes, mode: str) -> list:
     """layer_norm's parameters: per layer and direction (``suffixes``: ``"_l0"``,
     ``"_l0_reverse"``, ...; ``""`` for a cell), LayerNorms (gain 1, bias 0) named
     ``layer_norm_ih{suffix}`` and ``layer_norm_hh{suffix}`` over the G*H gate vector
-    and, for an LSTM, ``layer_norm_c{suffix}`` over the cell. Registered as
-    submodules, so their parameters are ``layer_norm_ih_l0.weight``, ... in the
-    state_dict. Returns the ``(role, name)`` pairs per suffix (roles ``norm_ih``, ...)."""
+    (``mode`` is torch.nn's: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``, ...) and, for an
+    LSTM, ``layer_norm_c{suffix}`` over the cell. Registered as submodules, so their
+    parameters are ``layer_norm_ih_l0.weight``, ... in the state_dict. Returns the
+    ``(role, name)`` pairs per suffix (roles ``norm_ih``, ...)."""
     hidden = module.hidden_size
     weight = next(module.parameters())
     like = dict(device=weight.device, dtype=weight.dtype)
-    parts = (("ih", (4 if lstm else 3) * hidden), ("hh", (4 if lstm else 3) * hidden))
-    if lstm:
+    gates = registration.CELLS[mode.lower()].gates  # torch.nn's mode names the cell
+    parts = (("ih", gates * hidden), ("hh", gates * hidden))
+    if mode == "LSTM":
         parts += (("c", hidden),)
     roles = []
     for suffix in suffixes:

@@ -1,14 +1,14 @@
-"""fusedrnn.LSTM, GRU, LSTMCell and GRUCell: drop-ins for their torch.nn twins.
+"""fusedrnn.LSTM, GRU, RNN and their cells: drop-ins for their torch.nn twins.
 
-LSTM and GRU derive from torch.nn's ``RNNBase``, the cells from
-``torch.nn.LSTMCell``/``GRUCell`` themselves, so constructor checks, parameter
+LSTM, GRU and RNN derive from torch.nn's ``RNNBase``, the cells from
+``torch.nn.LSTMCell``/``GRUCell``/``RNNCell`` themselves, so constructor checks, parameter
 names, shapes, initialisation, ``state_dict``, ``flatten_parameters``,
 pickling and ``.to()`` are torch's own. Only ``forward`` differs: each layer
 and direction runs one fused op (``fusedrnn.ops``), with layers, directions,
 dropout and packing composed here, after torch.nn's argument checks
-(``checks.py``). (LSTM and GRU deliberately do not derive from
-``torch.nn.LSTM``/``GRU``: torch.compile refuses to trace any instance of
-those.)
+(``checks.py``). (LSTM, GRU and RNN deliberately do not derive from
+``torch.nn.LSTM``/``GRU``/``RNN``: torch.compile refuses to trace any instance
+of those.)
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _int_arguments(module, names: tuple) -> dict:
 
 
 class _FusedRNNBase(Stepping, RNNBase):
-    """Shared forward of LSTM and GRU: input forms, states, layers, directions.
+    """Shared forward of LSTM, GRU and RNN: input forms, states, layers, directions.
 
     The constructor is RNNBase's own (same arguments, checks and errors); where
     its error does not name the argument, fusedrnn adds which one it was. The
@@ -70,7 +70,7 @@ class _FusedRNNBase(Stepping, RNNBase):
                 raise ValueError("fusedrnn: layer_norm with proj_size > 0 is not implemented")
             suffixes = [names[0][len("weight_ih"):] for names in self._all_weights]
             for roles, norms in zip(self._param_roles,
-                                    features.add_layer_norms(self, suffixes, mode == "LSTM")):
+                                    features.add_layer_norms(self, suffixes, mode)):
                 roles += norms
 
     def reset_parameters(self) -> None:
@@ -84,6 +84,10 @@ class _FusedRNNBase(Stepping, RNNBase):
     def extra_repr(self) -> str:
         toolkit = self.toolkit.describe()
         return super().extra_repr() + (", " + toolkit if toolkit else "")
+
+    # Whether torch.nn's CPU kernel is on autocast's lower-precision list (oneDNN's LSTM;
+    # the RNN's linear), so that autocast computes an fp32 input in bf16; cuDNN's all are.
+    _AUTOCASTS_FP32_ON_CPU: bool
 
     def _toolkit_arguments(self, layer_input: Tensor, state: list) -> dict:
         """The toolkit's op arguments for one layer and direction (masks drawn now)."""
@@ -112,7 +116,7 @@ class _FusedRNNBase(Stepping, RNNBase):
     def forward(self, input, hx=None):
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx)
-        checks.check_input_rank(self.mode, input, self.batch_first)
+        checks.check_input_rank(self._TORCH_NAME, input, self.batch_first)
         unbatched = input.dim() == 2
         # torch.nn checks an unbatched input in its batched form
         x = input.unsqueeze(0 if self.batch_first else 1) if unbatched else input
@@ -167,7 +171,7 @@ class _FusedRNNBase(Stepping, RNNBase):
         D = 2 if self.bidirectional else 1
         if lengths is not None:
             lengths = lengths.to(x.device)
-        compute = ops.autocast_dtype(x, casts_fp32=self.mode == "LSTM" or x.is_cuda)
+        compute = ops.autocast_dtype(x, casts_fp32=self._AUTOCASTS_FP32_ON_CPU or x.is_cuda)
         if compute is not None:
             x, states = x.to(compute), [s.to(compute) for s in states]
         layer_input = x
@@ -207,6 +211,8 @@ class LSTM(_FusedRNNBase):
     bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
     device=None, dtype=None)``, same parameters and returns."""
 
+    _TORCH_NAME = "LSTM"  # as torch.nn's messages name the class
+    _AUTOCASTS_FP32_ON_CPU = True
     _STATE_NAMES = ("h_0", "c_0")
     _STATE_SIZE_MESSAGES = ("Expected hidden[0] size {}, got {}",
                             "Expected hidden[1] size {}, got {}")
@@ -247,18 +253,16 @@ class LSTM(_FusedRNNBase):
                               **self._toolkit_arguments(layer_input, state))
 
 
-class GRU(_FusedRNNBase):
-    """Drop-in for :class:`torch.nn.GRU`: ``GRU(input_size, hidden_size, num_layers=1,
-    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
-    dtype=None)``, same parameters and returns."""
+class _HiddenStateOnly(_FusedRNNBase):
+    """What GRU and RNN share: one state, h, with torch.nn's checks of it."""
 
     _STATE_NAMES = ("h_0",)
     _STATE_SIZE_MESSAGES = ("Expected hidden size {}, got {}",)
 
-    def __init__(self, *args, **kwargs):
-        if "proj_size" in kwargs:  # torch.nn.GRU's own check
+    def __init__(self, mode, *args, **kwargs):
+        if "proj_size" in kwargs:  # torch.nn.GRU's and RNN's own check
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        super().__init__("GRU", *args, **kwargs)
+        super().__init__(mode, *args, **kwargs)
 
     def _state_sizes(self):
         return (self.hidden_size,)
@@ -266,12 +270,11 @@ class GRU(_FusedRNNBase):
     def _expected_state_sizes(self, x, batch_sizes):
         return (self.get_expected_hidden_size(x, batch_sizes),)
 
-    @staticmethod
-    def _user_states(hx, batched: bool, packed: bool) -> list:
+    def _user_states(self, hx, batched: bool, packed: bool) -> list:
         if packed:  # torch.nn checks no rank on a PackedSequence; the size check does
-            checks.require_tensor(hx, "GRU hx (h_0)")
+            checks.require_tensor(hx, f"{self._TORCH_NAME} hx (h_0)")
         else:
-            checks.check_gru_state_rank(hx, batched)
+            checks.check_hidden_state_rank(hx, batched, self._TORCH_NAME)
         return [hx if batched else hx.unsqueeze(1)]
 
     @staticmethod
@@ -282,11 +285,58 @@ class GRU(_FusedRNNBase):
     def _pack_states(finals):
         return finals[0]
 
+
+class GRU(_HiddenStateOnly):
+    """Drop-in for :class:`torch.nn.GRU`: ``GRU(input_size, hidden_size, num_layers=1,
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
+    dtype=None)``, same parameters and returns."""
+
+    _TORCH_NAME = "GRU"
+    _AUTOCASTS_FP32_ON_CPU = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__("GRU", *args, **kwargs)
+
     def _run_layer(self, layer_input, p, state, lengths, reverse):
         like = _cast_to(layer_input.dtype)  # autocast's dtype, see _run_layers
         w_hh = features.dropped_weight(p["w_hh"], self.toolkit.weight_drop, self.training)
         return ops.gru_layer(layer_input, like(p["w_ih"]), like(p.get("b_ih")), like(w_hh),
                              like(p.get("b_hh")), state[0], lengths, reverse,
+                             layer_norm=features.layer_norm_pairs(p, like),
+                             **self._toolkit_arguments(layer_input, state))
+
+
+_RNN_MODES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+
+
+class RNN(_HiddenStateOnly):
+    """Drop-in for :class:`torch.nn.RNN` (Elman): ``RNN(input_size, hidden_size,
+    num_layers=1, nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None)``, same parameters and returns; takes
+    the toolkit keywords a GRU takes (``weight_drop``, ``zoneout`` (z_h),
+    ``recurrent_dropout``, ``grad_clip``, ``layer_norm``)."""
+
+    _TORCH_NAME = "RNN"
+    _AUTOCASTS_FP32_ON_CPU = True
+
+    def __init__(self, *args, **kwargs):
+        # torch.nn.RNN's own reading: nonlinearity is the fourth positional argument
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity not in _RNN_MODES:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' "
+                             "or 'relu'.")
+        super().__init__(_RNN_MODES[self.nonlinearity], *args, **kwargs)
+
+    def _run_layer(self, layer_input, p, state, lengths, reverse):
+        like = _cast_to(layer_input.dtype)  # autocast's dtype, see _run_layers
+        bias = like(p["b_ih"] + p["b_hh"]) if "b_ih" in p else None  # summed at full precision
+        w_hh = features.dropped_weight(p["w_hh"], self.toolkit.weight_drop, self.training)
+        return ops.rnn_layer(layer_input, like(p["w_ih"]), bias, like(w_hh), state[0], lengths,
+                             reverse, nonlinearity=self.nonlinearity,
                              layer_norm=features.layer_norm_pairs(p, like),
                              **self._toolkit_arguments(layer_input, state))
 
@@ -302,9 +352,12 @@ class _FusedCell:
     (``_TOOLKIT``; features.py) are stored as ``self.toolkit``."""
 
     _TOOLKIT: tuple = ()
+    _MODE: str  # torch.nn's mode of the layer the cell is one step of
+    _HIDDEN_FIRST: bool  # whether torch.nn's cell multiplies h before the input (checks)
+    _AUTOCASTS_FP32 = False  # whether autocast computes torch.nn's cell in bf16 from fp32
 
     def __init__(self, *args, toolkit: dict, **kwargs):
-        mode = "LSTM" if isinstance(self, torch.nn.LSTMCell) else "GRU"
+        mode = self._MODE
         self.toolkit = features.pop_toolkit(mode, toolkit, allowed=self._TOOLKIT)
         try:
             super().__init__(*args, **kwargs)
@@ -318,7 +371,7 @@ class _FusedCell:
             raise ValueError("fusedrnn: forget_bias needs bias=True")
         self._norm_roles = []  # layer_norm's LayerNorms: (role, name)
         if self.toolkit.layer_norm:
-            (self._norm_roles,) = features.add_layer_norms(self, [""], mode == "LSTM")
+            (self._norm_roles,) = features.add_layer_norms(self, [""], mode)
 
     def reset_parameters(self) -> None:
         super().reset_parameters()
@@ -342,16 +395,20 @@ class _FusedCell:
         the (1, B, I) input."""
         return features.layer_arguments(self.toolkit, self.training, 1, x.shape[1],
                                         self.hidden_size, self.hidden_size, x,
-                                        lstm=isinstance(self, torch.nn.LSTMCell))
+                                        lstm=self._MODE == "LSTM")
 
-    def _prepare(self, input: Tensor, hx, lstm: bool, weight_ih: Tensor):
+    def _check_settings(self) -> None:
+        """What torch.nn's cell checks of itself after the ranks, before the sizes."""
+
+    def _prepare(self, input: Tensor, hx, weight_ih: Tensor):
         """torch.nn's checks in its order; returns the input as a 1-step sequence, the
         states, whether the input is unbatched and the dtype of the results.
         ``weight_ih`` is the weight as the call reads it (a parametrization runs once)."""
-        name = type(self).__name__
+        name, lstm = type(self).__name__, self._MODE == "LSTM"
         checks.check_cell_input_rank(name, input)
         if hx is not None:
             checks.check_cell_hx_ranks(name, hx, lstm)
+        self._check_settings()
         batched = input.dim() == 2
         x = input if batched else input.unsqueeze(0)
         if hx is None:
@@ -361,8 +418,8 @@ class _FusedCell:
             states = checks.cell_states(hx, batched, lstm)
         checks.check_cell_sizes(x, states, self.input_size, self.hidden_size)
         result_dtype = checks.check_cell_dtypes(x, states, weight_ih, hx is not None,
-                                               hidden_first=lstm)
-        autocast = ops.autocast_dtype(x, casts_fp32=False)
+                                               hidden_first=self._HIDDEN_FIRST)
+        autocast = ops.autocast_dtype(x, casts_fp32=self._AUTOCASTS_FP32)
         dtype = autocast or weight_ih.dtype
         result_dtype = autocast or result_dtype
         x = _cast_to(dtype)(x)
@@ -383,6 +440,7 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
     its parameters ``layer_norm_{ih,hh,c}.weight/bias``)."""
 
     _TOOLKIT = ("forget_bias", "cell_clip", "zoneout", "layer_norm")
+    _MODE, _HIDDEN_FIRST = "LSTM", True
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **toolkit):
         super().__init__(input_size, hidden_size, bias, device, dtype, toolkit=toolkit)
@@ -390,7 +448,7 @@ class LSTMCell(_FusedCell, torch.nn.LSTMCell):
 
     def forward(self, input, hx=None):
         weight_ih = self.weight_ih
-        x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, True, weight_ih)
+        x, (h0, c0), unbatched, result_dtype = self._prepare(input, hx, weight_ih)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         bias = like(self.bias_ih + self.bias_hh) if self.bias else None  # at full precision
         _, h, c = ops.lstm_layer(x, like(weight_ih), bias, like(self.weight_hh), None, h0, c0,
@@ -406,6 +464,7 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
     keywords ``zoneout`` (z_h) and ``layer_norm`` (features.py)."""
 
     _TOOLKIT = ("zoneout", "layer_norm")
+    _MODE, _HIDDEN_FIRST = "GRU", False
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **toolkit):
         super().__init__(input_size, hidden_size, bias, device, dtype, toolkit=toolkit)
@@ -413,10 +472,42 @@ class GRUCell(_FusedCell, torch.nn.GRUCell):
 
     def forward(self, input, hx=None):
         weight_ih = self.weight_ih
-        x, (h0,), unbatched, _ = self._prepare(input, hx, False, weight_ih)
+        x, (h0,), unbatched, _ = self._prepare(input, hx, weight_ih)
         like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
         _, h = ops.gru_layer(x, like(weight_ih), like(self.bias_ih), like(self.weight_hh),
                              like(self.bias_hh), h0,
                              layer_norm=self._layer_norm(like),
+                             **self._toolkit_arguments(x))
+        return h.squeeze(0) if unbatched else h
+
+
+class RNNCell(_FusedCell, torch.nn.RNNCell):
+    """Drop-in for :class:`torch.nn.RNNCell` (and an instance of it): ``RNNCell(input_size,
+    hidden_size, bias=True, nonlinearity='tanh', device=None, dtype=None)``; takes the
+    toolkit keywords ``zoneout`` (z_h) and ``layer_norm`` (features.py)."""
+
+    _TOOLKIT = ("zoneout", "layer_norm")
+    # The mode only serves the toolkit's checks, alike for both nonlinearities (torch.nn
+    # checks the nonlinearity itself in forward: _check_settings).
+    _MODE, _HIDDEN_FIRST = "RNN_TANH", True
+    _AUTOCASTS_FP32 = True  # torch.nn's RNNCell is two linears: autocast casts them
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, **toolkit):
+        super().__init__(input_size, hidden_size, bias, nonlinearity, device, dtype,
+                         toolkit=toolkit)
+        _refuse_unknown(self, toolkit)
+
+    def _check_settings(self) -> None:
+        if self.nonlinearity not in _RNN_MODES:
+            raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
+
+    def forward(self, input, hx=None):
+        weight_ih = self.weight_ih
+        x, (h0,), unbatched, _ = self._prepare(input, hx, weight_ih)
+        like = _cast_to(x.dtype)  # autocast's dtype, see _prepare
+        bias = like(self.bias_ih + self.bias_hh) if self.bias else None  # at full precision
+        _, h = ops.rnn_layer(x, like(weight_ih), bias, like(self.weight_hh), h0,
+                             nonlinearity=self.nonlinearity, layer_norm=self._layer_norm(like),
                              **self._toolkit_arguments(x))
         return h.squeeze(0) if unbatched else h

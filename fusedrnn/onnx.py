@@ -1,17 +1,19 @@
-"""ONNX export: each fused layer becomes one node of ONNX's own ``LSTM`` or ``GRU``.
+"""ONNX export: each fused layer becomes one node of ONNX's own ``LSTM``, ``GRU`` or ``RNN``.
 
     import fusedrnn.onnx  # registers the translations below (needs onnx and onnxscript)
     torch.onnx.export(model, (x,), "model.onnx", dynamic_shapes=...)
 
 ``torch.onnx.export`` (the ``torch.export``-based exporter) meets
-``torch.ops.fusedrnn.lstm_forward`` / ``gru_forward`` in the graph, one call per
-layer and direction, and translates each with the functions here into a single
-ONNX ``LSTM`` or ``GRU`` node (direction ``forward`` or ``reverse``): no loop
+``torch.ops.fusedrnn.lstm_forward`` / ``gru_forward`` / ``rnn_tanh_forward`` /
+``rnn_relu_forward`` in the graph, one call per layer and direction, and
+translates each with the functions here into a single ONNX ``LSTM``, ``GRU`` or
+``RNN`` node (direction ``forward`` or ``reverse``): no loop
 over time steps, no custom domain, so ONNX Runtime runs the file without
 fusedrnn. The weights are rearranged into ONNX's layout (constant-folded at
 export): gates ``i,f,g,o`` become ``i,o,f,c`` and ``r,z,n`` become ``z,r,h``;
-LSTM's summed bias goes into ``Wb`` with ``Rb = 0``; GRU keeps ``b_ih`` and
-``b_hh`` apart and uses ``linear_before_reset=1``, which is torch's equation.
+LSTM's and RNN's summed bias goes into ``Wb`` with ``Rb = 0``; GRU keeps ``b_ih``
+and ``b_hh`` apart and uses ``linear_before_reset=1``, which is torch's
+equation; the RNN's activation is ``Tanh`` or ``Relu``.
 
 ``TRANSLATIONS`` is the same mapping for ``custom_translation_table=``.
 
@@ -38,8 +40,8 @@ except ImportError as exc:
 
 from . import ops
 
-__all__ = ["TRANSLATIONS", "lstm_forward", "gru_forward", "lstm_norm_forward",
-           "gru_norm_forward"]
+__all__ = ["TRANSLATIONS", "lstm_forward", "gru_forward", "rnn_tanh_forward",
+           "rnn_relu_forward"]
 
 # Row blocks of torch's stacked gate weights, in ONNX's gate order.
 LSTM_GATE_ORDER = (0, 3, 1, 2)  # torch i,f,g,o -> ONNX i,o,f,c
@@ -52,7 +54,7 @@ PROJ_SIZE_ERROR = (
 
 
 LAYER_NORM_ERROR = (
-    "fusedrnn.onnx: cannot export a module with layer_norm=True: ONNX's LSTM and GRU "
+    "fusedrnn.onnx: cannot export a module with layer_norm=True: ONNX's LSTM, GRU and RNN "
     "operators have no normalisation inside the recurrence, and expressing one would need "
     "a loop over time steps. Keep such a model in torch.export.")
 
@@ -84,11 +86,11 @@ def _no_lengths(lengths) -> None:
 
 
 def _no_toolkit(toolkit: tuple) -> None:
-    # ONNX's LSTM/GRU have no zoneout, recurrent dropout or cell-state clamp (their
+    # ONNX's LSTM/GRU/RNN have no zoneout, recurrent dropout or cell-state clamp (their
     # `clip` clamps the gate inputs, not the cell state).
     if any(v is not None and not (isinstance(v, float) and v == 0) for v in toolkit):
         raise ValueError("fusedrnn.onnx: the toolkit features (zoneout, recurrent_dropout, "
-                         "cell_clip, grad_clip) cannot be exported to ONNX's LSTM/GRU")
+                         "cell_clip, grad_clip) cannot be exported to ONNX's LSTM/GRU/RNN")
 
 
 def _unused_saved(input, width: int, save_for_backward: bool):
@@ -115,8 +117,7 @@ def _one_layer_outputs(y, y_h):
 @torch_op("fusedrnn::lstm_forward", trace_only=True)
 def lstm_forward(input: TFloat, w_ih: TFloat, bias: Optional[TFloat], w_hh: TFloat,
                  w_hr: Optional[TFloat], h0: TFloat, c0: TFloat, lengths: Optional[TInt],
-                 reverse: bool, save_for_backward: bool = True, persistent: bool = False,
-                 *toolkit):
+                 reverse: bool, save_for_backward: bool = True, path: str = "auto", *toolkit):
     """``fusedrnn::lstm_forward`` as one ONNX ``LSTM`` node."""
     if w_hr is not None:
         raise ValueError(PROJ_SIZE_ERROR)
@@ -141,7 +142,7 @@ def lstm_forward(input: TFloat, w_ih: TFloat, bias: Optional[TFloat], w_hh: TFlo
 @torch_op("fusedrnn::gru_forward", trace_only=True)
 def gru_forward(input: TFloat, w_ih: TFloat, b_ih: Optional[TFloat], w_hh: TFloat,
                 b_hh: Optional[TFloat], h0: TFloat, lengths: Optional[TInt], reverse: bool,
-                save_for_backward: bool = True, persistent: bool = False, *toolkit):
+                save_for_backward: bool = True, path: str = "auto", *toolkit):
     """``fusedrnn::gru_forward`` as one ONNX ``GRU`` node (``linear_before_reset=1``)."""
     _no_lengths(lengths)
     _no_toolkit(toolkit)
@@ -161,21 +162,50 @@ def gru_forward(input: TFloat, w_ih: TFloat, b_ih: Optional[TFloat], w_hh: TFloa
     return output, h_n, _unused_saved(input, 4 * hidden, save_for_backward)
 
 
-@torch_op("fusedrnn::lstm_norm_forward", trace_only=True)
-def lstm_norm_forward(xproj: TFloat, *args):
-    """``fusedrnn::lstm_norm_forward`` (layer_norm): refused, see LAYER_NORM_ERROR."""
-    raise ValueError(LAYER_NORM_ERROR)
+def _rnn_forward(activation: str):
+    def rnn_forward(input: TFloat, w_ih: TFloat, bias: Optional[TFloat], w_hh: TFloat,
+                    h0: TFloat, lengths: Optional[TInt], reverse: bool,
+                    save_for_backward: bool = True, path: str = "auto", *toolkit):
+        _no_lengths(lengths)
+        _no_toolkit(toolkit)
+        hidden = w_ih.shape[0]
+        onnx_bias = None
+        if bias is not None:
+            onnx_bias = op.Unsqueeze(op.Concat(bias, _zeros(hidden, bias), axis=0), [0])
+        y, y_h = op.RNN(input, op.Unsqueeze(w_ih, [0]), op.Unsqueeze(w_hh, [0]), onnx_bias, None,
+                        op.Unsqueeze(h0, [0]), activations=[activation],
+                        direction="reverse" if reverse else "forward", hidden_size=hidden)
+        output, h_n = _one_layer_outputs(y, y_h)
+        return output, h_n, _unused_saved(input, hidden, save_for_backward)
+
+    name = f"rnn_{activation.lower()}_forward"
+    rnn_forward.__name__ = rnn_forward.__qualname__ = name
+    rnn_forward.__doc__ = f"``fusedrnn::{name}`` as one ONNX ``RNN`` node ({activation})."
+    return torch_op(f"fusedrnn::{name}", trace_only=True)(rnn_forward)
 
 
-@torch_op("fusedrnn::gru_norm_forward", trace_only=True)
-def gru_norm_forward(xproj: TFloat, *args):
-    """``fusedrnn::gru_norm_forward`` (layer_norm): refused, see LAYER_NORM_ERROR."""
-    raise ValueError(LAYER_NORM_ERROR)
+rnn_tanh_forward = _rnn_forward("Tanh")
+rnn_relu_forward = _rnn_forward("Relu")
 
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _refuse_layer_norm(cell: str):
+    def norm_forward(xproj: TFloat, *args):
+        raise ValueError(LAYER_NORM_ERROR)
+
+    norm_forward.__name__ = norm_forward.__qualname__ = f"{cell}_norm_forward"
+    norm_forward.__doc__ = f"``fusedrnn::{cell}_norm_forward`` (layer_norm): refused."
+    return torch_op(f"fusedrnn::{cell}_norm_forward", trace_only=True)(norm_forward)
+
+
+_NORM_REFUSALS = {cell: _refuse_layer_norm(cell) for cell in CELLS}
 
 TRANSLATIONS = {}
 if ops.HAVE_EXTENSION:
-    TRANSLATIONS = {torch.ops.fusedrnn.lstm_forward.default: lstm_forward,
-                    torch.ops.fusedrnn.gru_forward.default: gru_forward,
-                    torch.ops.fusedrnn.lstm_norm_forward.default: lstm_norm_forward,
-                    torch.ops.fusedrnn.gru_norm_forward.default: gru_norm_forward}
+    _LAYERS = {"lstm": lstm_forward, "gru": gru_forward, "rnn_tanh": rnn_tanh_forward,
+               "rnn_relu": rnn_relu_forward}
+    for _cell in CELLS:
+        TRANSLATIONS[getattr(torch.ops.fusedrnn, f"{_cell}_forward").default] = _LAYERS[_cell]
+        TRANSLATIONS[getattr(torch.ops.fusedrnn, f"{_cell}_norm_forward").default] = (
+            _NORM_REFUSALS[_cell])

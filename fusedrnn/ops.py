@@ -4,8 +4,8 @@
 CUDA kernels; ``registration.py`` gives them fake kernels and autograd, so a
 model built on them traces with ``torch.compile(fullgraph=True)``.
 
-``lstm_layer`` / ``gru_layer`` are what the modules call: one layer, one
-direction. Which ops they run is the backend, chosen here:
+``lstm_layer`` / ``gru_layer`` / ``rnn_layer`` are what the modules call: one
+layer, one direction. Which ops they run is the backend, chosen here:
 
 * ``"fused"``: ``torch.ops.fusedrnn`` (``fusedrnn._C``), CPU and CUDA kernels;
 * ``"simt"``: ``torch.ops.fusedrnn_simt``, the CUDA kernel sources run on the
@@ -15,8 +15,9 @@ direction. Which ops they run is the backend, chosen here:
 
 ``FUSEDRNN_BACKEND`` sets the starting backend (read once, at import);
 :func:`set_backend` / :func:`using_backend` change it. The kernel path
-(standard step loop or the persistent kernels) is an argument of the ops,
-decided here, in :func:`use_persistent`.
+(standard step loop or the persistent kernels) is the ops' own plan
+(csrc/layer/plan.h); the ``path`` argument carries what :func:`set_persistent`
+asks for (:func:`path_request`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from . import reference, registration
+from . import cost_model, reference, registration
 
 try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.fusedrnn)
@@ -125,7 +126,7 @@ _persistent_mode = {"1": "on", "0": "off", "model": "model"}.get(
 def set_persistent(mode: str) -> None:
     """Choose the kernel path: ``"on"`` runs the persistent whole-sequence
     loops (CPU) and kernels (CUDA) where they fit, ``"off"`` the standard step
-    loop, ``"auto"`` the default rule (``use_persistent``), ``"model"`` the
+    loop, ``"auto"`` the ops' own plan (csrc/layer/plan.cpp), ``"model"`` the
     analytic cost model's choice on CUDA (opt-in: no GPU run has confirmed the
     model yet). The environment variable ``FUSEDRNN_PERSISTENT=1|0|model`` sets
     the starting value."""
@@ -141,38 +142,54 @@ def persistent_mode() -> str:
     return _persistent_mode
 
 
-def use_persistent(x: Tensor, cell: str = "lstm", hidden: int = 0, train: bool = False) -> bool:
-    """Whether a ``cell`` layer (``"lstm"``/``"gru"``) of ``hidden`` units on ``x``
-    (time-major) runs the whole-sequence path, in a call with a backward or not.
+def path_request(x: Tensor, cell: str, hidden: int, train: bool) -> str:
+    """The ops' ``path`` argument for a ``cell`` layer of ``hidden`` units on ``x``
+    (time-major), in a call with a backward or not: what the mode asks for. The
+    ops' plan (csrc/layer/plan.h) decides what runs and says why:
+    ``torch.ops.fusedrnn_debug.<cell>_plan``. ``"model"`` takes, on CUDA (and on
+    the simt backend, the CUDA kernels on CPU tensors), the path the analytic cost
+    model estimates faster on an H100 (``fusedrnn.cost_model.choose_path``); on
+    the CPU it is ``"auto"``."""
+    if _persistent_mode == "on":
+        return "persistent"
+    if _persistent_mode == "off":
+        return "steps"
+    if _persistent_mode == "model" and (x.is_cuda or _backend == "simt"):
+        steps, batch, inputs = x.shape
+        persistent = _model_chooses_persistent(cell, train, x.dtype, steps, batch, inputs, hidden,
+                                               torch.backends.cuda.matmul.allow_tf32)
+        return "persistent" if persistent else "steps"
+    return "auto"
 
-    On the CPU ``auto`` (and ``model``) takes the persistent loop for sequences
-    of two steps or more (measured faster than the step loop: README, Speed); a
-    single step (streaming) is cheaper on the step loop, which packs no weights.
-    On CUDA, and on the simt backend (the CUDA kernels run on CPU tensors),
-    ``auto`` keeps the standard kernels: the persistent ones have not been
-    timed on a GPU yet, so no measured rule picks them. ``model`` takes the
-    path the analytic cost model estimates faster on an H100
-    (``fusedrnn.bench.model.choose_path``, its inputs in one table there)."""
-    if x.is_cuda or _backend == "simt":
-        if _persistent_mode == "model":
-            steps, batch, inputs = x.shape
-            return _model_chooses_persistent(cell, train, x.dtype, steps, batch, inputs, hidden,
-                                             torch.backends.cuda.matmul.allow_tf32)
-        return _persistent_mode == "on"
-    if _persistent_mode in ("auto", "model"):
-        return x.shape[0] > 1
-    return _persistent_mode == "on"
+
+def layer_plan(cell: str, x: Tensor, hidden: int, train: bool = False,
+               backward: bool = False) -> str:
+    """The plan (csrc/layer/plan.h) of one ``cell`` layer (``"lstm"``, ``"gru"``,
+    ``"rnn_tanh"``, ``"rnn_relu"``) of ``hidden`` units on ``x`` (time-major, no toolkit,
+    no projection) under the current backend and mode: ``"path=... gemms=...: why"``,
+    or ``"reference"``."""
+    if _backend == "reference":
+        return "reference"
+    names = [a.name for a in getattr(_ops(), f"{cell}_forward").default._schema.arguments]
+    gates = registration.CELLS[cell].gates
+    steps, batch, inputs = x.shape
+    like = dict(dtype=x.dtype, device=x.device)
+    weights = {"input": x, "w_ih": torch.zeros(gates * hidden, inputs, **like),
+               "w_hh": torch.zeros(gates * hidden, hidden, **like),
+               "h0": torch.zeros(batch, hidden, **like), "c0": torch.zeros(batch, hidden, **like)}
+    tensors = [weights.get(name) for name in names[:names.index("lengths")]]
+    debug = getattr(torch.ops, _NAMESPACES[_backend] + "_debug")
+    return getattr(debug, f"{cell}_plan")(*tensors, None, False, train,
+                                          path_request(x, cell, hidden, train), backward=backward)
 
 
 @functools.lru_cache(maxsize=1024)
 def _model_chooses_persistent(cell: str, train: bool, dtype: torch.dtype, steps: int, batch: int,
                               inputs: int, hidden: int, allow_tf32: bool) -> bool:
-    from .bench import model  # pure arithmetic; imported on first use only
-
     mode = "train" if train else "infer"
     name = str(dtype).removeprefix("torch.")
-    return model.choose_path(cell, mode, name, steps, batch, inputs, hidden,
-                             allow_tf32=allow_tf32) == "persistent"
+    return cost_model.choose_path(cell, mode, name, steps, batch, inputs, hidden,
+                                  allow_tf32=allow_tf32) == "persistent"
 
 
 # --------------------------------------------------------------- autocast
@@ -182,7 +199,8 @@ def autocast_dtype(x: Tensor, casts_fp32: bool) -> torch.dtype | None:
     """The dtype a layer computes in under ``torch.autocast``, as torch.nn's does:
     the autocast dtype for an input already in it, or for an fp32 input where
     torch.nn's own kernel is on autocast's lower-precision list (``casts_fp32``:
-    the LSTM module on the CPU (oneDNN), LSTM and GRU on CUDA (cuDNN)); else
+    on the CPU the LSTM module (oneDNN) and the RNN module and cell (linears), on
+    CUDA every module (cuDNN)); else
     None, no cast. The ops themselves never autocast inside."""
     if not torch._C._is_any_autocast_enabled():  # the common case, in one cheap call
         return None
@@ -196,75 +214,76 @@ def autocast_dtype(x: Tensor, casts_fp32: bool) -> torch.dtype | None:
 
 
 # ----------------------------------------------------------------- layers
+# The modules call one function per cell: one layer, one direction, the
+# contract of its twin in reference.py. The toolkit's keywords
+# (fusedrnn/features.py) are off when None; ``layer_norm`` is the (gain, bias)
+# pairs of the layer's norms (features.layer_norm_pairs).
 
 
 def lstm_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
                h0: Tensor, c0: Tensor, lengths: Tensor | None = None, reverse: bool = False, *,
-               recurrent_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
-               zoneout_c: Tensor | None = None, cell_clip: float | None = None,
-               grad_clip: float | None = None, layer_norm: tuple | None = None):
-    """One LSTM layer, one direction: ``(output, h_n, c_n)``. See csrc/ops.cpp; the
-    keywords are the toolkit's (fusedrnn/features.py), off when None; ``layer_norm``
-    is ``(norm_ih, norm_hh, norm_c)``, a (gain, bias) pair each (reference.py)."""
-    lengths = _prepare_lengths(lengths, x)
-    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, zoneout_c=zoneout_c,
-                   cell_clip=cell_clip, grad_clip=grad_clip)
-    ops = _ops()
-    if ops is None:
-        return reference.lstm_layer(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
-                                    layer_norm=layer_norm, **toolkit)
+               layer_norm: tuple | None = None, **toolkit):
+    """``(output, h_n, c_n)``; ``bias`` is b_ih + b_hh; ``layer_norm`` is
+    ``(norm_ih, norm_hh, norm_c)``."""
+    if layer_norm is not None and w_hr is not None:
+        raise ValueError("fusedrnn: layer_norm with a projection (proj_size > 0) is not "
+                         "implemented")
+    norms = None
     if layer_norm is not None:
-        if w_hr is not None:
-            raise ValueError("fusedrnn: layer_norm with a projection (proj_size > 0) is not "
-                             "implemented")
         norm_ih, norm_hh, norm_c = layer_norm
-        return _norm_layer(ops.lstm_norm_forward, reference.normed_projection(x, w_ih, bias, norm_ih),
-                           (w_hh, *norm_hh, *norm_c), (h0, c0), lengths, reverse, toolkit)
-    save = _needs_backward(x, w_ih, bias, w_hh, w_hr, h0, c0)
-    _forward_only(toolkit, save)
-    out, h_n, c_n, _, _ = _call(
-        ops.lstm_forward, save, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, save,
-        use_persistent(x, "lstm", w_ih.shape[0] // 4, save) and not _toolkit_on(toolkit),
-        *_toolkit_args(toolkit))
-    return out, h_n, c_n
+        norms = (norm_ih, (w_hh, *norm_hh, *norm_c, h0, c0))
+    return _layer("lstm", (x, w_ih, bias, w_hh, w_hr, h0, c0), bias, norms, lengths, reverse,
+                  toolkit, layer_norm)
 
 
 def gru_layer(x: Tensor, w_ih: Tensor, b_ih: Tensor | None, w_hh: Tensor, b_hh: Tensor | None,
               h0: Tensor, lengths: Tensor | None = None, reverse: bool = False, *,
-              recurrent_mask: Tensor | None = None, zoneout_h: Tensor | None = None,
-              grad_clip: float | None = None, layer_norm: tuple | None = None):
-    """One GRU layer, one direction: ``(output, h_n)``. See csrc/ops.cpp; the keywords
-    are the toolkit's (fusedrnn/features.py), off when None; ``layer_norm`` is
-    ``(norm_ih, norm_hh)``."""
-    lengths = _prepare_lengths(lengths, x)
-    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, grad_clip=grad_clip)
-    ops = _ops()
-    if ops is None:
-        return reference.gru_layer(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
-                                   layer_norm=layer_norm, **toolkit)
+              layer_norm: tuple | None = None, **toolkit):
+    """``(output, h_n)``; ``layer_norm`` is ``(norm_ih, norm_hh)``."""
+    norms = None
     if layer_norm is not None:
         norm_ih, norm_hh = layer_norm
-        return _norm_layer(ops.gru_norm_forward, reference.normed_projection(x, w_ih, b_ih, norm_ih),
-                           (w_hh, b_hh, *norm_hh), (h0,), lengths, reverse, toolkit)
-    save = _needs_backward(x, w_ih, b_ih, w_hh, b_hh, h0)
-    _forward_only(toolkit, save)
-    out, h_n, _ = _call(
-        ops.gru_forward, save, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, save,
-        use_persistent(x, "gru", w_ih.shape[0] // 3, save) and not _toolkit_on(toolkit),
-        *_toolkit_args(toolkit))
-    return out, h_n
+        norms = (norm_ih, (w_hh, b_hh, *norm_hh, h0))
+    return _layer("gru", (x, w_ih, b_ih, w_hh, b_hh, h0), b_ih, norms, lengths, reverse,
+                  toolkit, layer_norm)
 
 
-def _norm_layer(op, xproj: Tensor, weights: tuple, states: tuple, lengths, reverse: bool,
-                toolkit: dict):
-    """A layer_norm layer: its input side ``xproj`` (all steps, in torch ops, which
-    autograd differentiates) computed by the caller, the recurrence by the ``*_norm``
-    op. Returns the op's output and final states."""
-    save = _needs_backward(xproj, *weights, *states)
+def rnn_layer(x: Tensor, w_ih: Tensor, bias: Tensor | None, w_hh: Tensor, h0: Tensor,
+              lengths: Tensor | None = None, reverse: bool = False, *,
+              nonlinearity: str = "tanh", layer_norm: tuple | None = None, **toolkit):
+    """``(output, h_n)``; ``bias`` is b_ih + b_hh; ``layer_norm`` is ``(norm_ih, norm_hh)``."""
+    norms = None
+    if layer_norm is not None:
+        norm_ih, norm_hh = layer_norm
+        norms = (norm_ih, (w_hh, *norm_hh, h0))
+    return _layer(f"rnn_{nonlinearity}", (x, w_ih, bias, w_hh, h0), bias, norms, lengths,
+                  reverse, toolkit, layer_norm)
+
+
+def _layer(cell: str, tensors: tuple, input_bias, norms, lengths, reverse: bool, toolkit: dict,
+           layer_norm):
+    """One layer of ``cell`` on the backend's ops. ``tensors`` are the forward op's
+    tensor arguments; ``norms`` (layer_norm) the norm on the input side and the
+    norm op's tensor arguments after xproj. Returns the op's results."""
+    x = tensors[0]
+    lengths = _prepare_lengths(lengths, x)
+    ops = _ops()
+    if ops is None:
+        return registration.CELLS[cell].layer(*tensors, lengths, reverse, layer_norm=layer_norm,
+                                              **toolkit)
+    results = registration.CELLS[cell].results
+    if norms is not None:
+        norm_ih, rest = norms
+        xproj = reference.normed_projection(x, tensors[1], input_bias, norm_ih)
+        op, args = getattr(ops, f"{cell}_norm_forward"), (xproj, *rest)
+    else:
+        op, args = getattr(ops, f"{cell}_forward"), tensors
+    save = _needs_backward(*args)
     _forward_only(toolkit, save)
-    results = _call(op, save, xproj, *weights, *states, lengths, reverse, save,
-                    *_toolkit_args(toolkit))
-    return results[:1 + len(states)]
+    path = () if norms is not None else (path_request(x, cell, args[3].shape[0] //
+                                                      registration.CELLS[cell].gates, save),)
+    out = _call(op, save, *args, lengths, reverse, save, *path, *_toolkit_args(op, toolkit))
+    return out[:results]
 
 
 def _call(op, save: bool, *args):
@@ -280,28 +299,27 @@ def _forward_only(toolkit: dict, save: bool) -> None:
     """grad_clip acts in the backward only: a call without one drops it, and so
     keeps the persistent path (inference costs nothing with grad_clip set)."""
     if not save:
-        toolkit["grad_clip"] = None
+        toolkit.pop("grad_clip", None)
 
 
-def _toolkit_on(toolkit: dict) -> bool:
-    """Whether any toolkit feature is on: the persistent loops and kernels take none of
-    them, so such a layer always runs the step loop."""
-    return any(value is not None for value in toolkit.values())
-
-
-def _toolkit_args(toolkit: dict) -> tuple:
-    """The ops' trailing toolkit arguments (schema order, as in ``toolkit``): none when
-    every feature is off, so such a call (and an exported graph) is the plain op's."""
-    if not _toolkit_on(toolkit):
+def _toolkit_args(op, toolkit: dict) -> tuple:
+    """The op's trailing toolkit arguments, in its schema's order: none when every
+    feature is off, so such a call (and an exported graph) is the plain op's; a
+    limit of 0 is off, masks contiguous."""
+    if all(value is None for value in toolkit.values()):
         return ()
-    return tuple(_op_value(name, value) for name, value in toolkit.items())
+    names = registration.toolkit_names(op)
+    unknown = set(toolkit) - set(names)
+    if unknown:
+        raise TypeError(f"fusedrnn: unknown toolkit arguments {sorted(unknown)}")
+    return tuple(_op_value(toolkit.get(name), default)
+                 for name, default in zip(names, registration.toolkit_defaults(op)))
 
 
-def _op_value(name: str, value):
-    """A toolkit argument as the op takes it: a limit of 0 is off, masks contiguous."""
-    if name.endswith("clip"):
-        return 0.0 if value is None else float(value)
-    return None if value is None else value.contiguous()
+def _op_value(value, default):
+    if value is None:
+        return default
+    return float(value) if isinstance(default, float) else value.contiguous()
 
 
 def _needs_backward(*tensors) -> bool:

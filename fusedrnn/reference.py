@@ -6,9 +6,11 @@ The layer functions have exactly the contract of the fused ops
 (``fusedrnn.ops``): one layer, one direction, time-major input.
 
 Conventions shared with the kernels:
-  * gate order ``i, f, g, o`` (LSTM) and ``r, z, n`` (GRU), as in torch.nn;
+  * gate order ``i, f, g, o`` (LSTM) and ``r, z, n`` (GRU), as in torch.nn; the
+    Elman RNN (torch.nn.RNN) has one gate, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``
+    with act tanh or relu;
   * the input projection ``xproj = x @ w_ih^T + b`` is ``(T, B, G*H)``; for
-    LSTM ``b`` is ``b_ih + b_hh``, for GRU only ``b_ih`` (``b_hh`` enters
+    LSTM and RNN ``b`` is ``b_ih + b_hh``, for GRU only ``b_ih`` (``b_hh`` enters
     inside ``r * (W_hn h + b_hn)``);
   * ``lengths`` (``(B,)`` integers) marks steps ``t >= lengths[b]`` inactive:
     the state is carried through unchanged and the output there is zero;
@@ -57,6 +59,18 @@ def gru_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, b_hh: Tensor | None,
     z = (x_z + h_z).sigmoid()
     n = (x_n + r * h_n).tanh()
     return n + z * (h - n)
+
+
+_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def rnn_cell(xproj_t: Tensor, h: Tensor, w_hh: Tensor, nonlinearity: str = "tanh",
+             recurrent_mask: Tensor | None = None, norm_hh: tuple | None = None):
+    """One Elman RNN step. ``xproj_t`` is ``(B, H)`` including ``b_ih + b_hh``; returns
+    ``h' = act(xproj_t + LN_hh(h W_hh^T))``, act ``nonlinearity`` (tanh or relu);
+    ``recurrent_mask`` multiplies h where it enters the recurrent product only."""
+    h_in = h if recurrent_mask is None else h * recurrent_mask
+    return _ACTIVATIONS[nonlinearity](xproj_t + _layer_norm(h_in @ w_hh.t(), norm_hh))
 
 
 # ------------------------------------------------------------ layer norm
@@ -204,24 +218,60 @@ def gru_norm_recurrence(xproj, w_hh, b_hh, hh_weight, hh_bias, h0, lengths=None,
 
 def _gru_steps(xproj, w_hh, b_hh, h0, lengths, reverse, *, recurrent_mask=None,
                zoneout_h=None, grad_clip=None, norm_hh=None):
+    def cell(x_t, h):
+        return gru_cell(x_t, h, w_hh, b_hh, recurrent_mask, norm_hh)
+    return _hidden_state_steps(cell, xproj, h0, lengths, reverse, zoneout_h, grad_clip)
+
+
+def _hidden_state_steps(cell, xproj, h0, lengths, reverse, zoneout_h, grad_clip):
+    """The step loop of a cell whose one state is h (GRU, RNN): ``cell(xproj_t, h)``."""
     h = h0
     outputs = [None] * xproj.shape[0]
     for t in _steps(xproj.shape[0], reverse):
         h_in = _clip_grad(h, grad_clip)
-        h_new = gru_cell(xproj[t], h_in, w_hh, b_hh, recurrent_mask, norm_hh)
-        h_new = _zoneout(zoneout_h, t, h_in, h_new)
+        h_new = _zoneout(zoneout_h, t, h_in, cell(xproj[t], h_in))
         h, outputs[t] = _commit(_active_rows(lengths, t, h), h_new, h_in)
     if not outputs:
         return xproj.new_zeros(0, h0.shape[0], h0.shape[1]), h
     return torch.stack(outputs), h
 
 
+def rnn_layer(x, w_ih, bias, w_hh, h0, lengths=None, reverse=False, *, nonlinearity="tanh",
+              recurrent_mask=None, zoneout_h=None, grad_clip=None, layer_norm=None):
+    """One Elman RNN layer, one direction: ``(output, h_n)``. ``bias`` is ``b_ih + b_hh``
+    or None; the keywords as in :func:`lstm_layer` (``layer_norm`` is
+    ``(norm_ih, norm_hh)``)."""
+    toolkit = dict(recurrent_mask=recurrent_mask, zoneout_h=zoneout_h, grad_clip=grad_clip)
+    if layer_norm is None:
+        xproj = torch.nn.functional.linear(x, w_ih, bias)
+        return _rnn_steps(xproj, w_hh, h0, lengths, reverse, nonlinearity, **toolkit)
+    norm_ih, norm_hh = layer_norm
+    return _rnn_steps(normed_projection(x, w_ih, bias, norm_ih), w_hh, h0, lengths, reverse,
+                      nonlinearity, norm_hh=norm_hh, **toolkit)
+
+
+def rnn_norm_recurrence(xproj, w_hh, hh_weight, hh_bias, h0, lengths=None, reverse=False, *,
+                        nonlinearity="tanh", **toolkit):
+    """The recurrence of a layer-normalised RNN layer from its input side ``xproj``: the
+    contract of the ops ``rnn_tanh_norm_forward`` / ``rnn_relu_norm_forward``."""
+    return _rnn_steps(xproj, w_hh, h0, lengths, reverse, nonlinearity,
+                      norm_hh=(hh_weight, hh_bias), **toolkit)
+
+
+def _rnn_steps(xproj, w_hh, h0, lengths, reverse, nonlinearity, *, recurrent_mask=None,
+               zoneout_h=None, grad_clip=None, norm_hh=None):
+    def cell(x_t, h):
+        return rnn_cell(x_t, h, w_hh, nonlinearity, recurrent_mask, norm_hh)
+    return _hidden_state_steps(cell, xproj, h0, lengths, reverse, zoneout_h, grad_clip)
+
+
 def rnn(mode, input, hx, weights, *, num_layers, bidirectional, lengths=None,
         dropout=0.0, training=False):
     """Whole multi-layer RNN on time-major ``input`` ``(T, B, I)``.
 
+    ``mode`` is torch.nn's: ``"LSTM"``, ``"GRU"``, ``"RNN_TANH"`` or ``"RNN_RELU"``.
     ``weights`` is the per-(layer, direction) list of parameter lists in
-    torch.nn's order (``module._all_weights``). ``hx`` is ``h0`` (GRU) or
+    torch.nn's order (``module._all_weights``). ``hx`` is ``h0`` (GRU, RNN) or
     ``(h0, c0)`` (LSTM), each ``(num_layers * D, B, *)``. Returns
     ``(output, h_n)`` or ``(output, (h_n, c_n))`` like torch.nn.
     """
@@ -240,8 +290,12 @@ def rnn(mode, input, hx, weights, *, num_layers, bidirectional, lengths=None,
                 out, h, c = lstm_layer(layer_input, w_ih, b, w_hh, w_hr, h0[k], c0[k], lengths,
                                        d == 1)
                 c_n.append(c)
-            else:
+            elif mode == "GRU":
                 out, h = gru_layer(layer_input, w_ih, b_ih, w_hh, b_hh, h0[k], lengths, d == 1)
+            else:
+                b = None if b_ih is None else b_ih + b_hh
+                out, h = rnn_layer(layer_input, w_ih, b, w_hh, h0[k], lengths, d == 1,
+                                   nonlinearity=mode.removeprefix("RNN_").lower())
             outs.append(out)
             h_n.append(h)
         layer_input = torch.cat(outs, dim=-1)
@@ -270,12 +324,12 @@ def _split_rest(rest):
 def module_forward(module, input, hx=None):
     """``module``'s forward computed by :func:`rnn` with ``module``'s own parameters.
 
-    ``module`` is a ``torch.nn.LSTM``/``GRU`` or a fusedrnn one. Takes the
+    ``module`` is a ``torch.nn.LSTM``/``GRU``/``RNN`` or a fusedrnn one. Takes the
     inputs torch.nn takes: batched (time- or batch-first), unbatched, or a
     PackedSequence (the output is packed the same way), and returns what
     torch.nn returns.
     """
-    mode = module.mode  # "LSTM" or "GRU" (set by RNNBase)
+    mode = module.mode  # "LSTM", "GRU", "RNN_TANH" or "RNN_RELU" (set by RNNBase)
     D = 2 if module.bidirectional else 1
     lengths = None
     packed = isinstance(input, PackedSequence)

@@ -1,5 +1,12 @@
 """Fake kernels and autograd for the fused ops (csrc/ops.cpp), per op namespace.
 
+Every op family (``<cell>_forward``, ``<cell>_norm_forward`` and their
+backward ops) is registered from one spec, :class:`OpSpec`, which reads the
+op's schema: its differentiable tensors come first, then ``lengths``,
+``reverse``, its flags and the toolkit (csrc/layer/args.h); its results, then
+what it saves for the backward. :data:`CELLS` adds, per cell, what a schema
+does not say: the reference twin.
+
 ``register_fake`` gives torch.compile the output shapes; ``register_autograd``
 makes each forward op's backward another fused op. Eager calls and torch.func
 transforms take the same setup_context and backward on a lighter
@@ -24,31 +31,86 @@ from torch.autograd import forward_ad
 from . import reference
 
 
+class Cell(NamedTuple):
+    """What the Python side needs of a cell beyond its ops' schemas."""
+
+    gates: int
+    results: int  # the layer's results: output, h_n (and c_n)
+    layer: Callable  # reference twin of <cell>_forward
+    norm: Callable  # of <cell>_norm_forward
+
+
+CELLS = {
+    "lstm": Cell(4, 3, reference.lstm_layer, reference.lstm_norm_recurrence),
+    "gru": Cell(3, 2, reference.gru_layer, reference.gru_norm_recurrence),
+    **{f"rnn_{act}": Cell(1, 2, functools.partial(reference.rnn_layer, nonlinearity=act),
+                          functools.partial(reference.rnn_norm_recurrence, nonlinearity=act))
+       for act in ("tanh", "relu")},
+}
+
+
+class OpSpec(NamedTuple):
+    """The shape of a forward op's signature, read from its schema."""
+
+    differentiable: int  # its leading inputs, which take gradients and tangents
+    results: int  # its leading outputs, the layer's results
+    saved: int  # the outputs after them, saved for the backward (no tangents)
+    flags: tuple  # the names of its arguments between `reverse` and the toolkit
+    toolkit_at: int  # where its trailing toolkit arguments start
+    toolkit: tuple  # their names, in schema order (fusedrnn/features.py)
+    names: tuple  # every argument's name
+    outputs: tuple  # every output's name
+    reference: Callable  # its twin in reference.py: (*differentiable, lengths, reverse, **toolkit)
+    backward: object  # its backward op
+    backward_names: tuple  # the backward op's arguments' names
+
+
+def _spec(op, backward, reference_twin) -> OpSpec:
+    schema = op.default._schema
+    names = tuple(a.name for a in schema.arguments)
+    outputs = tuple(r.name for r in schema.returns)
+    n, toolkit_at = names.index("lengths"), names.index("recurrent_mask")
+    results = sum(name in ("output", "h_n", "c_n") for name in outputs)
+    backward_names = tuple(a.name for a in backward.default._schema.arguments)
+    return OpSpec(n, results, len(outputs) - results, names[n + 2:toolkit_at], toolkit_at,
+                  names[toolkit_at:], names, outputs, reference_twin, backward, backward_names)
+
+
+@functools.lru_cache(maxsize=None)
+def toolkit_names(op) -> tuple:
+    """The toolkit arguments of ``op``, in its schema's order (csrc/layer/args.h)."""
+    names = [a.name for a in op.default._schema.arguments]
+    return tuple(names[names.index("recurrent_mask"):])
+
+
+@functools.lru_cache(maxsize=None)
+def toolkit_defaults(op) -> tuple:
+    arguments = op.default._schema.arguments
+    first = [a.name for a in arguments].index("recurrent_mask")
+    return tuple(a.default_value for a in arguments[first:])
+
+
 def register(namespace: str) -> None:
     """Fake kernels and autograd for the ops of ``namespace`` (call once)."""
     ops = getattr(torch.ops, namespace)
-    for op, fake in (("lstm_forward", _lstm_forward_fake), ("lstm_backward", _lstm_backward_fake),
-                     ("gru_forward", _gru_forward_fake), ("gru_backward", _gru_backward_fake),
-                     ("lstm_norm_forward", _lstm_norm_forward_fake),
-                     ("lstm_norm_backward", _lstm_norm_backward_fake),
-                     ("gru_norm_forward", _gru_norm_forward_fake),
-                     ("gru_norm_backward", _gru_norm_backward_fake)):
-        torch.library.register_fake(f"{namespace}::{op}", fake)
-    for op, backward, setup in (("lstm_forward", _lstm_backward, _lstm_setup_context),
-                                ("gru_forward", _gru_backward, _gru_setup_context),
-                                ("lstm_norm_forward", _lstm_norm_backward,
-                                 _lstm_norm_setup_context),
-                                ("gru_norm_forward", _gru_norm_backward,
-                                 _gru_norm_setup_context)):
-        backward_of_ops = functools.partial(backward, ops)
-        torch.library.register_autograd(f"{namespace}::{op}", backward_of_ops,
-                                        setup_context=setup)
-        forward_op = getattr(ops, op)
-        _EAGER_AUTOGRAD[forward_op] = _Autograd(forward_op, setup, backward_of_ops, _SPECS[op])
-    # Called directly and differentiated, the backward ops raise, never a silent zero.
-    for op in ("lstm_backward", "gru_backward", "lstm_norm_backward", "gru_norm_backward"):
-        torch.library.register_autograd(f"{namespace}::{op}", _backward_op_has_no_backward,
-                                        setup_context=_save_nothing)
+    debug = getattr(torch.ops, f"{namespace}_debug")
+    for name, cell in CELLS.items():
+        gates, saved_per_unit, cell_state = debug.__getattr__(f"{name}_layout")()
+        for family, twin in (("forward", cell.layer), ("norm_forward", cell.norm)):
+            forward_op = getattr(ops, f"{name}_{family}")
+            backward_op = getattr(ops, f"{name}_{family.replace('forward', 'backward')}")
+            spec = _spec(forward_op, backward_op, twin)
+            torch.library.register_fake(f"{namespace}::{name}_{family}",
+                                        functools.partial(_forward_fake, spec, saved_per_unit))
+            torch.library.register_fake(backward_op.default, functools.partial(_backward_fake, spec))
+            backward = functools.partial(_backward, spec)
+            torch.library.register_autograd(f"{namespace}::{name}_{family}", backward,
+                                            setup_context=functools.partial(_setup_context, spec))
+            _EAGER_AUTOGRAD[forward_op] = _Autograd(
+                forward_op, functools.partial(_setup_context, spec), backward, spec)
+            # Called directly and differentiated, a backward op raises, never a silent zero.
+            torch.library.register_autograd(backward_op.default, _backward_op_has_no_backward,
+                                            setup_context=_save_nothing)
 
 
 # ------------------------------------------------------ fake kernels
@@ -58,106 +120,39 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _grad_input_like(x: Tensor, grad_input: bool) -> Tensor:
-    return x.new_empty(x.shape) if grad_input else x.new_empty(0)
+def _forward_fake(spec: OpSpec, saved_per_unit: int, *args):
+    """Empty outputs of the right shapes: results in the input's dtype, the saved
+    tensors in the compute dtype (no steps in inference)."""
+    arg = dict(zip(spec.names, args))
+    first = args[0]  # input (T, B, I) or xproj (T, B, G*H)
+    steps, batch = first.shape[0], first.shape[1]
+    w_hh, w_hr = arg["w_hh"], arg.get("w_hr")
+    hidden = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
+    h_size, gates = w_hh.shape[1], w_hh.shape[0] // hidden
+    saved = steps if arg.get("save_for_backward", True) else 0
+    ct = _compute_dtype(first.dtype)
+    shapes = {"output": ((steps, batch, h_size), None), "h_n": ((batch, h_size), None),
+              "c_n": ((batch, hidden), None),
+              "gates": ((saved, batch, saved_per_unit * hidden), ct),
+              "cells": ((saved, batch, hidden), ct),
+              "hh_norm": ((saved, batch, gates * hidden), ct),
+              "c_norm": ((saved, batch, hidden), ct),
+              "rstd": ((saved, batch, 2 if "c_n" in spec.outputs else 1), ct)}
+    return tuple(first.new_empty(shapes[name][0], dtype=shapes[name][1] or first.dtype)
+                 for name in spec.outputs)
 
 
-def _lstm_forward_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse,
-                       save_for_backward=True, persistent=False, *toolkit):
-    steps, batch, _ = x.shape
-    gates, h_size = w_ih.shape[0], w_hh.shape[1]
-    hidden = gates // 4
-    ct = _compute_dtype(x.dtype)
-    saved = steps if save_for_backward else 0
-    return (x.new_empty(steps, batch, h_size), x.new_empty(batch, h_size),
-            x.new_empty(batch, hidden), x.new_empty(saved, batch, gates, dtype=ct),
-            x.new_empty(saved, batch, hidden, dtype=ct))
-
-
-def _lstm_backward_fake(grad_output, grad_h_n, grad_c_n, x, w_ih, w_hh, w_hr, h0, c0, output,
-                        gates, cells, lengths, reverse, grad_input=True, persistent=False,
-                        *toolkit):
-    grad_w_hr = w_hh.new_empty(w_hr.shape) if w_hr is not None else w_hh.new_empty(0)
-    return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
-            w_ih.new_empty(w_ih.shape[0]), w_hh.new_empty(w_hh.shape), grad_w_hr,
-            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
-
-
-def _gru_forward_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse,
-                      save_for_backward=True, persistent=False, *toolkit):
-    steps, batch, _ = x.shape
-    hidden = w_ih.shape[0] // 3
-    ct = _compute_dtype(x.dtype)
-    saved = steps if save_for_backward else 0
-    return (x.new_empty(steps, batch, hidden), x.new_empty(batch, hidden),
-            x.new_empty(saved, batch, 4 * hidden, dtype=ct))
-
-
-def _gru_backward_fake(grad_output, grad_h_n, x, w_ih, w_hh, h0, output, gates, lengths,
-                       reverse, grad_input=True, persistent=False, *toolkit):
-    gates3 = w_ih.shape[0]
-    return (_grad_input_like(x, grad_input), w_ih.new_empty(w_ih.shape),
-            w_ih.new_empty(gates3), w_hh.new_empty(w_hh.shape), w_hh.new_empty(gates3),
-            h0.new_empty(h0.shape))
-
-
-def _lstm_norm_forward_fake(xproj, w_hh, hh_weight, hh_bias, c_weight, c_bias, h0, c0, lengths,
-                            reverse, save_for_backward=True, *toolkit):
-    steps, batch, gates = xproj.shape
-    hidden = gates // 4
-    ct = _compute_dtype(xproj.dtype)
-    saved = steps if save_for_backward else 0
-    return (xproj.new_empty(steps, batch, hidden), xproj.new_empty(batch, hidden),
-            xproj.new_empty(batch, hidden), xproj.new_empty(saved, batch, gates, dtype=ct),
-            xproj.new_empty(saved, batch, hidden, dtype=ct),
-            xproj.new_empty(saved, batch, gates, dtype=ct),
-            xproj.new_empty(saved, batch, hidden, dtype=ct),
-            xproj.new_empty(saved, batch, 2, dtype=ct))
-
-
-def _lstm_norm_backward_fake(grad_output, grad_h_n, grad_c_n, w_hh, hh_weight, c_weight, c_bias,
-                             h0, c0, output, gates, cells, hh_norm, c_norm, rstd, lengths,
-                             reverse, *toolkit):
-    steps, batch, hidden = output.shape
-    return (output.new_empty(steps, batch, 4 * hidden), w_hh.new_empty(w_hh.shape),
-            hh_weight.new_empty(hh_weight.shape), hh_weight.new_empty(hh_weight.shape),
-            c_weight.new_empty(c_weight.shape), c_weight.new_empty(c_weight.shape),
-            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
-
-
-def _gru_norm_forward_fake(xproj, w_hh, b_hh, hh_weight, hh_bias, h0, lengths, reverse,
-                           save_for_backward=True, *toolkit):
-    steps, batch, gates3 = xproj.shape
-    hidden = gates3 // 3
-    ct = _compute_dtype(xproj.dtype)
-    saved = steps if save_for_backward else 0
-    return (xproj.new_empty(steps, batch, hidden), xproj.new_empty(batch, hidden),
-            xproj.new_empty(saved, batch, 4 * hidden, dtype=ct),
-            xproj.new_empty(saved, batch, gates3, dtype=ct),
-            xproj.new_empty(saved, batch, dtype=ct))
-
-
-def _gru_norm_backward_fake(grad_output, grad_h_n, w_hh, hh_weight, h0, output, gates, hh_norm,
-                            rstd, lengths, reverse, *toolkit):
-    steps, batch, hidden = output.shape
-    return (output.new_empty(steps, batch, 3 * hidden), w_hh.new_empty(w_hh.shape),
-            hh_weight.new_empty(hh_weight.shape), hh_weight.new_empty(hh_weight.shape),
-            hh_weight.new_empty(hh_weight.shape), h0.new_empty(h0.shape))
+def _backward_fake(spec: OpSpec, *args):
+    """A gradient shaped like each differentiable input; empty for an input given as
+    None, and for the input when grad_input is False."""
+    inputs = args[spec.results:spec.results + spec.differentiable]
+    grad_input = dict(zip(spec.backward_names, args)).get("grad_input", True)
+    like = next(t for t in inputs if t is not None)
+    return tuple(like.new_empty(0) if t is None or (i == 0 and not grad_input)
+                 else t.new_empty(t.shape) for i, t in enumerate(inputs))
 
 
 # ----------------------------------------------------------- autograd
-
-
-class OpSpec(NamedTuple):
-    """The shape of a forward op's signature, as the generic autograd code reads it."""
-
-    differentiable: int  # its leading inputs, which take gradients and tangents
-    results: int  # its leading outputs, the layer's results
-    saved: int  # the outputs after them, saved for the backward (no tangents)
-    toolkit_at: int  # where its trailing toolkit arguments start
-    toolkit: tuple  # their names, in schema order (fusedrnn/features.py)
-    # Its twin in reference.py: (*differentiable, lengths, reverse, **toolkit) -> results.
-    reference: Callable
 
 
 class _Autograd(NamedTuple):
@@ -266,6 +261,61 @@ def _check_saved(gates: Tensor, out: Tensor) -> None:
                            "save_for_backward=False; call it with True to train")
 
 
+def _setup_context(spec: OpSpec, ctx, inputs, output):
+    """Saves the differentiable inputs, the output and the saved tensors, lengths and
+    the toolkit's masks; the flags and limits on ctx."""
+    n = spec.differentiable
+    toolkit = tuple(inputs[spec.toolkit_at:])
+    ctx.flags = tuple(inputs[n + 2:spec.toolkit_at])
+    ctx.reverse = inputs[n + 1]
+    ctx.unused = (None,) * (len(inputs) - n)  # no gradient from lengths onwards
+    ctx.toolkit_limits = {i: v for i, v in enumerate(toolkit) if not isinstance(v, Tensor | None)}
+    masks = [v if isinstance(v, Tensor | None) else None for v in toolkit]
+    saved = output[spec.results:]
+    ctx.save_for_backward(*inputs[:n], output[0], *saved, inputs[n], *masks)
+    ctx.mark_non_differentiable(*saved)
+    ctx.set_materialize_grads(False)  # never a zero gradient the size of the saved tensors
+
+
+def _backward(spec: OpSpec, ctx, *grads):
+    n, s = spec.differentiable, spec.saved
+    tensors = ctx.saved_tensors
+    inputs, out, saved = tensors[:n], tensors[n], tensors[n + 1:n + 1 + s]
+    lengths, masks = tensors[n + 1 + s], tensors[n + 2 + s:]
+    toolkit = tuple(ctx.toolkit_limits.get(i, m) for i, m in enumerate(masks))
+    unused = ctx.unused
+    if _backward_is_differentiated():
+        named = _reference_toolkit(dict(zip(spec.toolkit, toolkit)))
+        _refuse_second_order_grad_clip(named)
+        layer = functools.partial(spec.reference, **named)
+        return _differentiable_backward(layer, inputs, ctx.needs_input_grad[:n],
+                                        (lengths, ctx.reverse), grads[:spec.results]) + unused
+    _check_saved(saved[0], out)
+    flags = _backward_flags(spec, ctx)
+    likes = (out, *_initial_states(spec, inputs))  # shaped as output, h_n (and c_n)
+    result_grads = (_zeros_if_none(g, like) for g, like in zip(grads, likes))
+    computed = call_below_autograd(spec.backward, *result_grads, *inputs, out, *saved, lengths,
+                                   ctx.reverse, *flags, *toolkit)
+    return tuple(g if t is not None and need else None
+                 for g, t, need in zip(computed, inputs, ctx.needs_input_grad)) + unused
+
+
+def _initial_states(spec: OpSpec, inputs) -> tuple:
+    """The initial states among the inputs: h0 (and c0)."""
+    return tuple(inputs[spec.names.index(name)] for name in ("h0", "c0")
+                 if name in spec.names)[:spec.results - 1]
+
+
+def _backward_flags(spec: OpSpec, ctx) -> tuple:
+    """The backward op's flags (its arguments between `reverse` and the toolkit):
+    grad_input, whether the input needs its gradient, and the forward's path."""
+    names = spec.backward_names
+    given = dict(zip(spec.flags, ctx.flags))
+    values = {"grad_input": ctx.needs_input_grad[0], "path": given.get("path", "auto")}
+    return tuple(values[name] for name in names[names.index("reverse") + 1:
+                                                names.index("recurrent_mask")])
+
+
 def _differentiable_backward(layer, inputs, needs_grad, layer_args, grads):
     """Gradients of ``layer(*inputs, *layer_args)`` (the reference twin of an op) for the
     inputs in ``needs_grad``, by torch.func.vjp: plain torch ops, which autograd
@@ -288,39 +338,6 @@ def _differentiable_backward(layer, inputs, needs_grad, layer_args, grads):
     return tuple(out)
 
 
-# The toolkit arguments (fusedrnn/features.py) after ``persistent``, in schema order.
-_LSTM_TOOLKIT = ("recurrent_mask", "zoneout_h", "zoneout_c", "cell_clip", "grad_clip")
-_GRU_TOOLKIT = ("recurrent_mask", "zoneout_h", "grad_clip")
-
-_SPECS = {
-    "lstm_forward": OpSpec(7, 3, 2, 11, _LSTM_TOOLKIT, reference.lstm_layer),
-    "gru_forward": OpSpec(6, 2, 1, 10, _GRU_TOOLKIT, reference.gru_layer),
-    "lstm_norm_forward": OpSpec(8, 3, 5, 11, _LSTM_TOOLKIT, reference.lstm_norm_recurrence),
-    "gru_norm_forward": OpSpec(6, 2, 3, 9, _GRU_TOOLKIT, reference.gru_norm_recurrence),
-}
-
-
-def _reference_jvp(spec: OpSpec, inputs: list, tangents: tuple) -> tuple:
-    """The op's output tangents, as forward-mode AD of its reference twin gives them
-    (as second-order gradients are; at the reference's speed). The saved outputs
-    are non-differentiable: no tangent."""
-    n = spec.differentiable
-    lengths, reverse = inputs[n], inputs[n + 1]
-    toolkit = _reference_toolkit(dict(zip(spec.toolkit, inputs[spec.toolkit_at:])))
-    toolkit.pop("grad_clip", None)  # acts in the backward only
-    present = [i for i in range(n) if inputs[i] is not None]  # bias, w_hr may be None
-
-    def layer(*primals):
-        args = list(inputs[:n])
-        for i, primal in zip(present, primals):
-            args[i] = primal
-        return spec.reference(*args, lengths, reverse, **toolkit)
-
-    primals = tuple(inputs[i] for i in present)
-    tangents = tuple(_zeros_if_none(tangents[i], inputs[i]) for i in present)
-    return _forward_derivative(layer, primals, tangents) + (None,) * spec.saved
-
-
 def _forward_derivative(function, primals: tuple, tangents: tuple) -> tuple:
     """The tangents of ``function``'s results. Inside torch.func through its jvp; inside
     ``torch.autograd.forward_ad`` (which nests no second level) on dual tensors of the
@@ -333,18 +350,25 @@ def _forward_derivative(function, primals: tuple, tangents: tuple) -> tuple:
         return tuple(_zeros_if_none(forward_ad.unpack_dual(r).tangent, r) for r in results)
 
 
-def _save_toolkit(ctx, names: tuple, values: tuple) -> None:
-    """Keeps the toolkit arguments for the backward: the masks as saved tensors (set on
-    ctx after save_for_backward), the limits as floats."""
-    values = dict(zip(names, values))
-    ctx.toolkit_limits = {n: v for n, v in values.items() if not isinstance(v, Tensor | None)}
-    ctx.toolkit_masks = [n for n, v in values.items() if isinstance(v, Tensor | None)]
-    return [values[n] for n in ctx.toolkit_masks]
+def _reference_jvp(spec: OpSpec, inputs: list, tangents: tuple) -> tuple:
+    """The op's output tangents, as forward-mode AD of its reference twin gives them
+    (as second-order gradients are; at the reference's speed). The saved outputs
+    are non-differentiable: no tangent."""
+    n = spec.differentiable
+    lengths, reverse = inputs[n], inputs[n + 1]
+    toolkit = _reference_toolkit(dict(zip(spec.toolkit, inputs[spec.toolkit_at:])))
+    toolkit.pop("grad_clip", None)  # acts in the backward only
+    present = [i for i in range(n) if inputs[i] is not None]  # a bias, w_hr may be None
 
+    def layer(*primals):
+        args = list(inputs[:n])
+        for i, primal in zip(present, primals):
+            args[i] = primal
+        return spec.reference(*args, lengths, reverse, **toolkit)
 
-def _toolkit_of(ctx, masks) -> dict:
-    """The toolkit arguments saved by :func:`_save_toolkit`, by name."""
-    return {**dict(zip(ctx.toolkit_masks, masks)), **ctx.toolkit_limits}
+    primals = tuple(inputs[i] for i in present)
+    tangents = tuple(_zeros_if_none(tangents[i], inputs[i]) for i in present)
+    return _forward_derivative(layer, primals, tangents) + (None,) * spec.saved
 
 
 def _backward_is_differentiated() -> bool:
@@ -367,136 +391,14 @@ def _refuse_second_order_grad_clip(toolkit: dict) -> None:
 
 
 def _reference_toolkit(toolkit: dict) -> dict:
-    """The reference's keywords: a limit of 0 is off (None)."""
-    return {n: (None if v is not None and not isinstance(v, Tensor) and v == 0 else v)
-            for n, v in toolkit.items()}
-
-
-def _lstm_setup_context(ctx, inputs, output):
-    x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, _save, persistent, *toolkit = inputs
-    out, h_n, c_n, gates, cells = output
-    masks = _save_toolkit(ctx, _LSTM_TOOLKIT[:len(toolkit)], tuple(toolkit))
-    ctx.save_for_backward(x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths, *masks)
-    ctx.reverse = reverse
-    ctx.persistent = persistent
-    ctx.unused = (None,) * (4 + len(toolkit))  # no gradient from lengths onwards
-    ctx.mark_non_differentiable(gates, cells)
-    ctx.set_materialize_grads(False)  # never a zero gradient the size of gates
-
-
-def _lstm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, _grad_gates, _grad_cells):
-    x, w_ih, bias, w_hh, w_hr, h0, c0, out, gates, cells, lengths, *masks = ctx.saved_tensors
-    toolkit = _toolkit_of(ctx, masks)
-    if _backward_is_differentiated():
-        _refuse_second_order_grad_clip(toolkit)
-        layer = functools.partial(reference.lstm_layer, **_reference_toolkit(toolkit))
-        return _differentiable_backward(layer, (x, w_ih, bias, w_hh, w_hr, h0, c0),
-                                        ctx.needs_input_grad[:7], (lengths, ctx.reverse),
-                                        (grad_out, grad_h_n, grad_c_n)) + ctx.unused
-    _check_saved(gates, out)
-    grad_x, grad_w_ih, grad_bias, grad_w_hh, grad_w_hr, grad_h0, grad_c0 = (
-        call_below_autograd(
-            ops.lstm_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
-            _zeros_if_none(grad_c_n, c0), x, w_ih, w_hh, w_hr, h0, c0, out, gates, cells, lengths,
-            ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
-            *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit)))
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
-            grad_bias if bias is not None else None, grad_w_hh,
-            grad_w_hr if w_hr is not None else None, grad_h0, grad_c0) + ctx.unused
-
-
-def _gru_setup_context(ctx, inputs, output):
-    x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, _save, persistent, *toolkit = inputs
-    out, h_n, gates = output
-    masks = _save_toolkit(ctx, _GRU_TOOLKIT[:len(toolkit)], tuple(toolkit))
-    ctx.save_for_backward(x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths, *masks)
-    ctx.reverse = reverse
-    ctx.persistent = persistent
-    ctx.unused = (None,) * (4 + len(toolkit))  # no gradient from lengths onwards
-    ctx.mark_non_differentiable(gates)
-    ctx.set_materialize_grads(False)
-
-
-def _gru_backward(ops, ctx, grad_out, grad_h_n, _grad_gates):
-    x, w_ih, b_ih, w_hh, b_hh, h0, out, gates, lengths, *masks = ctx.saved_tensors
-    toolkit = _toolkit_of(ctx, masks)
-    if _backward_is_differentiated():
-        _refuse_second_order_grad_clip(toolkit)
-        layer = functools.partial(reference.gru_layer, **_reference_toolkit(toolkit))
-        return _differentiable_backward(layer, (x, w_ih, b_ih, w_hh, b_hh, h0),
-                                        ctx.needs_input_grad[:6], (lengths, ctx.reverse),
-                                        (grad_out, grad_h_n)) + ctx.unused
-    _check_saved(gates, out)
-    grad_x, grad_w_ih, grad_b_ih, grad_w_hh, grad_b_hh, grad_h0 = call_below_autograd(
-        ops.gru_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), x, w_ih,
-        w_hh, h0, out, gates, lengths, ctx.reverse, ctx.needs_input_grad[0], ctx.persistent,
-        *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
-    return (grad_x if ctx.needs_input_grad[0] else None, grad_w_ih,
-            grad_b_ih if b_ih is not None else None, grad_w_hh,
-            grad_b_hh if b_hh is not None else None, grad_h0) + ctx.unused
-
-
-# The layer_norm ops (csrc/ops.cpp): their backward returns the gradients of
-# the differentiable inputs in input order; their reference twins are
-# reference.*_norm_recurrence.
-
-
-def _lstm_norm_setup_context(ctx, inputs, output):
-    *differentiable, lengths, reverse, _save = inputs[:11]
-    toolkit = inputs[11:]
-    out, _, _, *saved = output
-    masks = _save_toolkit(ctx, _LSTM_TOOLKIT[:len(toolkit)], tuple(toolkit))
-    ctx.save_for_backward(*differentiable, out, *saved, lengths, *masks)
-    ctx.reverse = reverse
-    ctx.unused = (None,) * (3 + len(toolkit))  # no gradient from lengths onwards
-    ctx.mark_non_differentiable(*saved)
-    ctx.set_materialize_grads(False)
-
-
-def _lstm_norm_backward(ops, ctx, grad_out, grad_h_n, grad_c_n, *_grad_saved):
-    _xproj, w_hh, hh_w, _hh_b, c_w, c_b, h0, c0, out, *saved, lengths = ctx.saved_tensors[:15]
-    toolkit = _toolkit_of(ctx, ctx.saved_tensors[15:])
-    if _backward_is_differentiated():
-        _refuse_second_order_grad_clip(toolkit)
-        layer = functools.partial(reference.lstm_norm_recurrence, **_reference_toolkit(toolkit))
-        return _differentiable_backward(layer, ctx.saved_tensors[:8], ctx.needs_input_grad[:8],
-                                        (lengths, ctx.reverse),
-                                        (grad_out, grad_h_n, grad_c_n)) + ctx.unused
-    _check_saved(saved[0], out)
-    grads = call_below_autograd(
-        ops.lstm_norm_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0),
-        _zeros_if_none(grad_c_n, c0), w_hh, hh_w, c_w, c_b, h0, c0, out, *saved, lengths,
-        ctx.reverse, *(toolkit[n] for n in _LSTM_TOOLKIT if n in toolkit))
-    return tuple(grads) + ctx.unused
-
-
-def _gru_norm_setup_context(ctx, inputs, output):
-    *differentiable, lengths, reverse, _save = inputs[:9]
-    toolkit = inputs[9:]
-    out, _, *saved = output
-    masks = _save_toolkit(ctx, _GRU_TOOLKIT[:len(toolkit)], tuple(toolkit))
-    ctx.save_for_backward(*differentiable, out, *saved, lengths, *masks)
-    ctx.reverse = reverse
-    ctx.unused = (None,) * (3 + len(toolkit))
-    ctx.mark_non_differentiable(*saved)
-    ctx.set_materialize_grads(False)
-
-
-def _gru_norm_backward(ops, ctx, grad_out, grad_h_n, *_grad_saved):
-    _xproj, w_hh, b_hh, hh_w, _hh_b, h0, out, *saved, lengths = ctx.saved_tensors[:11]
-    toolkit = _toolkit_of(ctx, ctx.saved_tensors[11:])
-    if _backward_is_differentiated():
-        _refuse_second_order_grad_clip(toolkit)
-        layer = functools.partial(reference.gru_norm_recurrence, **_reference_toolkit(toolkit))
-        return _differentiable_backward(layer, ctx.saved_tensors[:6], ctx.needs_input_grad[:6],
-                                        (lengths, ctx.reverse), (grad_out, grad_h_n)) + ctx.unused
-    _check_saved(saved[0], out)
-    grad_x, grad_w_hh, grad_b_hh, grad_hh_w, grad_hh_b, grad_h0 = call_below_autograd(
-        ops.gru_norm_backward, _zeros_if_none(grad_out, out), _zeros_if_none(grad_h_n, h0), w_hh,
-        hh_w, h0, out, *saved, lengths, ctx.reverse,
-        *(toolkit[n] for n in _GRU_TOOLKIT if n in toolkit))
-    return (grad_x, grad_w_hh, grad_b_hh if b_hh is not None else None, grad_hh_w,
-            grad_hh_b, grad_h0) + ctx.unused
+    """The reference's keywords: those given, a limit of 0 off (None); the ones a cell
+    has not (a GRU's zoneout_c, cell_clip) are left out when off."""
+    out = {}
+    for name, value in toolkit.items():
+        if value is None or (not isinstance(value, Tensor) and value == 0):
+            continue
+        out[name] = value
+    return out
 
 
 def _backward_op_has_no_backward(ctx, *grads):

@@ -1,6 +1,6 @@
 """Streaming and truncated backpropagation through time.
 
-* :class:`Stepping` gives ``fusedrnn.LSTM`` and ``GRU`` their ``step``
+* :class:`Stepping` gives ``fusedrnn.LSTM``, ``GRU`` and ``RNN`` their ``step``
   method: one time step of the whole stack, for online use (a sensor, a
   decoder) where the next input only exists once the last output is known.
 * :func:`tbptt` runs a long sequence in chunks of ``k`` steps, carrying the
@@ -24,7 +24,7 @@ from . import ops
 
 
 class Stepping:
-    """Mixin of fusedrnn's LSTM and GRU: ``step(x_t, state)``.
+    """Mixin of fusedrnn's LSTM, GRU and RNN: ``step(x_t, state)``.
 
     ``step`` skips the argument checks of ``forward`` that a stream repeats
     at every step with the same result (torch.nn's long chain of checks
@@ -36,7 +36,7 @@ class Stepping:
     def step(self, input: Tensor, state=None):
         """One time step: ``input`` is ``(batch, input_size)`` or unbatched
         ``(input_size,)``; ``state`` is what the module takes and returns as
-        its state (LSTM ``(h, c)``, GRU ``h``, each ``(num_layers, batch, size)``
+        its state (LSTM ``(h, c)``, GRU and RNN ``h``, each ``(num_layers, batch, size)``
         or ``(num_layers, size)`` unbatched), or None for zeros.
 
         Returns ``(h_t, new_state)``: the last layer's output at this step,
@@ -46,17 +46,17 @@ class Stepping:
         steps give the same results."""
         if self.bidirectional:
             raise RuntimeError(
-                f"fusedrnn.{self.mode}.step: a bidirectional module cannot run one step "
-                "at a time (its reverse direction starts from the end of the sequence); "
+                f"fusedrnn.{self._TORCH_NAME}.step: a bidirectional module cannot run one "
+                "step at a time (its reverse direction starts from the end of the sequence); "
                 "call the module on the whole sequence instead")
         if not isinstance(input, Tensor) or input.dim() not in (1, 2):
             got = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
-            raise ValueError(f"fusedrnn.{self.mode}.step: expected input of shape "
+            raise ValueError(f"fusedrnn.{self._TORCH_NAME}.step: expected input of shape "
                              f"(batch, {self.input_size}) or ({self.input_size},), got {got}")
         if input.shape[-1] != self.input_size:
             raise RuntimeError(f"input.size(-1) must be equal to input_size. Expected "
                                f"{self.input_size}, got {input.shape[-1]} (fusedrnn."
-                               f"{self.mode}.step)")
+                               f"{self._TORCH_NAME}.step)")
         batched = input.dim() == 2
         x = input.unsqueeze(0) if batched else input.view(1, 1, -1)  # a 1-step sequence
         states = self._step_states(state, x, batched)
@@ -69,7 +69,7 @@ class Stepping:
         """``_run_layers`` for one step of one direction, without its generality: the
         same per-layer code (``_run_layer``, where the features act), autocast and
         dropout."""
-        compute = ops.autocast_dtype(x, casts_fp32=self.mode == "LSTM" or x.is_cuda)
+        compute = ops.autocast_dtype(x, casts_fp32=self._AUTOCASTS_FP32_ON_CPU or x.is_cuda)
         if compute is not None:
             x, states = x.to(compute), [s.to(compute) for s in states]
         finals = [[] for _ in states]
@@ -100,7 +100,7 @@ class Stepping:
             if not isinstance(s, Tensor) or tuple(s.shape) != expected:
                 got = tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__
                 raise RuntimeError(f"Expected hidden size {expected}, got {got} "
-                                   f"(fusedrnn.{self.mode}.step: {name})")
+                                   f"(fusedrnn.{self._TORCH_NAME}.step: {name})")
             states.append(s if batched else s.unsqueeze(1))
         return states
 
@@ -116,7 +116,7 @@ def tbptt(rnn, x: Tensor, k: int, state=None):
     """Truncated backpropagation through time: yields ``(out_chunk, state)`` for
     consecutive chunks of ``k`` steps of ``x`` (the last chunk may be shorter).
 
-    ``rnn`` is any module with torch.nn.LSTM/GRU's call (``fusedrnn`` or
+    ``rnn`` is any module with torch.nn.LSTM/GRU/RNN's call (``fusedrnn`` or
     ``torch.nn``); ``x`` is a padded sequence, time along dimension 1 when
     ``rnn.batch_first`` and the input is batched, else dimension 0. Each chunk
     starts from the previous chunk's final state detached from the graph, so

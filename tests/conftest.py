@@ -59,11 +59,24 @@ def one_thread():
     torch.set_num_threads(saved)
 
 
+# The kinds the tests name beyond torch.nn's class names: the Elman RNN's relu form.
+KIND_ALIASES = {"RNN_RELU": ("RNN", {"nonlinearity": "relu"}),
+                "RNNCell_RELU": ("RNNCell", {"nonlinearity": "relu"})}
+
+
+def kind_class(kind: str) -> tuple:
+    """``(class name, constructor keywords)`` of a test's ``kind`` (KIND_ALIASES)."""
+    return KIND_ALIASES.get(kind, (kind, {}))
+
+
 def make_pair(kind: str, *args, seed: int = 0, **kwargs):
-    """``(torch.nn.<kind>, fusedrnn.<kind>)`` built with the same arguments and state_dict."""
+    """``(torch.nn.<kind>, fusedrnn.<kind>)`` built with the same arguments and state_dict
+    (``kind`` a class name or one of KIND_ALIASES)."""
+    name, extra = kind_class(kind)
+    kwargs = {**extra, **kwargs}
     torch.manual_seed(seed)
-    ref = getattr(torch.nn, kind)(*args, **kwargs)
-    fused = getattr(fusedrnn, kind)(*args, **kwargs)
+    ref = getattr(torch.nn, name)(*args, **kwargs)
+    fused = getattr(fusedrnn, name)(*args, **kwargs)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 

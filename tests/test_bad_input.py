@@ -27,8 +27,8 @@ from fusedrnn import checks, ops
 from conftest import TOL, assert_results_close, make_pair, run
 
 F64, F32 = torch.float64, torch.float32
-KINDS = ["LSTM", "GRU"]
-CELLS = ["LSTMCell", "GRUCell"]
+KINDS = ["LSTM", "GRU", "RNN"]
+CELLS = ["LSTMCell", "GRUCell", "RNNCell"]
 z, r = torch.zeros, torch.randn
 
 
@@ -71,7 +71,7 @@ def gru_hx(h, c=None):
     return h
 
 
-HX = {"LSTM": lstm_hx, "GRU": gru_hx}
+HX = {"LSTM": lstm_hx, "GRU": gru_hx, "RNN": gru_hx}
 MATMUL = "torch's words come from the ATen path that happens to run (oneDNN or a matmul)"
 META = "torch's words are those of a meta-device kernel"
 PARSER = "torch's words list ATen's whole argument signature"
@@ -152,6 +152,11 @@ def module_cases(kind):
         # torch.nn.GRU: a positional 8th argument is RNNBase's proj_size; the forward fails
         cases.append(Case("positional-proj-size", kind, lambda: (r(4, 2, 3),),
                           ctor=(3, 5, 1, True, False, 0.0, False, 2)))
+    if kind == "RNN":
+        # torch.nn.RNN: nonlinearity is positional argument 4, so proj_size is the 9th
+        cases.append(Case("positional-proj-size", kind, lambda: (r(4, 2, 3),),
+                          ctor=(3, 5, 1, "relu", True, False, 0.0, False, 2)))
+    if kind != "LSTM":
         cases.append(Case("hx-tuple", kind, lambda: (r(4, 2, 3), (z(1, 2, 5),))))
         cases.append(Case("packed-hx-tuple", kind, lambda: (pack(), (z(1, 2, 5),)),
                           words="torch's words name the first tensor method it calls"))
@@ -185,6 +190,7 @@ def module_cases(kind):
 
 def cell_cases(kind):
     lstm = kind == "LSTMCell"
+    hidden_first = kind != "GRUCell"
     hx = lstm_hx if lstm else gru_hx
     cases = [
         Case("input-0d", kind, lambda: (torch.tensor(1.0),)),
@@ -215,14 +221,19 @@ def cell_cases(kind):
         Case("h0-shape-before-dtype", kind, lambda: (r(2, 3), hx(z(3, 5, dtype=F64), z(2, 5)))),
         Case("h0-dtype-before-input-dtype", kind,
              lambda: (r(2, 3, dtype=F64), hx(z(2, 5, dtype=torch.float16), z(2, 5)))),
-        # LSTMCell multiplies the hidden state first, GRUCell the input
+        # LSTMCell and RNNCell multiply the hidden state first, GRUCell the input
         Case("h0-dtype-and-input-device", kind,
              lambda: (meta(2, 3), hx(z(2, 5, dtype=F64), z(2, 5))),
-             words="torch" if lstm else META),
+             words="torch" if hidden_first else META),
         Case("input-meta", kind, lambda: (meta(2, 3),), words=META),
         Case("h0-meta", kind, lambda: (r(2, 3), hx(meta(2, 5), z(2, 5))), words=META),
         Case("h0-list", kind, lambda: (r(2, 3), hx([[0.0] * 5] * 2, z(2, 5)))),
     ]
+    if kind == "RNNCell":  # torch.nn checks the nonlinearity in forward, after the ranks
+        cases += [Case("nonlinearity-unknown", kind, lambda: (r(2, 3),),
+                       ctor=(3, 5, True, "gelu")),
+                  Case("nonlinearity-before-input-size", kind, lambda: (r(2, 4),),
+                       ctor=(3, 5, True, "gelu"))]
     if not lstm:
         return cases + [Case("hx-tuple", kind, lambda: (r(2, 3), (z(2, 5),)))]
     return cases + [
@@ -314,6 +325,13 @@ CTOR_ERRORS = [
     ("GRUCell", (3.0, 5), {}),
     ("LSTMCell", (3, 5), dict(proj_size=2)),
     ("GRUCell", (3, 5), dict(dtype=torch.int64)),
+    ("RNN", (3, 5), dict(nonlinearity="gelu")),
+    ("RNN", (3, 5, 1, "sigmoid"), {}),
+    ("RNN", (3, 5), dict(proj_size=2)),
+    ("RNN", (3, 5), dict(num_layers=0)),
+    ("RNN", (3, 5), dict(dropout=2.0, nonlinearity="relu")),
+    ("RNNCell", (3, 0.5), {}),
+    ("RNNCell", (3, 5), dict(foo=1)),
 ]
 
 
@@ -445,6 +463,10 @@ ACCEPTED = [
              ctor=(3, 0)),
     Accepted("LSTMCell-input_size-0", "LSTMCell", lambda: (r64(2, 0),), dict(dtype=F64),
              ctor=(0, 5)),
+    Accepted("RNN-positional-nonlinearity", "RNN", lambda: (r64(4, 2, 3),), dict(dtype=F64),
+             ctor=(3, 5, 2, "relu", False, False, 0.0, True)),
+    Accepted("RNNCell-positional-nonlinearity", "RNNCell", lambda: (r64(2, 3), r64(2, 5)),
+             dict(dtype=F64), ctor=(3, 5, True, "relu")),
 ]
 
 
@@ -562,6 +584,8 @@ def _layer_call(kind, lengths):
     if kind == "lstm":
         return ops.lstm_layer(x, torch.randn(4 * H, I), None, torch.randn(4 * H, H), None, h0, h0,
                               lengths)
+    if kind == "rnn":
+        return ops.rnn_layer(x, torch.randn(H, I), None, torch.randn(H, H), h0, lengths)
     return ops.gru_layer(x, torch.randn(3 * H, I), None, torch.randn(3 * H, H), None, h0, lengths)
 
 
@@ -577,7 +601,7 @@ LENGTH_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("lengths,exc,match", [e[1:] for e in LENGTH_ERRORS],
                          ids=[e[0] for e in LENGTH_ERRORS])
 def test_layer_bad_lengths(kind, lengths, exc, match):

@@ -315,8 +315,10 @@ def test_reference_peer_matches_torch():
 
 
 def test_real_fusedrnn_rows_pass_the_gate():
-    """The harness with the real fusedrnn.LSTM/GRU (what `python -m fusedrnn.bench` runs)."""
-    for c in (cfg(cell="lstm", mode="train"), cfg(cell="gru", mode="infer")):
+    """The harness with the real fusedrnn.LSTM/GRU/RNN (what `python -m fusedrnn.bench`
+    runs; ``--cell rnn_tanh`` / ``rnn_relu`` / ``all`` give the RNN's rows)."""
+    for c in (cfg(cell="lstm", mode="train"), cfg(cell="gru", mode="infer"),
+              cfg(cell="rnn_tanh", mode="train"), cfg(cell="rnn_relu", mode="infer")):
         row = bench.gate_and_time(c, [bench.FusedRNNPeer()], **FAST)[1]
         assert row["status"] == "ok", row["note"]
         assert row["ratio_vs_torch"] > 0

@@ -1,4 +1,4 @@
-"""The analytic cost model of the CUDA paths (fusedrnn/bench/model.py).
+"""The analytic cost model of the CUDA paths (fusedrnn/cost_model.py).
 
 Its arithmetic (monotonic where it must be, the terms adding up, the goal shapes'
 orderings the design relies on), and its description of the code: the kernel launches
@@ -14,10 +14,16 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import ops
-from fusedrnn.bench import configs, model
+from fusedrnn import ops, registration
+from fusedrnn import cost_model as model
+from fusedrnn.bench import configs
 from conftest import TOL, assert_results_close, run
 from devices import simt_marks
+
+def test_gate_counts_are_the_cells():
+    """The model (torch-free, for the harness) counts the cells' gates as the ops do."""
+    assert model.GATES == {name: cell.gates for name, cell in registration.CELLS.items()}
+
 
 GOAL_TRAIN = dict(cell="lstm", mode="train", dtype="bfloat16", T=1024, B=16, I=768, H=768)
 FASTRNNS = dict(cell="lstm", mode="train", dtype="float32", T=100, B=64, I=512, H=512)
@@ -145,19 +151,20 @@ def _run_forward_backward(cell, a, T, B, H):
     op = torch.ops.fusedrnn_simt
     if cell == "lstm":
         fwd = lambda: op.lstm_forward(a["input"], a["w_ih"], a["bias"], a["w_hh"], None,  # noqa: E731
-                                      a["h0"], a["c0"], a["lengths"], False, True, False)
+                                      a["h0"], a["c0"], a["lengths"], False, True, "steps")
         out = fwd()
         g = torch.ones(T, B, H)
         bwd = lambda: op.lstm_backward(g, torch.zeros(B, H), torch.zeros(B, H), a["input"],  # noqa: E731
-                                       a["w_ih"], a["w_hh"], None, a["h0"], a["c0"], out[0],
-                                       out[3], out[4], a["lengths"], False, True, False)
+                                       a["w_ih"], a["bias"], a["w_hh"], None, a["h0"], a["c0"],
+                                       out[0], out[3], out[4], a["lengths"], False, True, "steps")
     else:
         fwd = lambda: op.gru_forward(a["input"], a["w_ih"], a["b_ih"], a["w_hh"], a["b_hh"],  # noqa: E731
-                                     a["h0"], a["lengths"], False, True, False)
+                                     a["h0"], a["lengths"], False, True, "steps")
         out = fwd()
         g = torch.ones(T, B, H)
-        bwd = lambda: op.gru_backward(g, torch.zeros(B, H), a["input"], a["w_ih"], a["w_hh"],  # noqa: E731
-                                      a["h0"], out[0], out[2], a["lengths"], False, True, False)
+        bwd = lambda: op.gru_backward(g, torch.zeros(B, H), a["input"], a["w_ih"], a["b_ih"],  # noqa: E731
+                                      a["w_hh"], a["b_hh"], a["h0"], out[0], out[2], a["lengths"],
+                                      False, True, "steps")
     return fwd, bwd
 
 
@@ -216,13 +223,14 @@ def test_model_mode_takes_the_models_path(cell, train, dtype, model_mode):
     shapes = [(100, 4, 128, 128), (100, 256, 512, 512)]
     mode, name = "train" if train else "infer", str(dtype).removeprefix("torch.")
     with ops.using_backend("simt"):
-        taken = [ops.use_persistent(torch.empty(T, B, I, dtype=dtype), cell, H, train)
-                 for T, B, I, H in shapes]
+        taken = [ops.path_request(torch.empty(T, B, I, dtype=dtype), cell, H, train)
+                 == "persistent" for T, B, I, H in shapes]
     assert taken == [model.choose_path(cell, mode, name, *shape) == "persistent"
                      for shape in shapes]
     assert taken == [True, False]
-    assert ops.use_persistent(torch.empty(2, 1, 1), cell, 8, train)  # the CPU's own rule
-    assert not ops.use_persistent(torch.empty(1, 1, 1), cell, 8, train)
+    # the CPU's own rule, in the ops' plan
+    assert "path=cpu_persistent" in ops.layer_plan(cell, torch.empty(2, 1, 1), 8, train)
+    assert "path=cpu_persistent" not in ops.layer_plan(cell, torch.empty(1, 1, 1), 8, train)
 
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=simt_marks())], ids=["simt"])
@@ -237,7 +245,7 @@ def test_model_mode_runs_the_chosen_kernels(kind, _, model_mode):
         before = torch.ops.fusedrnn_simt_debug.persistent_fallbacks()
         actual = run(module, x)
         assert torch.ops.fusedrnn_simt_debug.persistent_fallbacks() == before
-        assert ops.use_persistent(x, kind.lower(), 8, True)
+        assert "path=cuda_persistent" in ops.layer_plan(kind.lower(), x, 8, True)
     with ops.using_backend("reference"):
         expected = run(copy.deepcopy(module), x)
     assert_results_close(actual, expected, TOL[torch.float64], kind)

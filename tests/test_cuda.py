@@ -75,7 +75,7 @@ def test_more_than_2_pow_31_gate_elements(persistent):
     torch.testing.assert_close(gates[-1, :, 3 * H:] * cells[-1].tanh(), out[-1], atol=5e-5, rtol=0)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_compile_fullgraph_reduce_overhead(mode):
     torch._dynamo.reset()
     _, fused = pair(mode, torch.float32, input_size=16, hidden_size=32, num_layers=2)
@@ -88,7 +88,7 @@ def test_compile_fullgraph_reduce_overhead(mode):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_cuda_graph_capture_and_replay(mode, kernel_path):
     _, fused = pair(mode, torch.float32, input_size=16, hidden_size=32)
     static_x = torch.randn(6, 4, 16, device=DEV)

@@ -16,6 +16,8 @@ CONFIGS = [
     pytest.param("LSTM", dict(num_layers=1), True, id="LSTM-packed"),
     pytest.param("GRU", dict(num_layers=2, bidirectional=True), False, id="GRU-L2-bi"),
     pytest.param("GRU", dict(num_layers=2, bidirectional=True), True, id="GRU-L2-bi-packed"),
+    pytest.param("RNN", dict(num_layers=2, bidirectional=True, nonlinearity="relu"), True,
+                 id="RNN-L2-bi-relu-packed"),
 ]
 LENGTHS = torch.tensor([3, 6, 1, 5])
 
@@ -72,7 +74,7 @@ def test_retain_graph_backward_twice_accumulates(kind, kwargs, packed):
         assert torch.equal(t.grad, 2 * g)
 
 
-CELLS = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
+CELLS = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
 
 @pytest.mark.parametrize("kind", CELLS)

@@ -26,6 +26,8 @@ CONFIGS = {
     "GRU-batch_first-nobias": ("GRU", dict(batch_first=True, bias=False)),
     "LSTM-L2-bi-layer_norm": ("LSTM", dict(num_layers=2, bidirectional=True, layer_norm=True)),
     "GRU-layer_norm": ("GRU", dict(layer_norm=True)),
+    "RNN-L2-bi-relu": ("RNN", dict(num_layers=2, bidirectional=True, nonlinearity="relu")),
+    "RNN-layer_norm": ("RNN", dict(layer_norm=True)),
 }
 INPUT, HIDDEN = 5, 6
 EXPORT_SHAPE = (7, 4)  # (T, B) traced at export

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import fusedrnn
 from fusedrnn import ops
 from conftest import (TOL, assert_results_close, assert_results_equal,
-                      assert_within_twice_reference_error, run)
+                      assert_within_twice_reference_error, kind_class, run)
 
 T, B, I, H = 6, 3, 5, 7
 
@@ -45,7 +45,10 @@ GRU_FEATURES = {
     "all": dict(grad_clip=0.02, recurrent_dropout=0.4, zoneout=0.3, weight_drop=0.5,
                 layer_norm=True),
 }
-CASES = ([("LSTM", name) for name in LSTM_FEATURES] + [("GRU", name) for name in GRU_FEATURES])
+# The Elman RNN takes the GRU's features (RNN_RELU: its relu form).
+CASES = ([("LSTM", name) for name in LSTM_FEATURES] + [("GRU", name) for name in GRU_FEATURES]
+         + [("RNN", name) for name in GRU_FEATURES] + [("RNN_RELU", "zoneout"),
+                                                       ("RNN_RELU", "all")])
 # Shapes each case runs in: 2-layer bidirectional with initial states; packed (unsorted
 # lengths, batch_first); and a projected LSTM (proj_size; zoneout and layer_norm are
 # refused there).
@@ -53,7 +56,7 @@ FORMS = ["bidirectional", "packed", "proj"]
 
 
 def _features(kind: str, name: str) -> dict:
-    return (LSTM_FEATURES if kind == "LSTM" else GRU_FEATURES)[name]
+    return (LSTM_FEATURES if kind == "LSTM" else GRU_FEATURES)[name]  # GRU's: RNN's too
 
 
 def _build(kind: str, features: dict, form: str, dtype, seed: int = 0):
@@ -63,7 +66,9 @@ def _build(kind: str, features: dict, form: str, dtype, seed: int = 0):
         kwargs = dict(batch_first=True)
     if form == "proj":
         kwargs = dict(proj_size=4)
-    return _perturb_layer_norms(getattr(fusedrnn, kind)(I, H, **kwargs, **features)).to(dtype)
+    cls, extra = kind_class(kind)
+    return _perturb_layer_norms(getattr(fusedrnn, cls)(I, H, **kwargs, **extra,
+                                                       **features)).to(dtype)
 
 
 def _perturb_layer_norms(module):
@@ -110,7 +115,7 @@ def _case_params():
     for kind, name in CASES:
         for form in FORMS:
             features = _features(kind, name)
-            if form == "proj" and (kind == "GRU" or "zoneout" in features
+            if form == "proj" and (kind != "LSTM" or "zoneout" in features
                                    or "layer_norm" in features):
                 continue
             params.append(pytest.param(kind, name, form, id=f"{kind}-{name}-{form}"))
@@ -158,7 +163,7 @@ def test_same_seed_same_results(kind, name, device):
 # ------------------------------------------------------------ eval identities
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_features_off_is_torch_nn(kind, device):
     """Every keyword at its off value: same state_dict keys and results as torch.nn."""
     off = dict(weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0, grad_clip=None)
@@ -175,7 +180,7 @@ def test_features_off_is_torch_nn(kind, device):
     assert_results_close(actual, expected, TOL[torch.float64])
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_dropouts_in_eval_are_the_identity(kind, device):
     """recurrent_dropout and weight_drop do nothing in eval: bit-identical to the plain
     module (same kernels, no mask)."""
@@ -242,16 +247,16 @@ def _module_vs_cell_loop(kind, module, device, **loop):
         assert (a.cpu() - e).abs().max().item() <= TOL[torch.float64]
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_zoneout_in_eval_is_the_expectation(kind, device):
     """Eval zoneout against torch.nn's own cell: h_t = z h_{t-1} + (1 - z) cell(x_t, h_{t-1}),
     and c_t likewise with z_c."""
-    z = {"LSTM": (0.3, 0.6), "GRU": (0.3,)}[kind]
+    z = {"LSTM": (0.3, 0.6), "GRU": (0.3,), "RNN": (0.3,)}[kind]
     module = _build(kind, dict(zoneout=z), "single", torch.float64).eval()
     _module_vs_cell_loop(kind, module, device, mix=lambda k, prev, new: z[k] * prev + (1 - z[k]) * new)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_grad_clip_against_hooks_on_torch_cells(kind, device):
     """grad_clip against torch.nn's own cell with a hook clamping the gradient each step
     sends back into the state it took (before the output's gradient is added)."""
@@ -312,7 +317,7 @@ def test_forget_bias_needs_biases():
         fusedrnn.GRU(I, H, forget_bias=1.0)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_weight_drop_keeps_the_parameter_and_masks_its_gradient(kind):
     """DropConnect: the parameter is unchanged, its gradient is exactly zero where the mask
     dropped a weight (about p of them) and nonzero elsewhere."""
@@ -334,12 +339,17 @@ def test_invalid_settings_raise():
             fusedrnn.LSTM(I, H, **kwargs)
     with pytest.raises(ValueError, match="cell state"):
         fusedrnn.GRU(I, H, zoneout=(0.1, 0.2))
+    with pytest.raises(ValueError, match="cell state"):
+        fusedrnn.RNN(I, H, zoneout=(0.1, 0.2))
     with pytest.raises(ValueError, match="proj_size"):
         fusedrnn.LSTM(I, H, proj_size=3, zoneout=0.1)
     with pytest.raises(ValueError, match="proj_size"):
         fusedrnn.LSTM(I, H, proj_size=3, layer_norm=True)
     with pytest.raises(TypeError, match="layer_norm"):
         fusedrnn.GRU(I, H, layer_norm=1)
+    for lstm_only in (dict(cell_clip=1.0), dict(forget_bias=1.0)):
+        with pytest.raises(TypeError, match=next(iter(lstm_only))):
+            fusedrnn.RNN(I, H, **lstm_only)
 
 
 def test_torch_compile_fullgraph_with_features():
@@ -359,7 +369,9 @@ def test_torch_compile_fullgraph_with_features():
 CELL_CASES = [("LSTMCell", dict(cell_clip=0.15)), ("LSTMCell", dict(zoneout=(0.3, 0.5))),
               ("LSTMCell", dict(cell_clip=0.15, zoneout=0.4, forget_bias=1.0)),
               ("LSTMCell", dict(layer_norm=True, zoneout=0.4)),
-              ("GRUCell", dict(zoneout=0.3)), ("GRUCell", dict(layer_norm=True, zoneout=0.3))]
+              ("GRUCell", dict(zoneout=0.3)), ("GRUCell", dict(layer_norm=True, zoneout=0.3)),
+              ("RNNCell", dict(zoneout=0.3)),
+              ("RNNCell", dict(layer_norm=True, zoneout=0.3, nonlinearity="relu"))]
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -367,8 +379,8 @@ CELL_CASES = [("LSTMCell", dict(cell_clip=0.15)), ("LSTMCell", dict(zoneout=(0.3
 @pytest.mark.parametrize("cls,features", CELL_CASES, ids=[f"{c}-{'-'.join(f)}"
                                                           for c, f in CELL_CASES])
 def test_cell_feature_matches_reference(cls, features, dtype, training, device):
-    """The cells take cell_clip, zoneout, forget_bias and layer_norm; batched and
-    unbatched."""
+    """The cells take cell_clip, zoneout, forget_bias and layer_norm (LSTMCell; GRUCell and
+    RNNCell zoneout and layer_norm); batched and unbatched."""
     torch.manual_seed(0)
     cell = getattr(fusedrnn, cls)(I, H, **features)
     cell = device.to(_perturb_layer_norms(cell).to(dtype).train(training))
@@ -391,9 +403,11 @@ def test_cells_refuse_the_layer_features():
         fusedrnn.GRUCell(I, H, cell_clip=1.0)
     with pytest.raises(TypeError, match="nonsense"):
         fusedrnn.GRUCell(I, H, nonsense=1.0)
+    with pytest.raises(TypeError, match="grad_clip"):
+        fusedrnn.RNNCell(I, H, grad_clip=1.0)
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_persistent_paths_step_aside(kind, device_path):
     """With the persistent path asked for, a layer with toolkit features runs the step loop
     (the persistent loops and kernels take none of them): same results as the reference."""
@@ -406,7 +420,7 @@ def test_persistent_paths_step_aside(kind, device_path):
     assert_results_close(actual, expected, TOL[torch.float64])
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN_RELU"])
 def test_double_backward_with_features(kind):
     """create_graph=True (a gradient penalty) with every feature but grad_clip on: the fused
     ops' differentiable backward (through the reference, with the same masks) against the

@@ -33,7 +33,11 @@ CASES = [
     pytest.param("GRU", dict(num_layers=2, bidirectional=True, bias=False), id="GRU-L2-bi"),
     pytest.param("LSTMCell", {}, id="LSTMCell"),
     pytest.param("GRUCell", dict(bias=False), id="GRUCell-nobias"),
+    pytest.param("RNN", dict(num_layers=2, bidirectional=True, nonlinearity="relu"),
+                 id="RNN-L2-bi-relu"),
+    pytest.param("RNNCell", {}, id="RNNCell"),
 ]
+SMALL_CASES = [CASES[0], CASES[2], CASES[4], CASES[5], CASES[7]]  # one of each class but RNN
 
 
 def _pair(kind, kwargs):
@@ -154,7 +158,7 @@ def test_forward_ad_under_no_grad(kind, kwargs, device):
     assert_tangents_close(actual, expected, f"{kind} no_grad")
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_forward_ad_packed_sequence(kind, device_path):
     """Tangents on the state and the weights (torch's pack_padded_sequence has no forward
     AD: the input takes none)."""
@@ -171,7 +175,7 @@ def test_forward_ad_packed_sequence(kind, device_path):
     assert_tangents_close(actual, expected, f"{kind} packed")
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_forward_ad_of_step(kind, device):
     """``rnn.step`` against torch.nn on a one-step sequence."""
     ref, fused = _pair(kind, dict(num_layers=2))
@@ -198,6 +202,10 @@ TOOLKIT = [
     pytest.param("LSTMCell", dict(layer_norm=True, cell_clip=0.3), True,
                  id="LSTMCell-layer_norm"),
     pytest.param("GRUCell", dict(layer_norm=True), True, id="GRUCell-layer_norm"),
+    pytest.param("RNN", dict(zoneout=0.3, recurrent_dropout=0.4, grad_clip=0.1), True,
+                 id="RNN-toolkit-train"),
+    pytest.param("RNN", dict(layer_norm=True, nonlinearity="relu"), True, id="RNN-layer_norm"),
+    pytest.param("RNNCell", dict(layer_norm=True, zoneout=0.3), True, id="RNNCell-layer_norm"),
 ]
 
 
@@ -220,7 +228,7 @@ def test_forward_ad_toolkit_matches_reference(kind, features, training, device):
     assert_tangents_close(actual, expected, f"{kind} {features}")
 
 
-@pytest.mark.parametrize("kind,kwargs", [CASES[0], CASES[2], CASES[4], CASES[5]])
+@pytest.mark.parametrize("kind,kwargs", SMALL_CASES)
 def test_forward_ad_against_finite_differences(kind, kwargs):
     """Independent of both oracles: gradcheck's numerical jvp of every input."""
     _, fused = _pair(kind, kwargs)
@@ -289,7 +297,7 @@ def test_torch_func_transform_matches_torch_nn(kind, kwargs, transform, device_p
         torch.testing.assert_close(a, e, atol=ATOL, rtol=0, msg=f"{transform}: leaf {k}")
 
 
-@pytest.mark.parametrize("kind,kwargs", [CASES[0], CASES[2], CASES[4], CASES[5]])
+@pytest.mark.parametrize("kind,kwargs", SMALL_CASES)
 def test_hessian_matches_torch_nn(kind, kwargs, device):
     """hessian (jacfwd over jacrev) with respect to the input: forward mode over the
     backward, which then runs differentiably."""

@@ -14,7 +14,7 @@ import pytest
 
 import fusedrnn
 from fusedrnn import ops
-from conftest import TOL, run
+from conftest import TOL, kind_class, run
 
 T, B, I, H = 5, 3, 4, 6
 
@@ -30,7 +30,8 @@ def _module(kind: str, **kwargs):
 
 
 def _oracle(module, x, h, c=None):
-    """haste's layer-norm LSTM / GRU, written out with the module's own LayerNorms."""
+    """haste's layer-norm LSTM / GRU (and its form for the Elman RNN: the norms on both
+    products, the biases after), written out with the module's own LayerNorms."""
     w_ih, w_hh = module.weight_ih_l0, module.weight_hh_l0
     norm_ih, norm_hh = module.layer_norm_ih_l0, module.layer_norm_hh_l0
     outputs = []
@@ -41,6 +42,10 @@ def _oracle(module, x, h, c=None):
             i, f, g, o = gates.chunk(4, dim=-1)
             c = f.sigmoid() * c + i.sigmoid() * g.tanh()
             h = o.sigmoid() * module.layer_norm_c_l0(c).tanh()
+        elif module.mode.startswith("RNN"):
+            act = torch.tanh if module.nonlinearity == "tanh" else torch.relu
+            h = act(norm_ih(F.linear(x_t, w_ih)) + norm_hh(F.linear(h, w_hh))
+                    + module.bias_ih_l0 + module.bias_hh_l0)
         else:
             x_r, x_z, x_n = (norm_ih(F.linear(x_t, w_ih)) + module.bias_ih_l0).chunk(3, dim=-1)
             h_r, h_z, h_n = (norm_hh(F.linear(h, w_hh)) + module.bias_hh_l0).chunk(3, dim=-1)
@@ -51,10 +56,11 @@ def _oracle(module, x, h, c=None):
     return torch.stack(outputs), (h, c) if module.mode == "LSTM" else h
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "RNN_RELU"])
 def test_layer_norm_is_hastes_form(kind, device):
     """Outputs, states and every gradient (the LayerNorms' included) as the oracle's."""
-    module = device.to(_module(kind))
+    cls, extra = kind_class(kind)
+    module = device.to(_module(cls, **extra))
     gen = torch.Generator().manual_seed(1)
     x = device.to(torch.randn(T, B, I, generator=gen, dtype=torch.float64))
     h0 = device.to(torch.randn(1, B, H, generator=gen, dtype=torch.float64))
@@ -80,10 +86,10 @@ def test_parameter_names_and_initialisation():
     assert names == expected
     assert lstm.layer_norm_ih_l1_reverse.weight.shape == (4 * H,)
     assert lstm.layer_norm_c_l0.bias.shape == (H,)
-    gru = fusedrnn.GRU(I, H, layer_norm=True)
-    assert {n for n in gru.state_dict() if n.startswith("layer_norm")} == {
-        "layer_norm_ih_l0.weight", "layer_norm_ih_l0.bias",
-        "layer_norm_hh_l0.weight", "layer_norm_hh_l0.bias"}
+    for hidden_only in (fusedrnn.GRU(I, H, layer_norm=True), fusedrnn.RNN(I, H, layer_norm=True)):
+        assert {n for n in hidden_only.state_dict() if n.startswith("layer_norm")} == {
+            "layer_norm_ih_l0.weight", "layer_norm_ih_l0.bias",
+            "layer_norm_hh_l0.weight", "layer_norm_hh_l0.bias"}
     # torch.nn's part of the state_dict is unchanged: its weights load with strict=False only
     plain = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True).state_dict()
     missing, unexpected = lstm.load_state_dict(plain, strict=False)
@@ -104,9 +110,11 @@ def test_cell_parameter_names():
         "layer_norm_hh.bias", "layer_norm_c.weight", "layer_norm_c.bias"]
     cell = fusedrnn.GRUCell(I, H, layer_norm=True)
     assert cell.layer_norm_hh.weight.shape == (3 * H,) and not hasattr(cell, "layer_norm_c")
+    cell = fusedrnn.RNNCell(I, H, layer_norm=True)
+    assert cell.layer_norm_ih.weight.shape == (H,) and not hasattr(cell, "layer_norm_c")
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_inference_path_matches_training_forward(kind, device):
     """Without autograd the ops save nothing and normalise in scratch buffers: the same
     outputs and states as a training forward."""

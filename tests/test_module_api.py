@@ -25,6 +25,9 @@ CONFIGS = [
     pytest.param("GRU", (4, 7), dict(num_layers=2, bidirectional=True, bias=False), id="GRU-L2-bi"),
     pytest.param("LSTMCell", (3, 5), {}, id="LSTMCell"),
     pytest.param("GRUCell", (3, 5), dict(bias=False), id="GRUCell-nobias"),
+    pytest.param("RNN", (3, 5), dict(num_layers=2, bidirectional=True, nonlinearity="relu",
+                                     batch_first=True), id="RNN-L2-bi-relu"),
+    pytest.param("RNNCell", (3, 5), dict(nonlinearity="relu"), id="RNNCell-relu"),
 ]
 
 
@@ -174,6 +177,8 @@ def test_repr_names_class_and_arguments(kind, args, kwargs):
     assert text == repr(ref)
     assert text.startswith(f"{kind}({args[0]}, {args[1]}")
     for key, value in kwargs.items():
+        if (kind, key) == ("RNN", "nonlinearity"):
+            continue  # torch.nn.RNN's repr omits it (its cell's shows it); ours is torch's
         assert f"{key}={value}" in text, key
 
 
@@ -215,7 +220,7 @@ def test_state_dict_from_torch_checkpoint_file():
     assert_results_equal(run(fused, x), run(fused, x))
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_isinstance_of_torch_classes(kind):
     """Cells are instances of torch.nn's cells; LSTM/GRU of torch.nn's RNNBase only (torch.compile
     refuses to trace an instance of torch.nn.LSTM/GRU; see the README's Limits)."""
@@ -225,7 +230,7 @@ def test_isinstance_of_torch_classes(kind):
     assert isinstance(module, getattr(torch.nn, kind)) == kind.endswith("Cell")
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_vmap_of_forward_matches_torch_nn_per_element(kind):
     """README, Limits: torch.func.vmap of a forward runs on torch's per-element fallback
     (torch.nn's own LSTM, GRU and LSTMCell refuse vmap) and matches torch.nn on each
@@ -250,7 +255,7 @@ class _CountingIdentity(torch.nn.Module):
         return weight * 0.9
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_each_parametrized_weight_is_evaluated_once_per_forward(kind):
     """README, Limits: one evaluation of each parametrized weight per forward (torch.nn's
     LSTM and GRU evaluate theirs four times: under spectral_norm, four power iterations),
@@ -265,7 +270,7 @@ def test_each_parametrized_weight_is_evaluated_once_per_forward(kind):
                                                                 counters[module, name])
     x = torch.randn(2, 3) if kind.endswith("Cell") else torch.randn(4, 2, 3)
     calls = [lambda: fused(x), torch.no_grad()(lambda: fused(x))]
-    if not kind.endswith("Cell") and kind == "LSTM":  # unidirectional: step runs
+    if kind in ("LSTM", "RNN"):  # unidirectional: step runs
         calls.append(lambda: fused.step(x[0]))
     for call in calls:
         for (module, name), counter in counters.items():
@@ -285,7 +290,7 @@ def _fork_child(kind, x, expected, conn):
     conn.close()
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_forked_children_run_and_never_hang(kind):
     """After the parent has run a module on two threads (the persistent loop's team), 20
     forked children (DataLoader workers, prefork servers) each run it to the parent's

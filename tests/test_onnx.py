@@ -49,6 +49,9 @@ CASES = {
     "LSTM-nobias-with-state": ("LSTM", dict(bias=False), True),
     "GRU-L2-bi": ("GRU", dict(num_layers=2, bidirectional=True), False),
     "GRU-batch_first-nobias-with-state": ("GRU", dict(batch_first=True, bias=False), True),
+    "RNN-L2-bi-with-state": ("RNN", dict(num_layers=2, bidirectional=True), True),
+    "RNN-relu-batch_first-nobias": ("RNN", dict(nonlinearity="relu", batch_first=True,
+                                                bias=False), False),
 }
 
 
@@ -171,7 +174,8 @@ def test_translation_table_for_custom_translation_table():
 @pytest.mark.parametrize("kind,kwargs,names,why", [
     ("LSTM", dict(proj_size=3), "proj_size", "no projection"),
     ("LSTM", dict(layer_norm=True), "layer_norm", "no normalisation"),
-    ("GRU", dict(layer_norm=True), "layer_norm", "no normalisation")])
+    ("GRU", dict(layer_norm=True), "layer_norm", "no normalisation"),
+    ("RNN", dict(layer_norm=True, nonlinearity="relu"), "layer_norm", "no normalisation")])
 def test_what_onnx_cannot_express_is_a_clear_error(kind, kwargs, names, why):
     model = getattr(fusedrnn, kind)(INPUT, 6, **kwargs).eval()
     with pytest.raises(torch.onnx.OnnxExporterError, match=names) as info:

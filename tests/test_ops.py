@@ -5,11 +5,13 @@ standard and persistent kernels). Also: gradcheck in fp64, torch.compile with
 fullgraph=True, and the clear error for second-order gradients.
 """
 
+import functools
+
 import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import ops, reference
+from fusedrnn import ops, reference, registration
 
 pytestmark = pytest.mark.skipif(not ops.HAVE_EXTENSION, reason="needs the compiled extension")
 
@@ -42,12 +44,30 @@ def make_gru_inputs(T, B, H, dtype, bias=True, lengths=None, seed=0):
     return inputs, None if lengths is None else torch.tensor(lengths)
 
 
+def make_rnn_inputs(T, B, H, dtype, bias=True, lengths=None, seed=0):
+    """``(x, w_ih, bias, w_hh, h0)`` and the lengths, in the ops' argument order."""
+    r = _random(dtype, seed)
+    inputs = (r(T, B, I), r(H, I, scale=0.5), r(H) if bias else None, r(H, H, scale=0.3),
+              r(B, H))
+    return inputs, None if lengths is None else torch.tensor(lengths)
+
+
+def rnn_layers(nonlinearity: str) -> tuple:
+    """``(fused layer, reference layer)`` of the Elman RNN with ``nonlinearity``."""
+    return (functools.partial(ops.rnn_layer, nonlinearity=nonlinearity),
+            functools.partial(reference.rnn_layer, nonlinearity=nonlinearity))
+
+
 def layer_case(cell, T, B, H, dtype, lengths=None):
-    """A plain layer (biases, no projection) of ``cell`` ("lstm"/"LSTM", "gru"/"GRU"):
-    ``(inputs, lengths, fused layer, reference layer)``."""
+    """A plain layer (biases, no projection) of ``cell`` ("lstm"/"LSTM", "gru"/"GRU",
+    "rnn_tanh"/"RNN_TANH", "rnn_relu"/"RNN_RELU"): ``(inputs, lengths, fused layer,
+    reference layer)``."""
     if cell.lower() == "lstm":
         inputs, lens = make_lstm_inputs(T, B, H, 0, dtype, lengths)
         return inputs, lens, ops.lstm_layer, reference.lstm_layer
+    if cell.lower().startswith("rnn"):
+        inputs, lens = make_rnn_inputs(T, B, H, dtype, True, lengths)
+        return (inputs, lens, *rnn_layers(cell.lower().removeprefix("rnn_")))
     inputs, lens = make_gru_inputs(T, B, H, dtype, True, lengths)
     return inputs, lens, ops.gru_layer, reference.gru_layer
 
@@ -129,12 +149,26 @@ def test_gru_op_matches_reference(T, B, H, bias, lengths, reverse, dtype, device
     assert_close_all(grads_of(fused, on_device), grads_of(expected, inputs), TOL[dtype])
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,B,H,bias,lengths,reverse", GRU_CASES)
+def test_rnn_op_matches_reference(T, B, H, bias, lengths, reverse, dtype, nonlinearity,
+                                  device_path):
+    inputs, lens = make_rnn_inputs(T, B, H, dtype, bias, lengths)
+    fused_layer, reference_layer = rnn_layers(nonlinearity)
+    on_device = leaves_on(device_path, inputs)
+    fused = fused_layer(*on_device, lens, reverse)
+    expected = reference_layer(*inputs, lens, reverse)
+    assert_close_all(fused, expected, TOL[dtype])
+    assert_close_all(grads_of(fused, on_device), grads_of(expected, inputs), TOL[dtype])
+
+
 # Longer than the 5e-5 rule covers (T <= 64): T = 16384 on a GPU, shorter where the
 # kernels run on the CPU.
 LONG_T = {"cpu": 256, "simt": 128, "cuda": 16384}
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_longer_sequence_fp32_no_worse_than_twice_torch(mode, device_path):
     """At long T fp32 error may grow; it must stay within 2x torch.nn's own (torch.nn
     on the CPU, against fp64)."""
@@ -185,49 +219,79 @@ def test_gru_gradcheck_and_gradgradcheck(bias, reverse):
     assert torch.autograd.gradgradcheck(f, args)
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias,reverse", GRU_GRADCHECK)
+def test_rnn_gradcheck_and_gradgradcheck(bias, reverse, nonlinearity):
+    inputs, lens = make_rnn_inputs(4, 3, 5, torch.float64, bias, [4, 2, 3])
+    f, args = _over_present(rnn_layers(nonlinearity)[0], inputs, lens, reverse)
+    assert torch.autograd.gradcheck(f, args)
+    assert torch.autograd.gradgradcheck(f, args)
+
+
 def _detached(inputs):
     return tuple(None if t is None else t.detach() for t in inputs)
 
 
+def _schema_tensors(op, sizes: dict, bias: bool, P: int, seed: int) -> list:
+    """Random tensor arguments of ``op`` (a forward op), by their names in its schema."""
+    T, B, I, H, G = sizes["T"], sizes["B"], sizes["I"], sizes["H"], sizes["G"]
+    r = _random(torch.float32, seed)
+    h_size = P or H
+    shapes = {"input": (T, B, I), "xproj": (T, B, G * H), "w_ih": (G * H, I),
+              "bias": (G * H,), "b_ih": (G * H,), "b_hh": (G * H,), "hh_weight": (G * H,),
+              "hh_bias": (G * H,), "c_weight": (H,), "c_bias": (H,), "h0": (B, h_size),
+              "c0": (B, H), "w_hr": (P, H), "w_hh": (G * H, H if "xproj" in _names(op) else h_size)}
+    tensors = []
+    for name in _names(op)[:_names(op).index("lengths")]:
+        if (name in ("bias", "b_ih", "b_hh") and not bias) or (name == "w_hr" and not P):
+            tensors.append(None)
+        else:
+            tensors.append(r(*shapes[name], scale=0.3 if name.startswith("w_") else 1.0))
+    return tensors
+
+
+def _names(op) -> list:
+    return [a.name for a in op.default._schema.arguments]
+
+
 def _opcheck_samples(target):
-    """``[(op name, args)]`` on the target's device: each forward op training and
-    inference, each backward op with and without the input's gradient."""
+    """``[(op, args)]`` on the target's device: every cell's forward ops (the layer's
+    and layer_norm's) training and inference, and their backward ops with and without
+    the input's gradient."""
     op_ns, samples = ops._ops(), []
-    for P, lengths, rev in ((0, None, False), (4, [4, 1, 3], True)):
-        inputs, lens = make_lstm_inputs(4, 3, 6, P, torch.float32, lengths)
-        inputs, lens = leaves_on(target, inputs), target.to(lens)
-        x, w_ih, bias, w_hh, w_hr, h0, c0 = _detached(inputs)
-        samples.append(("lstm_forward", (*inputs, lens, rev, True, target.persistent)))
-        samples.append(("lstm_forward", (*_detached(inputs), lens, rev, False)))
-        out, h_n, c_n, gates, cells = op_ns.lstm_forward(*inputs, lens, rev, True,
-                                                         target.persistent)
-        grads = [torch.randn_like(t) for t in (out, h_n, c_n)]
-        for grad_input in (True, False):
-            samples.append(("lstm_backward", (*grads, x, w_ih, w_hh, w_hr, h0, c0, out.detach(),
-                                              gates, cells, lens, rev, grad_input,
-                                              target.persistent)))
-    for bias, lengths, rev in ((True, [2, 4, 3], False), (False, None, True)):
-        inputs, lens = make_gru_inputs(4, 3, 6, torch.float32, bias, lengths)
-        inputs, lens = leaves_on(target, inputs), target.to(lens)
-        x, w_ih, b_ih, w_hh, b_hh, h0 = _detached(inputs)
-        samples.append(("gru_forward", (*inputs, lens, rev, True, target.persistent)))
-        samples.append(("gru_forward", (*_detached(inputs), lens, rev, False)))
-        out, h_n, gates = op_ns.gru_forward(*inputs, lens, rev, True, target.persistent)
-        grads = [torch.randn_like(t) for t in (out, h_n)]
-        for grad_input in (True, False):
-            samples.append(("gru_backward", (*grads, x, w_ih, w_hh, h0, out.detach(), gates, lens,
-                                             rev, grad_input, target.persistent)))
+    path = ("persistent" if target.persistent else "steps",)
+    for cell, spec in registration.CELLS.items():
+        sizes = dict(T=4, B=3, I=I, H=6, G=spec.gates)
+        cases = [(0, None, False, True), (4 if cell == "lstm" else 0, [4, 1, 3], True, False)]
+        for family in ("forward", "norm_forward"):
+            forward = getattr(op_ns, f"{cell}_{family}")
+            backward = getattr(op_ns, f"{cell}_{family.replace('forward', 'backward')}")
+            flags = path if family == "forward" else ()
+            for P, lengths, rev, bias in cases:
+                P = P if family == "forward" else 0
+                inputs = leaves_on(target, _schema_tensors(forward, sizes, bias, P, seed=len(samples)))
+                lens = None if lengths is None else target.to(torch.tensor(lengths))
+                samples.append((forward, (*inputs, lens, rev, True, *flags)))
+                samples.append((forward, (*_detached(inputs), lens, rev, False, *flags)))
+                outputs = forward(*inputs, lens, rev, True, *flags)
+                results = outputs[:spec.results]
+                grads = [torch.randn_like(t) for t in results]
+                for grad_input in ((True, False) if family == "forward" else (None,)):
+                    backward_flags = (grad_input, *flags) if family == "forward" else ()
+                    samples.append((backward, (*grads, *_detached(inputs), results[0].detach(),
+                                               *outputs[spec.results:], lens, rev,
+                                               *backward_flags)))
     return samples
 
 
 def test_opcheck(device_path):
     """torch.library.opcheck on every op of the device's namespace (schema, fake kernel,
     autograd registration), with the persistent argument where the device has that path."""
-    for name, args in _opcheck_samples(device_path):
-        torch.library.opcheck(getattr(ops._ops(), name), args)
+    for op, args in _opcheck_samples(device_path):
+        torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_inference_saves_nothing_and_matches_training_forward(mode):
     torch.manual_seed(0)
     model = getattr(fusedrnn, mode)(5, 9, num_layers=2, bidirectional=True)
@@ -260,7 +324,8 @@ def test_backward_op_differentiated_directly_raises():
     x, w_ih, bias, w_hh, w_hr, h0, c0 = inputs
     out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(*inputs, None, False)
     grads = torch.ops.fusedrnn.lstm_backward(out.detach(), h_n.detach(), c_n.detach(), x, w_ih,
-                                             w_hh, None, h0, c0, out, gates, cells, None, False)
+                                             bias, w_hh, None, h0, c0, out, gates, cells, None,
+                                             False)
     with pytest.raises(RuntimeError, match="not differentiable"):
         grads[3].sum().backward()
 
@@ -271,9 +336,9 @@ def _bad_backward_args():
     x, w_ih, bias, w_hh, w_hr, h0, c0 = _detached(inputs)
     out, h_n, c_n, gates, cells = torch.ops.fusedrnn.lstm_forward(x, w_ih, bias, w_hh, w_hr, h0,
                                                                   c0, None, False)
-    args = dict(grad_output=out, grad_h_n=h_n, grad_c_n=c_n, input=x, w_ih=w_ih, w_hh=w_hh,
-                w_hr=None, h0=h0, c0=c0, output=out, gates=gates, cells=cells, lengths=None,
-                reverse=False)
+    args = dict(grad_output=out, grad_h_n=h_n, grad_c_n=c_n, input=x, w_ih=w_ih, bias=bias,
+                w_hh=w_hh, w_hr=None, h0=h0, c0=c0, output=out, gates=gates, cells=cells,
+                lengths=None, reverse=False)
     return args, [("cells", cells[:2]), ("c0", c0[:1]), ("h0", h0[:, :2]),
                   ("output", out[:, :2]), ("gates", gates[..., :-1]),
                   ("gates", gates.double()), ("lengths", torch.tensor([1, 2, 3], dtype=torch.int32)),
@@ -332,7 +397,7 @@ def test_all_step_gemms_match_reference_at_tile_edges(cell, cpu_path):
     gradients; cpu/gemm.cpp: tiles of 64 rows, panels of up to 256 columns in blocks of
     32, depth slices of 256) at sizes where each has a partial tile, panel, block and
     slice: T * B = 450 rows, I = 300, G * H = 280 (LSTM) or 210 (GRU). The LSTM's weight
-    gradients are over recurrence.cpp's kMinTnGemmFmas, so they run there too. Two
+    gradients are over csrc/layer/gemms.cpp's kMinTnGemmFmas, so they run there too. Two
     threads, so that the tiles are split between them."""
     T, B, I, H = 50, 9, 300, 70
     gates = 4 if cell == "lstm" else 3
@@ -440,7 +505,8 @@ def test_module_double_backward_matches_torch(mode):
 
 # Inductor (the default backend) once; aot_eager, which traces the same
 # graphs without generating code, for the other cell to keep CI short.
-@pytest.mark.parametrize("mode,backend", [("LSTM", "inductor"), ("GRU", "aot_eager")])
+@pytest.mark.parametrize("mode,backend", [("LSTM", "inductor"), ("GRU", "aot_eager"),
+                                          ("RNN", "aot_eager")])
 def test_torch_compile_fullgraph_matches_eager(mode, backend):
     torch.manual_seed(0)
     torch._dynamo.reset()

@@ -27,7 +27,7 @@ from conftest import TOL, assert_results_close, make_pair, reference_forward, ru
 B = 4  # batch size of the batched and packed cases
 
 FACTORS = {
-    "kind": ["LSTM", "GRU"],
+    "kind": ["LSTM", "GRU", "RNN", "RNN_RELU"],
     "num_layers": [1, 2, 3],
     "bidirectional": [False, True],
     "batch_first": [False, True],
@@ -85,6 +85,8 @@ EXTRA = [  # everything at once, and the smallest sizes
     {**_DEFAULTS, "hidden": 1, "input_size": 1, "T": 1},
     {**_DEFAULTS, "kind": "GRU", "hidden": 1, "input_size": 1, "form": "unbatched"},
     {**_DEFAULTS, "hidden": 2, "proj": True, "num_layers": 2, "dtype": torch.float32},
+    {**_DEFAULTS, "kind": "RNN_RELU", "num_layers": 3, "bidirectional": True,
+     "form": "packed_unsorted"},
 ]
 CASES = [SimpleNamespace(**c) for c in _pairwise(FACTORS) + EXTRA]
 
@@ -160,8 +162,8 @@ def test_sweep_is_pairwise():
     """The generated sweep really covers every feasible pair of values (and each form/kind)."""
     for a, b in itertools.combinations(FACTORS, 2):
         for va, vb in itertools.product(FACTORS[a], FACTORS[b]):
-            if {a, b} == {"kind", "proj"} and {va, vb} == {"GRU", True}:
-                continue
+            if {a, b} == {"kind", "proj"} and True in (va, vb) and {va, vb} != {"LSTM", True}:
+                continue  # a projection is the LSTM's only
             assert any(getattr(c, a) == va and getattr(c, b) == vb for c in CASES), (a, va, b, vb)
 
 
@@ -172,7 +174,7 @@ def test_sweep_is_pairwise():
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("with_hx", [True, False], ids=["hx", "nohx"])
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "unbatched"])
-@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell", "RNNCell_RELU"])
 def test_cell_matches_torch(kind, batched, with_hx, bias, dtype, device):
     I, H = 5, 13
     ref, fused = make_pair(kind, I, H, bias=bias, dtype=dtype)
@@ -195,6 +197,9 @@ def _low_precision_cases():
         cases.append(pytest.param(kind, dict(num_layers=2, bidirectional=True), False,
                                   id=f"{kind}-L2-bi"))
         cases.append(pytest.param(kind, dict(num_layers=1), True, id=f"{kind}-L1-packed"))
+    cases.append(pytest.param("RNN", dict(num_layers=2, bidirectional=True), True,
+                              id="RNN-L2-bi-packed"))
+    cases.append(pytest.param("RNN", dict(nonlinearity="relu"), False, id="RNN_RELU-L1"))
     cases.append(pytest.param("LSTM", dict(num_layers=2, proj_size=5), False, id="LSTM-L2-proj"))
     return cases
 
@@ -247,7 +252,7 @@ def test_low_precision_error_within_twice_torch(kind, kwargs, packed, dtype, dev
 # ------------------------------------------------------------------ dropout
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_dropout_training_matches_torch_under_same_seed(kind):
     """Dropout between layers draws the same masks as torch.nn from the same seed."""
     ref, fused = make_pair(kind, 5, 7, num_layers=3, dropout=0.5, bidirectional=True,

@@ -31,7 +31,7 @@ def simt_launches():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("gates", [4, 3], ids=["LSTM", "GRU"])
+@pytest.mark.parametrize("gates", [4, 3, 1], ids=["LSTM", "GRU", "RNN"])
 def test_tiling_override_forces_every_path(gates, dtype, persistent_device):
     debug = persistent_device.debug
     debug.set_persistent_tiling(MAX_BLOCKS, TILE)
@@ -48,7 +48,7 @@ def test_tiling_override_forces_every_path(gates, dtype, persistent_device):
 @pytest.mark.parametrize("lengths,reverse", [(None, False), (LENGTHS, True)],
                          ids=["full", "lengths-reverse"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH", "RNN_RELU"])
 def test_forced_tiling_matches_reference(mode, dtype, lengths, reverse, persistent_device):
     """Outputs, final states and every gradient, forward and backward each in one
     persistent launch (the backward reads the gates and cells the forward saved)."""

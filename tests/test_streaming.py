@@ -49,7 +49,7 @@ def _chunked(module, sizes):
 def _states(kind, layers, batch, hidden, proj, dtype, unbatched=False):
     shape = (layers, hidden) if unbatched else (layers, batch, hidden)
     h = torch.randn(*shape[:-1], proj or hidden, dtype=dtype) * 0.5
-    if kind == "GRU":
+    if kind != "LSTM":
         return h
     return h, torch.randn(*shape, dtype=dtype) * 0.5
 
@@ -61,6 +61,8 @@ CASES = [  # kind, layers, proj, batch_first, unbatched, given state
     ("GRU", 1, 0, True, False, False),
     ("GRU", 3, 0, False, False, True),
     ("GRU", 2, 0, False, True, True),
+    ("RNN", 2, 0, True, False, True),
+    ("RNN_RELU", 1, 0, False, True, False),
 ]
 
 
@@ -90,7 +92,7 @@ def test_step_and_chunks_match_one_long_call(kind, layers, proj, batch_first, un
     _check_against_one_long_call(kind, layers, proj, batch_first, unbatched, given, dtype)
 
 
-@pytest.mark.parametrize("kind,layers,proj", [("LSTM", 2, 3), ("GRU", 2, 0)])
+@pytest.mark.parametrize("kind,layers,proj", [("LSTM", 2, 3), ("GRU", 2, 0), ("RNN", 2, 0)])
 def test_step_and_chunks_on_the_cuda_kernels(kernel_device, kind, layers, proj):
     _check_against_one_long_call(kind, layers, proj, False, False, True, torch.float32,
                                  kernel_device)
@@ -153,7 +155,7 @@ def test_step_bad_state(kind, state, error, words):
 # ----------------------------------------------------------------- tbptt
 
 
-@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("batch_first,unbatched", [(False, False), (True, False), (True, True)])
 def test_tbptt_chunks_concatenate_to_the_full_output(kind, batch_first, unbatched):
     ref, fused = make_pair(kind, 4, 5, num_layers=2, batch_first=batch_first,
@@ -189,7 +191,7 @@ def test_tbptt_cuts_the_graph_between_chunks(kind):
         out_ref, state_ref = ref(x_ref[start:start + 3], state_ref)
         out_ref.square().sum().backward()
         state_ref = _flat(state_ref)
-        state_ref = state_ref[0].detach() if kind == "GRU" else tuple(s.detach() for s in state_ref)
+        state_ref = state_ref[0].detach() if kind != "LSTM" else tuple(s.detach() for s in state_ref)
         torch.testing.assert_close(x.grad, x_ref.grad, atol=TOL[torch.float64], rtol=0)
         for (name, p), p_ref in zip(fused.named_parameters(), ref.parameters()):
             torch.testing.assert_close(p.grad, p_ref.grad, atol=TOL[torch.float64], rtol=0,

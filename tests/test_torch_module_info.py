@@ -1,7 +1,7 @@
 """torch's own module test data, run through fusedrnn.
 
 torch ships, in ``torch.testing._internal.common_modules``, a ModuleInfo for
-nn.LSTM, nn.GRU, nn.LSTMCell and nn.GRUCell: sample inputs (with a
+nn.LSTM, nn.GRU, nn.RNN and their cells: sample inputs (with a
 ``reference_fn`` for the unbatched ones) and error inputs. Every sample runs,
 in fp32 and fp64, in train and eval mode, through torch.nn and fusedrnn with
 the same state_dict; outputs, final states and the gradients of every input
@@ -44,7 +44,9 @@ def _torch_test_data():
 _common = _torch_test_data()
 ModuleErrorEnum, module_db = _common.ModuleErrorEnum, _common.module_db
 
-CLASSES = (torch.nn.LSTM, torch.nn.GRU, torch.nn.LSTMCell, torch.nn.GRUCell)
+CLASSES = (torch.nn.LSTM, torch.nn.GRU, torch.nn.RNN, torch.nn.LSTMCell, torch.nn.GRUCell,
+           torch.nn.RNNCell)
+PACKED_SAMPLES = (torch.nn.GRU, torch.nn.RNN)  # their ModuleInfos' with_packed_sequence
 INFOS = [info for info in module_db if info.module_cls in CLASSES]
 DTYPES = (torch.float32, torch.float64)
 MODES = (True, False)  # training
@@ -55,11 +57,12 @@ def _fused_class(info):
 
 
 def _samples():
-    """Every sample of every ModuleInfo, dtype and mode (GRU's packed samples included)."""
+    """Every sample of every ModuleInfo, dtype and mode (GRU's and RNN's packed samples
+    included)."""
     torch.manual_seed(0)  # the samples are random: the same ones on every run
     params = []
     for info, dtype, training in itertools.product(INFOS, DTYPES, MODES):
-        extra = [{}, {"with_packed_sequence": True}] if info.module_cls is torch.nn.GRU else [{}]
+        extra = [{}, {"with_packed_sequence": True}] if info.module_cls in PACKED_SAMPLES else [{}]
         for kwargs in extra:
             samples = info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
                                               training=training, **kwargs)
@@ -96,9 +99,9 @@ ERRORS = _errors()
 
 def test_counts():
     """The counts the README and the report quote; fails if torch's data changes under us."""
-    assert len(INFOS) == 4
+    assert len(INFOS) == 6
     packed = sum("-packed-" in p.id for p in SAMPLES)
-    assert (len(SAMPLES), packed, len(WITH_REFERENCE), len(ERRORS)) == (272, 64, 272, 152)
+    assert (len(SAMPLES), packed, len(WITH_REFERENCE), len(ERRORS)) == (540, 192, 540, 232)
 
 
 # ------------------------------------------------------------------ samples

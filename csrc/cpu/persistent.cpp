@@ -136,7 +136,7 @@ bool first_step_of_row(const int64_t* lengths, int64_t steps, bool reverse, int6
 }
 
 // ----------------------------------------------------- the two loops
-// Shared by both cells. A cell supplies its gate count and a per-row
+// Shared by every cell. A cell supplies its gate count and a per-row
 // callback working on one thread's units; the loops own the panels, the
 // GEMMs and the barriers.
 
@@ -190,7 +190,7 @@ class ChunkedProjection {
 // Forward: per step, the input projection x_t (ChunkedProjection) and the
 // recurrent product h_{t-1} @ panel of this thread's units, then
 // `row(t, b, j0, U, x_row, hh_row, h_prev_row, h_next_row)` for every batch
-// row, then the barrier. With `sum_products` (LSTM) the recurrent product is
+// row, then the barrier. With `sum_products` (LSTM, RNN: kSumsProducts) the recurrent product is
 // added to the projection in place and x_row == hh_row holds the sum.
 template <typename T, typename Row>
 void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
@@ -288,90 +288,74 @@ bool persistent_fits(int64_t batch, int64_t hidden) {
   return batch > 0 && hidden > 0 && (std::is_same_v<T, double> || have_brgemm());
 }
 
-// --------------------------------------------------------------------- LSTM
+// ------------------------------------------------------------------ the cells
 
+// The cell before step t of row b: the initial one at its first step, else
+// the one saved after the step processed just before.
 template <typename T>
-void persistent_lstm_forward(const LstmSequence<T>& p, const InputProjection<T>& in) {
+const T* previous_row(const T* init, const T* seq, const int64_t* lengths, int64_t steps,
+                      bool reverse, int64_t t, int64_t b, int64_t B, int64_t H) {
+  if (first_step_of_row(lengths, steps, reverse, t, b)) return init + b * H;
+  const int64_t prev_t = reverse ? t + 1 : t - 1;
+  return seq + (prev_t * B + b) * H;
+}
+
+template <class Cell, typename T>
+void persistent_forward(const Sequence<T>& p, const InputProjection<T>& in) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
   const int64_t B = p.batch, H = p.hidden;
-  const auto& rows = best_row_kernels<T>();
-  if (p.c_n != p.c0) std::copy_n(p.c0, B * H, p.c_n);
-  forward_loop<T>(p.steps, B, H, 4, p.reverse, in, /*sum_products=*/true, p.w_hh, p.h0, p.h_n,
-                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T*, const T* pre,
+  const auto& rows = best_cell_rows<Cell, T>();
+  if constexpr (Cell::kCellState)
+    if (p.c_n != p.c0) std::copy_n(p.c0, B * H, p.c_n);
+  forward_loop<T>(p.steps, B, H, G, p.reverse, in, Cell::kSumsProducts, p.w_hh, p.h0, p.h_n,
+                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* x, const T* hh,
                       const T* h_prev, T* h_next) {
-    const int64_t row = (t * B + b) * H + j0;         // (t, b, j0) of a (T, B, H) buffer
-    const int64_t gate_row = (t * B + b) * 4 * H + j0;  // of a (T, B, 4H) buffer
-    rows.lstm_forward_slice({.hidden = H, .units = U, .pre = pre,
-                             .h_prev = h_prev, .c = p.c_n + b * H + j0,
-                             .gates = p.gates ? p.gates + gate_row : nullptr,
-                             .cells = p.cells ? p.cells + row : nullptr, .h_out = p.output + row,
-                             .h_next = h_next, .active = row_active_at(p.lengths, t, b)});
+    const int64_t row = (t * B + b) * H + j0;  // (t, b, j0) of a (T, B, H) buffer
+    rows.forward_slice(
+        {.hidden = H, .units = U, .x = x, .hh = Cell::kSumsProducts ? nullptr : hh,
+         .b_hh = p.b_hh ? p.b_hh + j0 : nullptr, .h_prev = h_prev,
+         .c = Cell::kCellState ? p.c_n + b * H + j0 : nullptr,
+         .saved = p.saved ? p.saved + (t * B + b) * S * H + j0 : nullptr,
+         .cells = p.cells ? p.cells + row : nullptr, .h_out = p.output + row, .h_next = h_next,
+         .active = row_active_at(p.lengths, t, b)});
   });
 }
 
-template <typename T>
-void persistent_lstm_backward(const LstmBackwardSequence<T>& p) {
+template <class Cell, typename T>
+void persistent_backward(const BackwardSequence<T>& p) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved, shared = Cell::kSharedGradGates;
   const int64_t B = p.batch, H = p.hidden, steps = p.steps;
-  const auto& rows = best_row_kernels<T>();
-  backward_loop<T>(steps, B, H, 4, p.reverse, p.w_hh, {{p.d_gates, 4 * H, 4 * H}}, p.dh,
+  const auto& rows = best_cell_rows<Cell, T>();
+  // The recurrent gradient: the gates it shares with d_xproj, then d_hh's.
+  std::vector<ColumnBlock<T>> d_rec = {{p.d_xproj, G * H, shared * H}};
+  if (shared < G) d_rec.push_back({p.d_hh, (G - shared) * H, (G - shared) * H});
+  backward_loop<T>(steps, B, H, G, p.reverse, p.w_hh, d_rec, p.dh,
                    [&](int64_t t, int64_t b, int64_t j0, int64_t U) {
-    const bool first = first_step_of_row(p.lengths, steps, p.reverse, t, b);
-    const int64_t prev_t = p.reverse ? t + 1 : t - 1;
-    const T* c_prev = first ? p.c0 + b * H : p.cells + (prev_t * B + b) * H;
-    const int64_t row = (t * B + b) * H + j0, gate_row = (t * B + b) * 4 * H + j0;
-    rows.lstm_backward_slice({.hidden = H, .units = U, .gates = p.gates + gate_row,
-                              .cells = p.cells + row, .c_prev = c_prev + j0,
-                              .grad_out = p.grad_out + row, .dh = p.dh + b * H + j0,
-                              .dc = p.dc + b * H + j0, .d_gates = p.d_gates + gate_row,
-                              .active = row_active_at(p.lengths, t, b)});
-  });
-}
-
-// ---------------------------------------------------------------------- GRU
-
-template <typename T>
-void persistent_gru_forward(const GruSequence<T>& p, const InputProjection<T>& in) {
-  const int64_t B = p.batch, H = p.hidden;
-  const auto& rows = best_row_kernels<T>();
-  forward_loop<T>(p.steps, B, H, 3, p.reverse, in, /*sum_products=*/false, p.w_hh, p.h0, p.h_n,
-                  [&](int64_t t, int64_t b, int64_t j0, int64_t U, const T* xproj, const T* hh,
-                      const T* h_prev, T* h_next) {
-    rows.gru_forward_slice({.hidden = H, .units = U, .xproj = xproj, .hh = hh, .b_hh = p.b_hh ? p.b_hh + j0 : nullptr, .h_prev = h_prev,
-                            .gates = p.gates ? p.gates + (t * B + b) * 4 * H + j0 : nullptr,
-                            .h_out = p.output + (t * B + b) * H + j0, .h_next = h_next,
-                            .active = row_active_at(p.lengths, t, b)});
-  });
-}
-
-template <typename T>
-void persistent_gru_backward(const GruBackwardSequence<T>& p) {
-  const int64_t B = p.batch, H = p.hidden, steps = p.steps;
-  const auto& rows = best_row_kernels<T>();
-  // The recurrent gradient: r and z as in d_xproj, then n.
-  backward_loop<T>(steps, B, H, 3, p.reverse, p.w_hh,
-                   {{p.d_xproj, 3 * H, 2 * H}, {p.d_hh, H, H}}, p.dh,
-                   [&](int64_t t, int64_t b, int64_t j0, int64_t U) {
-    const bool first = first_step_of_row(p.lengths, steps, p.reverse, t, b);
-    const int64_t prev_t = p.reverse ? t + 1 : t - 1;
-    const T* h_prev = first ? p.h0 + b * H : p.output + (prev_t * B + b) * H;
-    const int64_t row = (t * B + b) * H + j0, rec_row = (t * B + b) * 3 * H + j0;
-    rows.gru_backward_slice({.hidden = H, .units = U, .gates = p.gates + (t * B + b) * 4 * H + j0,
-                             .h_prev = h_prev + j0, .grad_out = p.grad_out + row,
-                             .dh = p.dh + b * H + j0, .d_xproj = p.d_xproj + rec_row,
-                             .d_hh = p.d_hh + row, .active = row_active_at(p.lengths, t, b)});
+    const int64_t row = (t * B + b) * H + j0;
+    const T* c_prev = Cell::kCellState
+        ? previous_row(p.c0, p.cells, p.lengths, steps, p.reverse, t, b, B, H) + j0 : nullptr;
+    const T* h_prev = Cell::kReadsHPrev
+        ? previous_row(p.h0, p.output, p.lengths, steps, p.reverse, t, b, B, H) + j0 : nullptr;
+    rows.backward_slice(
+        {.hidden = H, .units = U, .saved = p.saved + (t * B + b) * S * H + j0,
+         .cells = p.cells ? p.cells + row : nullptr, .c_prev = c_prev, .h_prev = h_prev,
+         .grad_out = p.grad_out + row, .dh = p.dh + b * H + j0,
+         .dc = p.dc ? p.dc + b * H + j0 : nullptr, .d_xproj = p.d_xproj + (t * B + b) * G * H + j0,
+         .d_hh = p.d_hh ? p.d_hh + (t * B + b) * (G - shared) * H + j0 : nullptr,
+         .active = row_active_at(p.lengths, t, b)});
   });
 }
 
 template bool persistent_fits<float>(int64_t, int64_t);
 template bool persistent_fits<double>(int64_t, int64_t);
-#define FUSEDRNN_INSTANTIATE(T)                                                  \
-  template void persistent_lstm_forward<T>(const LstmSequence<T>&,               \
-                                           const InputProjection<T>&);           \
-  template void persistent_lstm_backward<T>(const LstmBackwardSequence<T>&);     \
-  template void persistent_gru_forward<T>(const GruSequence<T>&,                 \
-                                          const InputProjection<T>&);            \
-  template void persistent_gru_backward<T>(const GruBackwardSequence<T>&);
-FUSEDRNN_INSTANTIATE(float)
-FUSEDRNN_INSTANTIATE(double)
+#define FUSEDRNN_INSTANTIATE(Cell)                                                         \
+  template void persistent_forward<Cell, float>(const Sequence<float>&,                   \
+                                                const InputProjection<float>&);           \
+  template void persistent_forward<Cell, double>(const Sequence<double>&,                 \
+                                                 const InputProjection<double>&);         \
+  template void persistent_backward<Cell, float>(const BackwardSequence<float>&);         \
+  template void persistent_backward<Cell, double>(const BackwardSequence<double>&);
+FUSEDRNN_FOR_EACH_CELL(FUSEDRNN_INSTANTIATE)
 #undef FUSEDRNN_INSTANTIATE
 
 }  // namespace fusedrnn::cpu

@@ -1,7 +1,7 @@
 // Persistent CPU loops: the CPU analogue of cuda/persistent.cuh.
 //
-// One parallel region runs every step of one LSTM or GRU layer (no
-// projection) in one direction. Thread k owns a slice of hidden units
+// One parallel region runs every step of one layer (no projection, no
+// toolkit) in one direction. Thread k owns a slice of hidden units
 // [j0, j0 + U) and, for the whole sequence, the matching W_hh rows of all G
 // gates packed as an (H, G*U) panel that stays in its own cache. Per step it
 // multiplies h_{t-1} by its panel (one small GEMM, no dispatcher, no
@@ -22,63 +22,42 @@ namespace fusedrnn::cpu {
 // ----------------------------------------------- one row, one thread's units
 // Row kernels for one batch row restricted to the `units` hidden units a
 // thread owns. Pointers into full-width (B, W) buffers already point at the
-// thread's first unit j0 of the row, so gate g of unit u sits at
-// g * hidden + u; the thread's own products (`pre`, `xproj`, `hh`) are
-// packed as g * units + u.
+// thread's first unit j0 of the row, so gate (or saved value) k of unit u
+// sits at k * hidden + u; the thread's own products (`x`, `hh`) are packed
+// as g * units + u.
 
 template <typename T>
-struct LstmForwardSlice {
+struct ForwardSlice {
   int64_t hidden, units;
-  const T* pre;     // gate pre-activations (4, units): input projection, both
-                    // biases and the recurrent product
+  const T* x;       // (G, units) input projection, its biases in; with the
+                    // recurrent product added where the cell sums them
+  const T* hh;      // (G, units) recurrent product, or nullptr (added into x)
+  const T* b_hh;    // recurrent bias at unit j0 (gate g at g * hidden), or nullptr
   const T* h_prev;  // h before the step (carried where inactive)
-  T* c;             // running cell state, updated in place where active
-  T* gates;         // saved activated gates, or nullptr (inference)
+  T* c;             // running cell state (cells with one), in place
+  T* saved;         // saved values, or nullptr (inference)
   T* cells;         // saved cell state after the step, or nullptr
   T* h_out;         // output of this step: h, or zero where inactive
   T* h_next;        // h after the step
   bool active;
 };
 
-// The backward slices leave in `dh` the part of h_{t-1}'s gradient that
-// does not go through W_hh (LSTM: none; GRU: z * dh; an inactive row: all of
-// it); the loop then adds (recurrent gradient) @ W_hh with the other threads'.
+// The backward slices leave in `dh` the part of h_{t-1}'s gradient that does
+// not go through W_hh (cells/*.h: dh_prev; an inactive row: all of it); the
+// loop then adds (recurrent gradient) @ W_hh with the other threads'.
 template <typename T>
-struct LstmBackwardSlice {
+struct BackwardSlice {
   int64_t hidden, units;
-  const T* gates;     // saved activated gates of this step
-  const T* cells;     // saved cell state after this step
-  const T* c_prev;    // cell state before this step
+  const T* saved;     // saved values of this step
+  const T* cells;     // saved cell state after this step (cells with one)
+  const T* c_prev;    // cell state before it
+  const T* h_prev;    // h before it
   const T* grad_out;  // gradient of this step's output
   T* dh;              // in: gradient reaching h_t from later steps; out: see above
   T* dc;              // in: from the later step; out: to the earlier one
-  T* d_gates;         // gradient of the pre-activations (zero where inactive)
-  bool active;
-};
-
-template <typename T>
-struct GruForwardSlice {
-  int64_t hidden, units;
-  const T* xproj;   // input projection (3, units), b_ih in
-  const T* hh;      // recurrent product (3, units), without b_hh
-  const T* b_hh;    // recurrent bias at unit j0 (gate g at g * hidden), or nullptr
-  const T* h_prev;  // h before the step
-  T* gates;         // saved r | z | n | hh_n, or nullptr (inference)
-  T* h_out;         // output of this step: h, or zero where inactive
-  T* h_next;        // h after the step
-  bool active;
-};
-
-template <typename T>
-struct GruBackwardSlice {
-  int64_t hidden, units;
-  const T* gates;     // saved r | z | n | hh_n of this step
-  const T* h_prev;    // h before this step
-  const T* grad_out;  // gradient of this step's output
-  T* dh;              // in: gradient reaching h_t from later steps; out: see above
   T* d_xproj;         // gradient of the input projection (zero where inactive)
-  T* d_hh;            // gradient of the recurrent product's n part, b_hh's included
-                      // (its r and z parts are d_xproj's)
+  T* d_hh;            // the recurrent product's where it differs from d_xproj's:
+                      // gates kSharedGradGates.. (G - shared rows of `hidden`)
   bool active;
 };
 
@@ -107,13 +86,9 @@ int persistent_threads(int64_t steps, int64_t batch, int64_t hidden, int gates);
 // Run a whole sequence; the caller checked persistent_fits. The forward
 // loops take the input projection from `in` (p.xproj is not read). c_n may
 // alias c0; h_n may not alias h0 (as for the CUDA kernels).
-template <typename T>
-void persistent_lstm_forward(const LstmSequence<T>& p, const InputProjection<T>& in);
-template <typename T>
-void persistent_lstm_backward(const LstmBackwardSequence<T>& p);
-template <typename T>
-void persistent_gru_forward(const GruSequence<T>& p, const InputProjection<T>& in);
-template <typename T>
-void persistent_gru_backward(const GruBackwardSequence<T>& p);
+template <class Cell, typename T>
+void persistent_forward(const Sequence<T>& p, const InputProjection<T>& in);
+template <class Cell, typename T>
+void persistent_backward(const BackwardSequence<T>& p);
 
 }  // namespace fusedrnn::cpu

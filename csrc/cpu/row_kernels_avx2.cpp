@@ -14,11 +14,20 @@
 // Built without AVX2 (not x86-64): the AVX2 set is never selected at run
 // time; alias the portable one so the symbols exist.
 namespace fusedrnn::cpu::AVX2 {
-template <typename T>
-RowKernels<T> row_kernels() {
-  return DEFAULT::row_kernels<T>();
+template <class Cell, typename T>
+CellRows<Cell, T> cell_rows() {
+  return DEFAULT::cell_rows<Cell, T>();
 }
-template RowKernels<float> row_kernels<float>();
-template RowKernels<double> row_kernels<double>();
+template <typename T>
+StateRows<T> state_rows() {
+  return DEFAULT::state_rows<T>();
+}
+#define FUSEDRNN_INSTANTIATE(Cell)                         \
+  template CellRows<Cell, float> cell_rows<Cell, float>(); \
+  template CellRows<Cell, double> cell_rows<Cell, double>();
+FUSEDRNN_FOR_EACH_CELL(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
+template StateRows<float> state_rows<float>();
+template StateRows<double> state_rows<double>();
 }  // namespace fusedrnn::cpu::AVX2
 #endif

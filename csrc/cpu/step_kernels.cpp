@@ -19,11 +19,6 @@ const std::string& cpu_capability() {
   return capability;
 }
 
-template <typename T>
-const RowKernels<T>& rows() {
-  return best_row_kernels<T>();
-}
-
 // Threads only pay off once a step has a few thousand elements.
 template <typename Params>
 void for_each_row(const Params& p, int64_t row_width, void (*row)(const Params&, int64_t)) {
@@ -33,58 +28,71 @@ void for_each_row(const Params& p, int64_t row_width, void (*row)(const Params&,
   });
 }
 
-template <typename T>
-void lstm_forward(const LstmForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().lstm_forward); }
-template <typename T>
-void lstm_backward(const LstmBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().lstm_backward); }
-template <typename T>
-void projected_commit(const ProjectedCommit<T>& p) { for_each_row(p, p.h_size, rows<T>().projected_commit); }
-template <typename T>
-void grad_h_accumulate(const GradHStep<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_accumulate); }
-template <typename T>
-void grad_h_carry(const GradHStep<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_carry); }
-template <typename T>
-void gru_forward(const GruForwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().gru_forward); }
-template <typename T>
-void gru_backward(const GruBackwardStep<T>& p) { for_each_row(p, 4 * p.hidden, rows<T>().gru_backward); }
-template <typename T>
-void grad_h_combine(const GradHCombine<T>& p) { for_each_row(p, p.h_size, rows<T>().grad_h_combine); }
+template <class Cell, typename T>
+void forward(const ForwardStep<T>& p) {
+  for_each_row(p, Cell::kSaved * p.hidden, best_cell_rows<Cell, T>().forward);
+}
+template <class Cell, typename T>
+void backward(const BackwardStep<T>& p) {
+  for_each_row(p, Cell::kSaved * p.hidden, best_cell_rows<Cell, T>().backward);
+}
 
 // The layer-norm steps (norm_rows.h), one thread per row, in plain C++.
-template <typename Params, void (*row_function)(const SerialRow&, const Params&, int64_t)>
-void serial_row(const Params& p, int64_t b) {
-  row_function(SerialRow{}, p, b);
+template <class Cell, typename T>
+void norm_forward_row(const NormForwardStep<T>& p, int64_t b) {
+  fusedrnn::norm_forward_row<Cell>(SerialRow{}, p, b);
+}
+template <class Cell, typename T>
+void norm_backward_row(const NormBackwardStep<T>& p, int64_t b) {
+  fusedrnn::norm_backward_row<Cell>(SerialRow{}, p, b);
+}
+template <class Cell, typename T>
+void norm_forward(const NormForwardStep<T>& p) {
+  for_each_row(p, Cell::kGates * p.hidden, &norm_forward_row<Cell, T>);
+}
+template <class Cell, typename T>
+void norm_backward(const NormBackwardStep<T>& p) {
+  for_each_row(p, Cell::kGates * p.hidden, &norm_backward_row<Cell, T>);
 }
 
 template <typename T>
-void lstm_norm_forward(const LstmNormForwardStep<T>& p) {
-  for_each_row(p, 4 * p.hidden, serial_row<LstmNormForwardStep<T>, lstm_norm_forward_row<T, SerialRow>>);
+void projected_commit(const ProjectedCommit<T>& p) {
+  for_each_row(p, p.h_size, best_state_rows<T>().projected_commit);
 }
 template <typename T>
-void lstm_norm_backward(const LstmNormBackwardStep<T>& p) {
-  for_each_row(p, 4 * p.hidden, serial_row<LstmNormBackwardStep<T>, lstm_norm_backward_row<T, SerialRow>>);
+void grad_h_accumulate(const GradHStep<T>& p) {
+  for_each_row(p, p.h_size, best_state_rows<T>().grad_h_accumulate);
 }
 template <typename T>
-void gru_norm_forward(const GruNormForwardStep<T>& p) {
-  for_each_row(p, 3 * p.hidden, serial_row<GruNormForwardStep<T>, gru_norm_forward_row<T, SerialRow>>);
+void grad_h_carry(const GradHStep<T>& p) {
+  for_each_row(p, p.h_size, best_state_rows<T>().grad_h_carry);
 }
 template <typename T>
-void gru_norm_backward(const GruNormBackwardStep<T>& p) {
-  for_each_row(p, 3 * p.hidden, serial_row<GruNormBackwardStep<T>, gru_norm_backward_row<T, SerialRow>>);
+void grad_h_combine(const GradHCombine<T>& p) {
+  for_each_row(p, p.h_size, best_state_rows<T>().grad_h_combine);
+}
+
+// The set of the widest instruction set ATen runs.
+template <typename Set, typename Default, typename Avx2, typename Avx512>
+Set best_set(Default scalar, Avx2 avx2, Avx512 avx512) {
+  return cpu_capability() == "AVX512" ? avx512() : cpu_capability() == "AVX2" ? avx2() : scalar();
 }
 
 }  // namespace
 
-template <typename T>
-const RowKernels<T>& best_row_kernels() {
-  static const RowKernels<T> kernels = cpu_capability() == "AVX512" ? AVX512::row_kernels<T>()
-                                       : cpu_capability() == "AVX2" ? AVX2::row_kernels<T>()
-                                                                    : DEFAULT::row_kernels<T>();
-  return kernels;
+template <class Cell, typename T>
+const CellRows<Cell, T>& best_cell_rows() {
+  static const CellRows<Cell, T> rows = best_set<CellRows<Cell, T>>(
+      DEFAULT::cell_rows<Cell, T>, AVX2::cell_rows<Cell, T>, AVX512::cell_rows<Cell, T>);
+  return rows;
 }
 
-template const RowKernels<float>& best_row_kernels<float>();
-template const RowKernels<double>& best_row_kernels<double>();
+template <typename T>
+const StateRows<T>& best_state_rows() {
+  static const StateRows<T> rows = best_set<StateRows<T>>(
+      DEFAULT::state_rows<T>, AVX2::state_rows<T>, AVX512::state_rows<T>);
+  return rows;
+}
 
 // A few-row product (gemm.h) in groups of four rows of w, spread over the
 // threads from about 64K multiply-adds each.
@@ -93,31 +101,39 @@ void weight_product(const WeightProduct<T>& p) {
   const int64_t groups = (p.N + 3) / 4, group_fmas = 4 * p.rows * p.K;
   const int64_t grain = std::max<int64_t>(1, 64 * 1024 / std::max<int64_t>(1, group_fmas));
   at::parallel_for(0, groups, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) rows<T>().weight_product(p, g);
+    for (int64_t g = begin; g < end; ++g) best_state_rows<T>().weight_product(p, g);
   });
 }
 
-template void weight_product<float>(const WeightProduct<float>&);
-template void weight_product<double>(const WeightProduct<double>&);
-
-template <typename T>
-StepKernels<T> step_kernels() {
-  return {.lstm_forward = &lstm_forward<T>,
-          .lstm_backward = &lstm_backward<T>,
-          .projected_commit = &projected_commit<T>,
-          .grad_h_accumulate = &grad_h_accumulate<T>,
-          .grad_h_carry = &grad_h_carry<T>,
-          .gru_forward = &gru_forward<T>,
-          .gru_backward = &gru_backward<T>,
-          .grad_h_combine = &grad_h_combine<T>,
-          .lstm_norm_forward = &lstm_norm_forward<T>,
-          .lstm_norm_backward = &lstm_norm_backward<T>,
-          .gru_norm_forward = &gru_norm_forward<T>,
-          .gru_norm_backward = &gru_norm_backward<T>};
+template <class Cell, typename T>
+CellKernels<Cell, T> cell_kernels() {
+  return {.forward = &forward<Cell, T>,
+          .backward = &backward<Cell, T>,
+          .norm_forward = &norm_forward<Cell, T>,
+          .norm_backward = &norm_backward<Cell, T>};
 }
 
-template StepKernels<float> step_kernels<float>();
-template StepKernels<double> step_kernels<double>();
+template <typename T>
+StateKernels<T> state_kernels() {
+  return {.projected_commit = &projected_commit<T>,
+          .grad_h_accumulate = &grad_h_accumulate<T>,
+          .grad_h_carry = &grad_h_carry<T>,
+          .grad_h_combine = &grad_h_combine<T>};
+}
+
+#define FUSEDRNN_INSTANTIATE(Cell)                                          \
+  template const CellRows<Cell, float>& best_cell_rows<Cell, float>();     \
+  template const CellRows<Cell, double>& best_cell_rows<Cell, double>();   \
+  template CellKernels<Cell, float> cell_kernels<Cell, float>();           \
+  template CellKernels<Cell, double> cell_kernels<Cell, double>();
+FUSEDRNN_FOR_EACH_CELL(FUSEDRNN_INSTANTIATE)
+#undef FUSEDRNN_INSTANTIATE
+template const StateRows<float>& best_state_rows<float>();
+template const StateRows<double>& best_state_rows<double>();
+template StateKernels<float> state_kernels<float>();
+template StateKernels<double> state_kernels<double>();
+template void weight_product<float>(const WeightProduct<float>&);
+template void weight_product<double>(const WeightProduct<double>&);
 
 const char* simd_name() {
   return cpu_capability() == "AVX512" ? "avx512" : cpu_capability() == "AVX2" ? "avx2" : "default";

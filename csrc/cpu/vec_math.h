@@ -1,4 +1,4 @@
-// SIMD activations for the CPU kernels: specialises cells.h's Activations
+// SIMD activations for the CPU kernels: specialises cells/common.h's Activations
 // for at::vec::Vectorized<T>, so the cell functions run a whole SIMD register
 // at a time. fp32 on AVX2/AVX-512 runs a polynomial exp (below), fp64 the
 // exact exp (Sleef's); the DEFAULT build's Vectorized maps std::exp over the
@@ -11,7 +11,7 @@
 #include <cmath>
 #include <type_traits>
 
-#include "fusedrnn/cells.h"
+#include "fusedrnn/cells/common.h"
 
 namespace fusedrnn {
 
@@ -70,7 +70,7 @@ struct Activations<at::vec::Vectorized<T>> {
   }
 };
 
-// cells.h's clamps on SIMD lanes: blends on lane masks, so that a NaN lane
+// cells/common.h's comparisons on SIMD lanes: blends on lane masks, so that a NaN lane
 // stays NaN (its comparisons are false) as in torch.clamp.
 template <typename T>
 struct Compare<at::vec::Vectorized<T>> {
@@ -81,6 +81,10 @@ struct Compare<at::vec::Vectorized<T>> {
   }
   static Vec pass_inside(const Vec& x, const Vec& lo, const Vec& hi, const Vec& grad) {
     return Vec::blendv(Vec(T(0)), grad, (x > lo) & (x < hi));
+  }
+  static Vec relu(const Vec& x) { return Vec::blendv(x, Vec(T(0)), x < Vec(T(0))); }
+  static Vec relu_gradient(const Vec& out, const Vec& grad) {
+    return Vec::blendv(grad, Vec(T(0)), out <= Vec(T(0)));
   }
 };
 

@@ -3,8 +3,7 @@
 // Design (after Diamos et al. 2016 and FlashRNN; written from scratch):
 //
 // * Ownership. Block k owns hidden units j in [k*U, k*U + U) and all the
-//   gates of those units (rows g*H + j of W_hh, g < G; G = 4 for LSTM, 3 for
-//   GRU). The pointwise cell math of unit j therefore runs in the block that
+//   gates of those units (rows g*H + j of W_hh, g < G, the cell's gates). The pointwise cell math of unit j therefore runs in the block that
 //   computed its gate pre-activations: no gate values cross blocks, only h.
 //   U = ceil(H / #SMs), so the grid has at most one block per SM.
 //
@@ -15,9 +14,9 @@
 //
 // * One step. Each block stages h_prev (all B rows, or a tile of rows when B
 //   is large) from global memory into shared memory, computes
-//   hh = W_slice . h_prev, adds xproj[t], applies lstm_cell_forward /
-//   gru_cell_forward from cells.h, and writes output[t], gates[t], cells[t]
-//   and its units of h_next. A warp task is (unit u, group of kBatchGroup
+//   hh = W_slice . h_prev, adds xproj[t], applies the cell's forward
+//   (cells/*.h), and writes output[t], saved[t], cells[t] and its units of
+//   h_next. A warp task is (unit u, group of kBatchGroup
 //   rows): the 32 lanes split the reduction over k and a shuffle butterfly
 //   sums it, so every lane ends with all G pre-activations of its rows and
 //   lanes 0..kBatchGroup-1 each finish one (row, unit) element.
@@ -48,7 +47,6 @@
 #include <cstdint>
 
 #include "compat.cuh"
-#include "fusedrnn/cells.h"
 #include "fusedrnn/params.h"
 #include "fusedrnn/persistent.h"
 
@@ -69,20 +67,21 @@ struct Tiling {
 __device__ __forceinline__ float fma_t(float a, float b, float c) { return fmaf(a, b, c); }
 __device__ __forceinline__ double fma_t(double a, double b, double c) { return fma(a, b, c); }
 
-// ------------------------------------------------------------ cell policies
-// Each policy says how many gates a unit has, what to read before the dot
-// product (so its global latency hides behind the FMA loop) and how to finish
-// one (row, unit) element once its recurrent products hh[g] are known.
+// ------------------------------------------------------------ cell policy
+// What to read before the dot product (so its global latency hides behind the
+// FMA loop) and how to finish one (row, unit) element once its recurrent
+// products hh[g] are known: the cell's forward (cells/*.h).
 
-template <typename T>
-struct LstmPolicy {
+template <class Cell, typename T>
+struct ForwardPolicy {
   using Value = T;
-  using Params = LstmSequence<T>;
-  static constexpr int kGates = 4;
+  using Params = Sequence<T>;
+  static constexpr int kGates = Cell::kGates;
 
   struct Input {
-    T x[4];    // xproj of gates i, f, g, o (both biases included)
-    T c_prev;  // cell state before this step
+    T x[kGates];     // xproj of each gate (its biases in)
+    T bias[kGates];  // b_hh of each gate (cells taking it with the product)
+    T c_prev;        // cell state before this step (cells with one)
     bool active;
   };
 
@@ -90,91 +89,44 @@ struct LstmPolicy {
     const int64_t H = p.hidden;
     Input in;
     in.active = row_active(p.lengths, t, b);
-    in.c_prev = first ? p.c0[b * H + j] : p.c_n[b * H + j];
-    const T* x = p.xproj + (t * p.batch + b) * 4 * H;
+    in.c_prev = T(0);
+    if constexpr (Cell::kCellState) in.c_prev = first ? p.c0[b * H + j] : p.c_n[b * H + j];
+    const T* x = p.xproj + (t * p.batch + b) * kGates * H;
 #pragma unroll
-    for (int g = 0; g < 4; ++g) in.x[g] = in.active ? x[g * H + j] : T(0);
-    return in;
-  }
-
-  // Writes output[t], gates[t], cells[t] and the running c; returns the new h
-  // (the carried one for an inactive row).
-  __device__ static T finish(const Params& p, const Input& in, const T (&hh)[4], T h_prev,
-                             int64_t t, int64_t b, int64_t j) {
-    const int64_t H = p.hidden;
-    const int64_t row = t * p.batch + b;  // row of this step in (T, B, *) buffers
-    T h = h_prev, c = in.c_prev;
-    T act[4] = {T(0), T(0), T(0), T(0)};  // saved gates: zero where inactive
-    if (in.active) {
-      const LstmGatesAndState<T> r = lstm_cell_forward(in.x[0] + hh[0], in.x[1] + hh[1],
-                                               in.x[2] + hh[2], in.x[3] + hh[3], in.c_prev);
-      h = r.h;
-      c = r.c;
-      act[0] = r.i;
-      act[1] = r.f;
-      act[2] = r.g;
-      act[3] = r.o;
-    }
-    p.output[row * H + j] = in.active ? h : T(0);
-    p.c_n[b * H + j] = c;
-    if (p.cells != nullptr) p.cells[row * H + j] = c;
-    if (p.gates != nullptr) {
-#pragma unroll
-      for (int g = 0; g < 4; ++g) p.gates[row * 4 * H + g * H + j] = act[g];
-    }
-    return h;
-  }
-};
-
-template <typename T>
-struct GruPolicy {
-  using Value = T;
-  using Params = GruSequence<T>;
-  static constexpr int kGates = 3;
-
-  struct Input {
-    T x[3];     // xproj of gates r, z, n (b_ih included)
-    T bias[3];  // b_hh of r, z, n (zero without bias)
-    bool active;
-  };
-
-  __device__ static Input load(const Params& p, int64_t t, bool /*first*/, int64_t b,
-                               int64_t j) {
-    const int64_t H = p.hidden;
-    Input in;
-    in.active = row_active(p.lengths, t, b);
-    const T* x = p.xproj + (t * p.batch + b) * 3 * H;
-#pragma unroll
-    for (int g = 0; g < 3; ++g) {
+    for (int g = 0; g < kGates; ++g) {
       in.x[g] = in.active ? x[g * H + j] : T(0);
       in.bias[g] = p.b_hh != nullptr ? p.b_hh[g * H + j] : T(0);
     }
     return in;
   }
 
-  // Writes output[t] and gates[t] (r | z | n | hh_n); returns the new h.
-  __device__ static T finish(const Params& p, const Input& in, const T (&hh)[3], T h_prev,
+  // Writes output[t], saved[t], cells[t] and the running c; returns the new h
+  // (the carried one for an inactive row).
+  __device__ static T finish(const Params& p, const Input& in, const T (&hh)[kGates], T h_prev,
                              int64_t t, int64_t b, int64_t j) {
+    constexpr int S = Cell::kSaved;
     const int64_t H = p.hidden;
-    const int64_t row = t * p.batch + b;
-    T h = h_prev;
-    T saved[4] = {T(0), T(0), T(0), T(0)};
-    if (in.active) {
-      const T hh_n = hh[2] + in.bias[2];
-      const GruGatesAndState<T> r = gru_cell_forward(in.x[0], in.x[1], in.x[2], hh[0] + in.bias[0],
-                                             hh[1] + in.bias[1], hh_n, h_prev);
-      h = r.h;
-      saved[0] = r.r;
-      saved[1] = r.z;
-      saved[2] = r.n;
-      saved[3] = hh_n;
-    }
-    p.output[row * H + j] = in.active ? h : T(0);
-    if (p.gates != nullptr) {
+    const int64_t row = t * p.batch + b;  // row of this step in (T, B, *) buffers
+    typename Cell::template Inputs<T> cell_in;
 #pragma unroll
-      for (int g = 0; g < 4; ++g) p.gates[row * 4 * H + g * H + j] = saved[g];
+    for (int g = 0; g < kGates; ++g) {
+      cell_in.x[g] = in.x[g];
+      cell_in.hh[g] = p.b_hh != nullptr ? hh[g] + in.bias[g] : hh[g];
     }
-    return h;
+    cell_in.h_prev = h_prev;
+    cell_in.c_prev = in.c_prev;
+    const auto out = in.active ? Cell::forward(cell_in, ElementToolkit<T>{})
+                               : Cell::carry(cell_in);
+    p.output[row * H + j] = in.active ? out.h : T(0);
+    if constexpr (Cell::kCellState) {
+      p.c_n[b * H + j] = out.c;
+      if (p.cells != nullptr) p.cells[row * H + j] = out.c;
+    }
+    if (p.saved != nullptr) {
+#pragma unroll
+      for (int k = 0; k < S; ++k) p.saved[row * S * H + k * H + j] = out.saved[k];
+    }
+    return out.h;
   }
 };
 

@@ -7,17 +7,17 @@
 //     dh = (later step's gate gradients) @ W_hh[:, j]   what the recurrence sends back
 //        + carry                                          what passed straight through
 //        + grad_output[t]                                 where the row is active
-//   then runs the cell's backward (cells.h) for its units and writes their
-//   gate gradients. The carry (LSTM: dh where inactive, else 0; GRU: z * dh
-//   where active, dh where inactive) and the LSTM's dc live in the dh and dc
-//   buffers, each (b, j) touched by its owning block only.
+//   then runs the cell's backward (cells/*.h) for its units and writes their
+//   gate gradients. The carry (the cell's dh_prev where active, dh where
+//   inactive) and the LSTM's dc live in the dh and dc buffers, each (b, j)
+//   touched by its owning block only.
 //
 // * Where W lives. The block holds the columns j of W_hh for all G*H gate
 //   rows, (U, G*H) in shared memory: as many values as the forward's slice.
 //
 // * One step. The block stages the later step's gate gradients of a batch
-//   tile (all G*H of each row: every block wrote some; the GRU's n part of
-//   d_hh only, its r and z parts being d_xproj's) into shared memory and
+//   tile (all G*H of each row: every block wrote some; for the GRU its r and
+//   z parts are d_xproj's, only the n part is d_hh's) into shared memory and
 //   dots them with its columns; the same warp tasks and butterfly as the
 //   forward (gate_dot with one "gate" of length G*H). One grid.sync per step
 //   publishes this step's gate gradients; a last pass after the last step
@@ -25,100 +25,75 @@
 //   (T, B, G*H) gradients, so no buffer is reused across a barrier.
 //
 // The input and weight gradients stay single GEMMs over all steps, run by
-// the caller (recurrence.cpp) on the gate gradients this kernel leaves.
+// the layer driver (csrc/layer/backward.cpp) on the gate gradients this kernel leaves.
 #pragma once
 
 #include "persistent.cuh"
 
 namespace fusedrnn::cuda::persistent {
 
-// ------------------------------------------------------------ cell policies
-// Each policy stages the gradients W_hh multiplies (G*H per row) of a tile of
-// rows at step t, and finishes one (row, unit) element given the gradient
-// reaching its hidden state: writes its gate gradients and returns the carry.
+// ------------------------------------------------------------ cell policy
+// Stages the gradients W_hh multiplies (G*H per row) of a tile of rows at
+// step t, and finishes one (row, unit) element given the gradient reaching
+// its hidden state: the cell's backward (cells/*.h) writes its gradients and
+// returns the carry.
 
-template <typename T>
-struct LstmBackwardPolicy {
+template <class Cell, typename T>
+struct BackwardPolicy {
   using Value = T;
-  using Params = LstmBackwardSequence<T>;
-  static constexpr int kGates = 4;
+  using Params = BackwardSequence<T>;
+  static constexpr int kGates = Cell::kGates;
+  static constexpr int kShared = Cell::kSharedGradGates;  // d(hh) = d(x) for these gates
 
+  // The recurrent product's gradient: the shared gates' from d_xproj, the
+  // others' from d_hh. Written by other SMs: read from L2 (__ldcg).
   __device__ static void stage(T* d_s, const Params& p, int64_t t, int64_t b0, int rows,
                                int padded_rows) {
-    const int GH = 4 * static_cast<int>(p.hidden);
-    stage_h(d_s, p.d_gates + t * p.batch * GH, b0, rows, padded_rows, GH);
-  }
-
-  __device__ static T finish(const Params& p, int64_t t, int64_t b, int64_t j, T dh) {
-    const int64_t H = p.hidden, row = t * p.batch + b;
-    T* d_gates = p.d_gates + row * 4 * H + j;
-    if (!row_active(p.lengths, t, b)) {  // dh and dc pass straight through
-#pragma unroll
-      for (int g = 0; g < 4; ++g) d_gates[g * H] = T(0);
-      return dh;
-    }
-    const T* gates = p.gates + row * 4 * H + j;
-    // The cell before step t: a sequence's first step starts from c0, and the
-    // steps a shorter sequence skips carried c0 (saved as such).
-    const bool first = p.reverse ? t == p.steps - 1 : t == 0;
-    const int64_t prev_row = p.reverse ? row + p.batch : row - p.batch;
-    const T c_prev = first ? p.c0[b * H + j] : p.cells[prev_row * H + j];
-    const LstmGrads<T> d = lstm_cell_backward<T>(gates[0], gates[H], gates[2 * H], gates[3 * H],
-                                                 p.cells[row * H + j], c_prev, dh,
-                                                 p.dc[b * H + j]);
-    d_gates[0] = d.d_i;
-    d_gates[H] = d.d_f;
-    d_gates[2 * H] = d.d_g;
-    d_gates[3 * H] = d.d_o;
-    p.dc[b * H + j] = d.d_c_prev;
-    return T(0);
-  }
-};
-
-template <typename T>
-struct GruBackwardPolicy {
-  using Value = T;
-  using Params = GruBackwardSequence<T>;
-  static constexpr int kGates = 3;
-
-  // The recurrent product's gradient: r and z parts d_xproj's, n part d_hh's.
-  __device__ static void stage(T* d_s, const Params& p, int64_t t, int64_t b0, int rows,
-                               int padded_rows) {
-    const int H = static_cast<int>(p.hidden), GH = 3 * H;
+    const int H = static_cast<int>(p.hidden), GH = kGates * H, RH = (kGates - kShared) * H;
     const T* d_x = p.d_xproj + (t * p.batch + b0) * GH;
-    const T* d_n = p.d_hh + (t * p.batch + b0) * H;
+    const T* d_rest = kShared < kGates ? p.d_hh + (t * p.batch + b0) * RH : nullptr;
     for (int i = threadIdx.x; i < padded_rows * GH; i += blockDim.x) {
-      const int r = i / GH, k = i % GH;  // written by other SMs: read from L2 (__ldcg)
+      const int r = i / GH, k = i % GH;
       if (r >= rows)
         d_s[i] = T(0);
       else
-        d_s[i] = k < 2 * H ? __ldcg(d_x + r * GH + k) : __ldcg(d_n + r * H + k - 2 * H);
+        d_s[i] = k < kShared * H ? __ldcg(d_x + r * GH + k) : __ldcg(d_rest + r * RH + k - kShared * H);
     }
   }
 
   __device__ static T finish(const Params& p, int64_t t, int64_t b, int64_t j, T dh) {
     const int64_t H = p.hidden, row = t * p.batch + b;
-    T* d_x = p.d_xproj + row * 3 * H + j;
-    T* d_hh_n = p.d_hh + row * H + j;
-    if (!row_active(p.lengths, t, b)) {  // dh passes straight through
+    T* d_x = p.d_xproj + row * kGates * H + j;
+    T* d_rest = kShared < kGates ? p.d_hh + row * (kGates - kShared) * H + j : nullptr;
+    if (!row_active(p.lengths, t, b)) {  // dh (and dc) pass straight through
 #pragma unroll
-      for (int g = 0; g < 3; ++g) d_x[g * H] = T(0);
-      *d_hh_n = T(0);
+      for (int g = 0; g < kGates; ++g) d_x[g * H] = T(0);
+#pragma unroll
+      for (int g = kShared; g < kGates; ++g) d_rest[(g - kShared) * H] = T(0);
       return dh;
     }
-    // h before step t: h0 at a sequence's first step (a reversed one starts
-    // at its own last step), else the output of the step before.
+    // The state before step t: the initial one at a sequence's first step (a
+    // reversed one starts at its own last step), else the one after the step before.
     const int64_t length = p.lengths != nullptr ? p.lengths[b] : p.steps;
     const bool first = p.reverse ? t + 1 >= length : t == 0;
     const int64_t prev_row = p.reverse ? row + p.batch : row - p.batch;
-    const T h_prev = first ? p.h0[b * H + j] : p.output[prev_row * H + j];
-    const T* gates = p.gates + row * 4 * H + j;
-    const GruGrads<T> d =
-        gru_cell_backward<T>(gates[0], gates[H], gates[2 * H], gates[3 * H], h_prev, dh);
-    d_x[0] = d.dx_r;
-    d_x[H] = d.dx_z;
-    d_x[2 * H] = d.dx_n;
-    *d_hh_n = d.dh_n;
+    typename Cell::template GradInputs<T> in;
+#pragma unroll
+    for (int k = 0; k < Cell::kSaved; ++k) in.saved[k] = p.saved[row * Cell::kSaved * H + k * H + j];
+    if constexpr (Cell::kCellState) {
+      in.c = p.cells[row * H + j];
+      in.c_prev = first ? p.c0[b * H + j] : p.cells[prev_row * H + j];
+      in.dc = p.dc[b * H + j];
+    }
+    if constexpr (Cell::kReadsHPrev)
+      in.h_prev = first ? p.h0[b * H + j] : p.output[prev_row * H + j];
+    in.dh = dh;
+    const auto d = Cell::backward(in, ElementToolkit<T>{});
+#pragma unroll
+    for (int g = 0; g < kGates; ++g) d_x[g * H] = d.d_x[g];
+#pragma unroll
+    for (int g = kShared; g < kGates; ++g) d_rest[(g - kShared) * H] = d.d_hh[g];
+    if constexpr (Cell::kCellState) p.dc[b * H + j] = d.dc_prev;
     return d.dh_prev;
   }
 };
@@ -217,6 +192,18 @@ bool launch_persistent_backward(const typename Policy::Params& params) {
     return false;
   return compat::launch_cooperative(kernel, plan.blocks, kThreads, plan.smem_bytes,
                                     compat::current_stream(), params, plan.tiling);
+}
+
+// The definitions behind persistent.h's declarations; persistent_<dtype>.cu
+// instantiate them.
+template <class Cell, typename T>
+bool forward(const Sequence<T>& p) {
+  return launch_persistent<ForwardPolicy<Cell, T>>(p);
+}
+
+template <class Cell, typename T>
+bool backward(const BackwardSequence<T>& p) {
+  return launch_persistent_backward<BackwardPolicy<Cell, T>>(p);
 }
 
 }  // namespace fusedrnn::cuda::persistent

@@ -60,7 +60,7 @@ double barrier_microbench(int64_t steps, int64_t blocks) {
 
 template <typename T>
 Plan plan_for(int64_t hidden, int64_t batch, int num_gates) {
-  FUSEDRNN_CHECK(num_gates == 3 || num_gates == 4, "persistent plan: num_gates must be 3 or 4");
+  FUSEDRNN_CHECK(num_gates >= 1 && num_gates <= 4, "persistent plan: num_gates must be 1 to 4");
   const compat::DeviceInfo device = compat::current_device();
   Tiling tiling;
   int64_t smem = 0;
@@ -77,7 +77,7 @@ template Plan plan_for<double>(int64_t, int64_t, int);
 
 template <typename T>
 int64_t max_hidden(int num_gates) {
-  FUSEDRNN_CHECK(num_gates == 3 || num_gates == 4, "max_hidden: num_gates must be 3 or 4");
+  FUSEDRNN_CHECK(num_gates >= 1 && num_gates <= 4, "max_hidden: num_gates must be 1 to 4");
   const compat::DeviceInfo device = compat::current_device();
   if (!device.cooperative_launch) return 0;
   // The shared memory need grows with H, so the accepted sizes are 1..max:

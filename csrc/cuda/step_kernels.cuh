@@ -1,8 +1,9 @@
 // CUDA versions of the per-step pointwise kernels declared in step_kernels.h.
 //
-// One small kernel per job. Each thread owns element (b, j) of a (B, W)
-// buffer and walks the batch with a grid-stride loop; the gate arithmetic is
-// the cells.h code the CPU path runs, so the CPU tests cover it.
+// One small kernel per job, generic over the cell. Each thread owns element
+// (b, j) of a (B, H) buffer and walks the batch with a grid-stride loop; the
+// gate arithmetic is the cell's (cells/*.h), which the CPU path runs too, so
+// the CPU tests cover it.
 //
 // Launches go on the current stream with no allocation, no host
 // synchronisation and no atomics, so a step is deterministic and can be
@@ -10,14 +11,13 @@
 // pointers: they are passed to the kernels by value.
 //
 // Included only by step_kernels_{float,double}.cu, each of which explicitly
-// instantiates step_kernels<T>() for its dtype.
+// instantiates the kernel sets for its dtype.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
 #include "compat.cuh"
-#include "fusedrnn/cells.h"
 #include "fusedrnn/norm_rows.h"
 #include "fusedrnn/params.h"
 #include "fusedrnn/step_kernels.h"
@@ -43,17 +43,6 @@ __device__ __forceinline__ int64_t grid_stride() {
   return static_cast<int64_t>(gridDim.x) * blockDim.x;
 }
 
-// Saves the four gate values of one element (H apart); gates == nullptr
-// means inference, where nothing is saved.
-template <typename T>
-__device__ __forceinline__ void save_gates(T* gates, int64_t g0, int64_t H, T a, T b, T c, T d) {
-  if (gates == nullptr) return;
-  gates[g0] = a;
-  gates[g0 + H] = b;
-  gates[g0 + 2 * H] = c;
-  gates[g0 + 3 * H] = d;
-}
-
 // v rounded to nearest in `type` (bf16 or fp16), as the bits of a 16-bit GEMM
 // operand: the step kernels write the next GEMM's operand in the layer's own
 // 16-bit type, so the GEMM runs on the tensor cores with no conversion launch.
@@ -67,119 +56,133 @@ __device__ __forceinline__ void store_half(std::uint16_t* out, int64_t i, T v, H
   if (out != nullptr) out[i] = half_bits(static_cast<float>(v), type);
 }
 
-// ---------------------------------------------------------------- LSTM
+// ------------------------------------------------------------- forward
 
-template <typename T>
-__global__ void lstm_forward_kernel(const LstmForwardStep<T> p) {
+template <class Cell, typename T>
+__global__ void forward_kernel(const ForwardStep<T> p) {
+  constexpr int G = Cell::kGates, S = Cell::kSaved;
   const int64_t H = p.hidden, n = p.batch * H;
+  const bool reads_h = p.h_state != nullptr && (Cell::kReadsHPrev || p.toolkit.zone_h != nullptr);
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     const int64_t b = idx / H, j = idx - b * H;
-    const int64_t g0 = b * 4 * H + j;  // gate i of this element; f, g, o follow H apart
-    if (row_active(p.lengths, p.t, b)) {
-      const T c_prev = p.c[idx];
-      const LstmGatesAndState<T> s = lstm_cell_forward<T>(
-          p.xproj[g0] + p.hh[g0], p.xproj[g0 + H] + p.hh[g0 + H],
-          p.xproj[g0 + 2 * H] + p.hh[g0 + 2 * H], p.xproj[g0 + 3 * H] + p.hh[g0 + 3 * H],
-          c_prev, Clip<T>::make(p.cell_clip));
-      save_gates(p.gates, g0, H, s.i, s.f, s.g, s.o);
-      // Toolkit: zoneout mixes in the previous state; h_masked feeds the next product.
-      const T c_new = p.zone_c != nullptr ? zoneout_mix(p.zone_c[idx], c_prev, s.c) : s.c;
-      const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[idx], p.h_state[idx], s.h) : s.h;
-      p.c[idx] = c_new;
-      if (p.cells != nullptr) p.cells[idx] = c_new;
-      p.h_out[idx] = h_new;
-      if (p.h_state != nullptr) p.h_state[idx] = h_new;
-      if (p.rec_mask != nullptr) p.h_masked[idx] = h_new * p.rec_mask[idx];
-      store_half(p.h_half, idx, h_new, p.half_type);  // inactive rows keep theirs
-    } else {
-      // Finished sequence: state carried, zero output and zero saved gates.
-      save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
+    T* saved = p.saved != nullptr ? p.saved + b * S * H + j : nullptr;  // value k at k * H
+    if (!row_active(p.lengths, p.t, b)) {
+      // Finished sequence: state carried, zero output and zero saved values.
+      if (saved != nullptr)
+        for (int k = 0; k < S; ++k) saved[k * H] = T(0);
       if (p.cells != nullptr) p.cells[idx] = p.c[idx];
       p.h_out[idx] = T(0);
+      continue;  // h_state, c and h_half keep their values
+    }
+    typename Cell::template Inputs<T> in;
+    for (int g = 0; g < G; ++g) {
+      in.x[g] = p.xproj[b * G * H + g * H + j];
+      in.hh[g] = p.hh[b * G * H + g * H + j];
+      if (p.b_hh != nullptr) in.hh[g] += p.b_hh[g * H + j];
+    }
+    if (reads_h) in.h_prev = p.h_state[idx];
+    if constexpr (Cell::kCellState) in.c_prev = p.c[idx];
+    const auto out = Cell::forward(in, element_toolkit(p.toolkit, idx));
+    if (saved != nullptr)
+      for (int k = 0; k < S; ++k) saved[k * H] = out.saved[k];
+    if constexpr (Cell::kCellState) {
+      p.c[idx] = out.c;
+      if (p.cells != nullptr) p.cells[idx] = out.c;
+    }
+    p.h_out[idx] = out.h;
+    if (p.h_state != nullptr) p.h_state[idx] = out.h;
+    if (p.toolkit.rec_mask != nullptr) p.toolkit.h_masked[idx] = out.h * p.toolkit.rec_mask[idx];
+    store_half(p.h_half, idx, out.h, p.half_type);
+  }
+}
+
+// ------------------------------------------------------------ backward
+
+// The cell's inputs at element (b, j), the gradients dh (and dc) given.
+template <class Cell, typename T>
+__device__ __forceinline__ typename Cell::template GradInputs<T> grad_inputs(
+    const BackwardStep<T>& p, int64_t b, int64_t j, T dh) {
+  const int64_t H = p.hidden, idx = b * H + j;
+  typename Cell::template GradInputs<T> in;
+  for (int k = 0; k < Cell::kSaved; ++k) in.saved[k] = p.saved[b * Cell::kSaved * H + k * H + j];
+  if constexpr (Cell::kCellState) {
+    in.c = p.cells[idx];
+    in.c_prev = p.c_prev[idx];
+    in.dc = p.dc[idx];
+  }
+  if constexpr (Cell::kReadsHPrev) in.h_prev = p.h_prev[idx];
+  in.dh = dh;
+  return in;
+}
+
+// A step's gradients at (b, j) (zero where inactive), and their 16-bit copies.
+template <class Cell, typename T>
+__device__ __forceinline__ void store_grads(const BackwardStep<T>& p, int64_t b, int64_t j,
+                                            const typename Cell::template Grads<T>& d) {
+  const int64_t H = p.hidden, row = b * Cell::kGates * H;
+  for (int g = 0; g < Cell::kGates; ++g) {
+    const int64_t k = row + g * H + j;
+    p.d_xproj[k] = d.d_x[g];
+    store_half(p.d_xproj_half, k, d.d_x[g], p.half_type);
+    if (p.d_hh != nullptr) {
+      p.d_hh[k] = d.d_hh[g];
+      store_half(p.d_hh_half, k, d.d_hh[g], p.half_type);
     }
   }
+  if constexpr (Cell::kCellState) p.dc[b * H + j] = d.dc_prev;
 }
 
-// The four gate gradients of one element (H apart), and their 16-bit copy.
-template <typename T>
-__device__ __forceinline__ void store_gate_grads(const LstmBackwardStep<T>& p, int64_t g0,
-                                                 int64_t H, T di, T df, T dg, T d_o) {
-  const T d[4] = {di, df, dg, d_o};
-  for (int g = 0; g < 4; ++g) {
-    p.d_gates[g0 + g * H] = d[g];
-    store_half(p.d_gates_half, g0 + g * H, d[g], p.half_type);
-  }
-}
-
-template <typename T>
-__global__ void lstm_backward_kernel(const LstmBackwardStep<T> p) {
+// With the toolkit or a projection: dh is the step's total (grad_h_accumulate).
+template <class Cell, typename T>
+__global__ void backward_kernel(const BackwardStep<T> p) {
   const int64_t H = p.hidden, n = p.batch * H;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     const int64_t b = idx / H, j = idx - b * H;
-    const int64_t g0 = b * 4 * H + j;
-    const Clip<T> grad_clip = Clip<T>::make(p.grad_clip);
+    const T dh = p.dh[idx];  // read before dh_state is written: they may alias
+    const auto tk = element_toolkit(p.toolkit, idx);
+    typename Cell::template Grads<T> d;
     if (row_active(p.lengths, p.t, b)) {
-      const Clip<T> cell_clip = Clip<T>::make(p.cell_clip);
-      const T i = p.gates[g0], f = p.gates[g0 + H], g = p.gates[g0 + 2 * H];
-      const T c_prev = p.c_prev[idx], dh = p.dh[idx], dc = p.dc[idx];
-      // Zoneout: the cell's own h~, c~ get (1 - d) of the gradient, and c~ is
-      // recomputed (the saved cell is the mixed state).
-      const T d_h = p.zone_h != nullptr ? p.zone_h[idx] : T(0);
-      const T d_c = p.zone_c != nullptr ? p.zone_c[idx] : T(0);
-      const T c_new = p.zone_c != nullptr ? lstm_new_cell(i, f, g, c_prev, cell_clip) : p.cells[idx];
-      const LstmGrads<T> d = lstm_cell_backward<T>(
-          i, f, g, p.gates[g0 + 3 * H], c_new, c_prev, (T(1) - d_h) * dh, (T(1) - d_c) * dc,
-          cell_clip);
-      store_gate_grads(p, g0, H, d.d_i, d.d_f, d.d_g, d.d_o);
-      p.dc[idx] = grad_clip(p.zone_c != nullptr ? d.d_c_prev + d_c * dc : d.d_c_prev);
-    } else {
-      // dc passes straight through (clamped by grad_clip); zero d_gates keep
-      // dh_state += dG @ W a no-op.
-      store_gate_grads(p, g0, H, T(0), T(0), T(0), T(0));
-      if (grad_clip.on) p.dc[idx] = grad_clip(p.dc[idx]);
+      d = Cell::backward(grad_inputs<Cell>(p, b, j, dh), tk);
+    } else {  // the gradients pass straight through (dc clamped by grad_clip)
+      typename Cell::template GradInputs<T> in;
+      in.dh = dh;
+      if constexpr (Cell::kCellState) in.dc = p.dc[idx];
+      d = Cell::carry_grad(in, tk);
     }
+    store_grads<Cell>(p, b, j, d);
+    if (p.dh_state != nullptr) p.dh_state[idx] = d.dh_prev;
   }
 }
 
-// ------------------------------------------- fused backward steps
 // One launch per backward step instead of three (GradFlow in params.h): the
 // gradient reaching h, the cell's backward and what passes on to the earlier
-// step, for layers without projection.
-
-template <typename Step, typename T>
+// step, for layers without projection or toolkit.
+template <typename T>
 struct FusedBackward {
-  Step step;
+  BackwardStep<T> step;
   GradFlow<T> flow;
 };
 
-// The gradient reaching h at this step.
-template <typename T>
-__device__ __forceinline__ T gradient_at_step(const GradFlow<T>& f, int64_t idx, bool active) {
-  return f.dh_carry[idx] + f.dh_gemm[idx] + (active ? f.grad_out[idx] : T(0));
-}
-
-template <typename T>
-__global__ void lstm_backward_fused_kernel(const FusedBackward<LstmBackwardStep<T>, T> k) {
-  const LstmBackwardStep<T>& p = k.step;
+template <class Cell, typename T>
+__global__ void backward_fused_kernel(const FusedBackward<T> k) {
+  const BackwardStep<T>& p = k.step;
   const int64_t H = p.hidden, n = p.batch * H;
+  const ElementToolkit<T> off;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
     const int64_t b = idx / H, j = idx - b * H;
-    const int64_t g0 = b * 4 * H + j;
     const bool active = row_active(p.lengths, p.t, b);
-    const T dh = gradient_at_step(k.flow, idx, active);
+    const T dh = k.flow.dh_carry[idx] + k.flow.dh_gemm[idx] + (active ? k.flow.grad_out[idx] : T(0));
+    typename Cell::template Grads<T> d;
     if (active) {
-      const LstmGrads<T> d = lstm_cell_backward<T>(
-          p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H], p.gates[g0 + 3 * H], p.cells[idx],
-          p.c_prev[idx], dh, p.dc[idx]);
-      store_gate_grads(p, g0, H, d.d_i, d.d_f, d.d_g, d.d_o);
-      p.dc[idx] = d.d_c_prev;
-      k.flow.dh_carry[idx] = T(0);  // all of dh went into d_gates
-    } else {
-      // h, c and their gradients pass straight through; zero d_gates make
-      // this row of the step's GEMM zero.
-      store_gate_grads(p, g0, H, T(0), T(0), T(0), T(0));
-      k.flow.dh_carry[idx] = dh;
+      d = Cell::backward(grad_inputs<Cell>(p, b, j, dh), off);
+    } else {  // h, c and their gradients pass straight through
+      typename Cell::template GradInputs<T> in;
+      in.dh = dh;
+      if constexpr (Cell::kCellState) in.dc = p.dc[idx];
+      d = Cell::carry_grad(in, off);
     }
+    store_grads<Cell>(p, b, j, d);
+    k.flow.dh_carry[idx] = d.dh_prev;  // the GEMM adds the rest
   }
 }
 
@@ -214,11 +217,9 @@ template <typename T>
 __global__ void grad_h_carry_kernel(const GradHStep<T> p) {
   const int64_t W = p.h_size, n = p.batch * W;
   for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
-    // Active rows restart from zero (zoneout: from d * dh, h_{t-1}'s direct
-    // share) before the caller adds dG @ W_hh; inactive rows carry the
-    // gradient to the earlier step unchanged.
-    const T direct = p.zone != nullptr ? p.zone[idx] * p.dh_total[idx] : T(0);
-    p.dh_state[idx] = row_active(p.lengths, p.t, idx / W) ? direct : p.dh_total[idx];
+    // Active rows restart from zero before the caller adds dG @ W_hh;
+    // inactive rows carry the gradient to the earlier step unchanged.
+    p.dh_state[idx] = row_active(p.lengths, p.t, idx / W) ? T(0) : p.dh_total[idx];
   }
 }
 
@@ -230,98 +231,6 @@ __global__ void grad_h_combine_kernel(const GradHCombine<T> p) {
     // The recurrent product took the masked h_{t-1}: its gradient is masked too.
     const T through_w = p.rec_mask != nullptr ? p.rec[idx] * p.rec_mask[idx] : p.rec[idx];
     p.dh_state[idx] = clip(p.dh_state[idx] + through_w);
-  }
-}
-
-// ----------------------------------------------------------------- GRU
-
-template <typename T>
-__global__ void gru_forward_kernel(const GruForwardStep<T> p) {
-  const int64_t H = p.hidden, n = p.batch * H;
-  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
-    const int64_t b = idx / H, j = idx - b * H;
-    const int64_t x0 = b * 3 * H + j;  // r column of xproj / hh; z, n follow H apart
-    const int64_t g0 = b * 4 * H + j;  // r column of gates; z, n, hh_n follow
-    if (row_active(p.lengths, p.t, b)) {
-      T hh[3] = {p.hh[x0], p.hh[x0 + H], p.hh[x0 + 2 * H]};
-      if (p.b_hh != nullptr)
-        for (int g = 0; g < 3; ++g) hh[g] += p.b_hh[g * H + j];
-      const T h_prev = p.h_state[idx];
-      const GruGatesAndState<T> s = gru_cell_forward<T>(p.xproj[x0], p.xproj[x0 + H], p.xproj[x0 + 2 * H],
-                                                hh[0], hh[1], hh[2], h_prev);
-      save_gates(p.gates, g0, H, s.r, s.z, s.n, hh[2]);  // dr needs W_hn h + b_hn
-      const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[idx], h_prev, s.h) : s.h;
-      p.h_state[idx] = h_new;
-      p.h_out[idx] = h_new;
-      if (p.rec_mask != nullptr) p.h_masked[idx] = h_new * p.rec_mask[idx];
-      store_half(p.h_half, idx, h_new, p.half_type);  // inactive rows keep theirs
-    } else {
-      save_gates(p.gates, g0, H, T(0), T(0), T(0), T(0));
-      p.h_out[idx] = T(0);  // h_state carried
-    }
-  }
-}
-
-// The gradients of one element's input projection (r, z, n) and recurrent
-// product (r, z, and dh_n for n), and their 16-bit copies.
-template <typename T>
-__device__ __forceinline__ void store_gru_grads(const GruBackwardStep<T>& p, int64_t x0, int64_t H,
-                                                T dr, T dz, T dn, T dh_n) {
-  const T dx[3] = {dr, dz, dn}, dhh[3] = {dr, dz, dh_n};
-  for (int g = 0; g < 3; ++g) {
-    p.d_xproj[x0 + g * H] = dx[g];
-    p.d_hh[x0 + g * H] = dhh[g];
-    store_half(p.d_xproj_half, x0 + g * H, dx[g], p.half_type);
-    store_half(p.d_hh_half, x0 + g * H, dhh[g], p.half_type);
-  }
-}
-
-template <typename T>
-__global__ void gru_backward_kernel(const GruBackwardStep<T> p) {
-  const int64_t H = p.hidden, n = p.batch * H;
-  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
-    const int64_t b = idx / H, j = idx - b * H;
-    const int64_t x0 = b * 3 * H + j;
-    const int64_t g0 = b * 4 * H + j;
-    const T dh = p.dh[idx];  // read before dh_state is written: they may alias
-    if (row_active(p.lengths, p.t, b)) {
-      // Zoneout: the cell's h~ gets (1 - d) of the gradient, h_{t-1} d of it directly.
-      const T d_h = p.zone_h != nullptr ? p.zone_h[idx] : T(0);
-      const GruGrads<T> d = gru_cell_backward<T>(p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H],
-                                                 p.gates[g0 + 3 * H], p.h_prev[idx],
-                                                 (T(1) - d_h) * dh);
-      // r and z enter as x + hh, so both products get the same gradient; the
-      // n gate's recurrent product sits inside r * (.), hence dh_n.
-      store_gru_grads(p, x0, H, d.dx_r, d.dx_z, d.dx_n, d.dh_n);
-      p.dh_state[idx] = p.zone_h != nullptr ? d.dh_prev + d_h * dh : d.dh_prev;
-    } else {
-      store_gru_grads(p, x0, H, T(0), T(0), T(0), T(0));
-      p.dh_state[idx] = dh;  // passes straight through
-    }
-  }
-}
-
-template <typename T>
-__global__ void gru_backward_fused_kernel(const FusedBackward<GruBackwardStep<T>, T> k) {
-  const GruBackwardStep<T>& p = k.step;
-  const int64_t H = p.hidden, n = p.batch * H;
-  for (int64_t idx = first_index(); idx < n; idx += grid_stride()) {
-    const int64_t b = idx / H, j = idx - b * H;
-    const int64_t x0 = b * 3 * H + j;
-    const int64_t g0 = b * 4 * H + j;
-    const bool active = row_active(p.lengths, p.t, b);
-    const T dh = gradient_at_step(k.flow, idx, active);
-    if (active) {
-      const GruGrads<T> d = gru_cell_backward<T>(p.gates[g0], p.gates[g0 + H], p.gates[g0 + 2 * H],
-                                                 p.gates[g0 + 3 * H], p.h_prev[idx], dh);
-      // r and z enter as x + hh, so both products get the same gradient; the
-      // n gate's recurrent product sits inside r * (.), hence dh_n.
-      store_gru_grads(p, x0, H, d.dx_r, d.dx_z, d.dx_n, d.dh_n);
-      k.flow.dh_carry[idx] = d.dh_prev;  // z * dh; the GEMM adds the rest
-    } else {
-      store_gru_grads(p, x0, H, T(0), T(0), T(0), T(0));
-      k.flow.dh_carry[idx] = dh;  // passes straight through
-    }
   }
 }
 
@@ -356,28 +265,16 @@ __device__ __forceinline__ BlockRow<T> block_row() {
   return {reinterpret_cast<T*>(shared_bytes)};
 }
 
-template <typename T>
-__global__ void lstm_norm_forward_kernel(const LstmNormForwardStep<T> p) {
+template <class Cell, typename T>
+__global__ void norm_forward_kernel(const NormForwardStep<T> p) {
   const BlockRow<T> row = block_row<T>();
-  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) lstm_norm_forward_row(row, p, b);
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) norm_forward_row<Cell>(row, p, b);
 }
 
-template <typename T>
-__global__ void lstm_norm_backward_kernel(const LstmNormBackwardStep<T> p) {
+template <class Cell, typename T>
+__global__ void norm_backward_kernel(const NormBackwardStep<T> p) {
   const BlockRow<T> row = block_row<T>();
-  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) lstm_norm_backward_row(row, p, b);
-}
-
-template <typename T>
-__global__ void gru_norm_forward_kernel(const GruNormForwardStep<T> p) {
-  const BlockRow<T> row = block_row<T>();
-  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) gru_norm_forward_row(row, p, b);
-}
-
-template <typename T>
-__global__ void gru_norm_backward_kernel(const GruNormBackwardStep<T> p) {
-  const BlockRow<T> row = block_row<T>();
-  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) gru_norm_backward_row(row, p, b);
+  for (int64_t b = blockIdx.x; b < p.batch; b += gridDim.x) norm_backward_row<Cell>(row, p, b);
 }
 
 // ------------------------------------------------------ host launchers
@@ -400,99 +297,66 @@ void launch_rows(void (*kernel)(const Params), const Params& p) {
   compat::check_launch();
 }
 
-template <typename T>
-void lstm_forward(const LstmForwardStep<T>& p) {
-  launch(lstm_forward_kernel<T>, p, p.batch * p.hidden);
+template <class Cell, typename T>
+void forward(const ForwardStep<T>& p) {
+  launch(forward_kernel<Cell, T>, p, p.batch * p.hidden);
 }
-
-template <typename T>
-void lstm_backward(const LstmBackwardStep<T>& p) {
-  launch(lstm_backward_kernel<T>, p, p.batch * p.hidden);
+template <class Cell, typename T>
+void backward(const BackwardStep<T>& p) {
+  launch(backward_kernel<Cell, T>, p, p.batch * p.hidden);
+}
+template <class Cell, typename T>
+void backward_fused(const BackwardStep<T>& p, const GradFlow<T>& flow) {
+  launch(backward_fused_kernel<Cell, T>, FusedBackward<T>{p, flow}, p.batch * p.hidden);
+}
+template <class Cell, typename T>
+void norm_forward(const NormForwardStep<T>& p) {
+  launch_rows<T>(norm_forward_kernel<Cell, T>, p);
+}
+template <class Cell, typename T>
+void norm_backward(const NormBackwardStep<T>& p) {
+  launch_rows<T>(norm_backward_kernel<Cell, T>, p);
 }
 
 template <typename T>
 void projected_commit(const ProjectedCommit<T>& p) {
   launch(projected_commit_kernel<T>, p, p.batch * p.h_size);
 }
-
 template <typename T>
 void grad_h_accumulate(const GradHStep<T>& p) {
   launch(grad_h_accumulate_kernel<T>, p, p.batch * p.h_size);
 }
-
 template <typename T>
 void grad_h_carry(const GradHStep<T>& p) {
   launch(grad_h_carry_kernel<T>, p, p.batch * p.h_size);
 }
-
-template <typename T>
-void gru_forward(const GruForwardStep<T>& p) {
-  launch(gru_forward_kernel<T>, p, p.batch * p.hidden);
-}
-
-template <typename T>
-void lstm_backward_fused(const LstmBackwardStep<T>& p, const GradFlow<T>& flow) {
-  launch(lstm_backward_fused_kernel<T>, FusedBackward<LstmBackwardStep<T>, T>{p, flow},
-         p.batch * p.hidden);
-}
-
-template <typename T>
-void gru_backward_fused(const GruBackwardStep<T>& p, const GradFlow<T>& flow) {
-  launch(gru_backward_fused_kernel<T>, FusedBackward<GruBackwardStep<T>, T>{p, flow},
-         p.batch * p.hidden);
-}
-
-template <typename T>
-void gru_backward(const GruBackwardStep<T>& p) {
-  launch(gru_backward_kernel<T>, p, p.batch * p.hidden);
-}
-
 template <typename T>
 void grad_h_combine(const GradHCombine<T>& p) {
   launch(grad_h_combine_kernel<T>, p, p.batch * p.h_size);
 }
 
-template <typename T>
-void lstm_norm_forward(const LstmNormForwardStep<T>& p) {
-  launch_rows<T>(lstm_norm_forward_kernel<T>, p);
-}
-
-template <typename T>
-void lstm_norm_backward(const LstmNormBackwardStep<T>& p) {
-  launch_rows<T>(lstm_norm_backward_kernel<T>, p);
-}
-
-template <typename T>
-void gru_norm_forward(const GruNormForwardStep<T>& p) {
-  launch_rows<T>(gru_norm_forward_kernel<T>, p);
-}
-
-template <typename T>
-void gru_norm_backward(const GruNormBackwardStep<T>& p) {
-  launch_rows<T>(gru_norm_backward_kernel<T>, p);
-}
-
 }  // namespace step
 
-// The definition behind the declaration in step_kernels.h; each
-// step_kernels_<dtype>.cu explicitly instantiates it for one T.
+// The definitions behind the declarations in step_kernels.h; each
+// step_kernels_<dtype>.cu explicitly instantiates them for one T.
+template <class Cell, typename T>
+CellKernels<Cell, T> cell_kernels() {
+  CellKernels<Cell, T> k;
+  k.forward = &step::forward<Cell, T>;
+  k.backward = &step::backward<Cell, T>;  // with the toolkit or a projection; else the fused step
+  k.norm_forward = &step::norm_forward<Cell, T>;
+  k.norm_backward = &step::norm_backward<Cell, T>;
+  k.backward_fused = &step::backward_fused<Cell, T>;
+  return k;
+}
+
 template <typename T>
-StepKernels<T> step_kernels() {
-  StepKernels<T> k;
-  k.lstm_forward = &step::lstm_forward<T>;
-  k.lstm_backward = &step::lstm_backward<T>;
+StateKernels<T> state_kernels() {
+  StateKernels<T> k;
   k.projected_commit = &step::projected_commit<T>;
   k.grad_h_accumulate = &step::grad_h_accumulate<T>;
   k.grad_h_carry = &step::grad_h_carry<T>;
-  k.gru_forward = &step::gru_forward<T>;
-  k.gru_backward = &step::gru_backward<T>;  // with the toolkit on; else the fused step
-  k.lstm_backward_fused = &step::lstm_backward_fused<T>;
-  k.gru_backward_fused = &step::gru_backward_fused<T>;
   k.grad_h_combine = &step::grad_h_combine<T>;
-  k.lstm_norm_forward = &step::lstm_norm_forward<T>;
-  k.lstm_norm_backward = &step::lstm_norm_backward<T>;
-  k.gru_norm_forward = &step::gru_norm_forward<T>;
-  k.gru_norm_backward = &step::gru_norm_backward<T>;
   return k;
 }
 

@@ -1,6 +1,6 @@
 """Build the SIMT extension: the CUDA kernel sources run on the CPU.
 
-The extension is ``csrc/recurrence.cpp`` and the op registration compiled with
+The extension is the layer driver (``csrc/layer/``) and the op registration compiled with
 ``FUSEDRNN_SIMT`` (ops ``torch.ops.fusedrnn_simt.*`` on CPU tensors), linked
 with every ``csrc/cuda/*.cu`` compiled as host C++ and the SIMT runtime
 (``csrc/simt/``). Three variants:
@@ -59,9 +59,9 @@ def torch_flags():
 
 
 def sources():
-    torch_sources = [f"{ROOT}/csrc/{name}" for name in
-                     ("recurrence.cpp", "norm_recurrence.cpp", "ops.cpp", "op_checks.cpp",
-                      "simt/debug_ops.cpp")]
+    torch_sources = ([f"{ROOT}/csrc/{name}" for name in ("ops.cpp", "op_checks.cpp",
+                                                          "simt/debug_ops.cpp")]
+                     + sorted(glob.glob(f"{ROOT}/csrc/layer/*.cpp")))
     kernels = sorted(glob.glob(f"{ROOT}/csrc/cuda/*.cu"))
     return torch_sources, kernels, f"{ROOT}/csrc/simt/runtime.cpp"
 

@@ -21,8 +21,8 @@
 #include <vector>
 
 #include "persistent_barrier.cu"
-#include "persistent_gru.cu"
-#include "persistent_lstm.cu"
+#include "persistent_double.cu"
+#include "persistent_float.cu"
 #include "step_kernels_double.cu"
 #include "step_kernels_float.cu"
 
@@ -116,19 +116,21 @@ int persistent(bool lstm) {
   std::vector<float> gates(kSteps * kBatch * 4 * H), cells(kSteps * kBatch * H);
   namespace p = fusedrnn::cuda::persistent;
   p::set_tiling_override({.max_blocks = 2, .batch_tile = 4});
-  bool ran;
-  if (lstm) {
-    ran = p::lstm_forward<float>({.steps = kSteps, .batch = kBatch, .hidden = H, .reverse = true,
-                                  .xproj = xproj.data(), .w_hh = w_hh.data(), .h0 = h0.data(),
-                                  .c0 = c_n.data(), .output = output.data(), .h_n = h_n.data(),
-                                  .c_n = c_n.data(), .gates = gates.data(),
-                                  .cells = cells.data(), .lengths = kLengths});
-  } else {
-    ran = p::gru_forward<float>({.steps = kSteps, .batch = kBatch, .hidden = H, .reverse = true,
-                                 .xproj = xproj.data(), .w_hh = w_hh.data(), .b_hh = b_hh.data(),
-                                 .h0 = h0.data(), .output = output.data(), .h_n = h_n.data(),
-                                 .gates = gates.data(), .lengths = kLengths});
-  }
+  using fusedrnn::cells::Gru;
+  using fusedrnn::cells::Lstm;
+  const bool ran =
+      lstm ? p::forward<Lstm, float>({.steps = kSteps, .batch = kBatch, .hidden = H,
+                                      .reverse = true, .xproj = xproj.data(), .w_hh = w_hh.data(),
+                                      .b_hh = nullptr, .h0 = h0.data(), .c0 = c_n.data(),
+                                      .output = output.data(), .h_n = h_n.data(),
+                                      .c_n = c_n.data(), .saved = gates.data(),
+                                      .cells = cells.data(), .lengths = kLengths})
+           : p::forward<Gru, float>({.steps = kSteps, .batch = kBatch, .hidden = H,
+                                     .reverse = true, .xproj = xproj.data(), .w_hh = w_hh.data(),
+                                     .b_hh = b_hh.data(), .h0 = h0.data(), .c0 = nullptr,
+                                     .output = output.data(), .h_n = h_n.data(), .c_n = nullptr,
+                                     .saved = gates.data(), .cells = nullptr,
+                                     .lengths = kLengths});
   if (!ran) {
     std::printf("MISMATCH: the persistent kernel refused the launch\n");
     return 1;
@@ -144,9 +146,9 @@ int step_lstm() {
   const auto xproj = random_values(kBatch * 4 * H, 1, 2.0f);
   const auto hh = random_values(kBatch * 4 * H, 2, 2.0f), c0 = random_values(kBatch * H, 3, 1.0f);
   std::vector<float> c(c0), h(kBatch * H), gates(kBatch * 4 * H), cells(kBatch * H);
-  fusedrnn::cuda::step_kernels<float>().lstm_forward(
-      {.batch = kBatch, .hidden = H, .xproj = xproj.data(), .hh = hh.data(), .c = c.data(),
-       .gates = gates.data(), .cells = cells.data(), .h_out = h.data(), .h_state = nullptr,
+  fusedrnn::cuda::cell_kernels<fusedrnn::cells::Lstm, float>().forward(
+      {.batch = kBatch, .hidden = H, .xproj = xproj.data(), .hh = hh.data(), .h_state = nullptr,
+       .c = c.data(), .saved = gates.data(), .cells = cells.data(), .h_out = h.data(),
        .lengths = nullptr, .t = 0});
   std::vector<double> want_h(kBatch * H), want_c(kBatch * H);
   for (int b = 0; b < kBatch; ++b)

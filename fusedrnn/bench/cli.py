@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import plots
-from .configs import PRESETS, Shape, make_configs, parse_dtypes, unique_shapes
+from .configs import CELL_MODULES, PRESETS, Shape, make_configs, parse_dtypes, unique_shapes
 from .gate import tolerance_rule
 from .metrics import DEFINITIONS
 from .peers import BASELINE, Peer, default_peers
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", type=_dtype_list, default=None,
                    help="comma-separated: float32,bfloat16,float16,float64 "
                         "(default: the preset's; float32 on CPU)")
-    p.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
+    p.add_argument("--cell", choices=("lstm", "gru", "rnn_tanh", "rnn_relu", "both", "all"),
+                   default="both", help="both: lstm and gru; all: every cell")
     p.add_argument("--mode", choices=("train", "infer", "both"), default="both",
                    help="train = forward+backward, infer = forward under no_grad")
     p.add_argument("--out", metavar="DIR", default=None,
@@ -122,7 +123,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
         parser.error(f"--out {args.out}: exists and is not a directory")
     preset = PRESETS[args.preset]
-    args.cells = ("lstm", "gru") if args.cell == "both" else (args.cell,)
+    args.cells = {"both": ("lstm", "gru"), "all": tuple(CELL_MODULES)}.get(args.cell,
+                                                                          (args.cell,))
     args.modes = ("train", "infer") if args.mode == "both" else (args.mode,)
     args.dtypes = args.dtype or preset.dtypes(args.device)
     if args.reps is None:

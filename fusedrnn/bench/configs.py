@@ -58,11 +58,26 @@ class Shape:
     bidirectional: bool = False
 
 
+# The cells the harness runs: the module class of each (in torch.nn, fusedrnn and any
+# drop-in with their constructor) and its keywords.
+CELL_MODULES = {"lstm": ("LSTM", {}), "gru": ("GRU", {}),
+                "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+                "rnn_relu": ("RNN", {"nonlinearity": "relu"})}
+
+
+def module_class(classes, cell: str):
+    """``(class, keywords)`` of ``cell``: the class looked up by name in ``classes`` (a
+    module such as torch.nn, or a dict; None where it has none)."""
+    name, kwargs = CELL_MODULES[cell]
+    found = classes.get(name) if isinstance(classes, dict) else getattr(classes, name, None)
+    return found, kwargs
+
+
 @dataclass(frozen=True)
 class Config:
     """One benchmark configuration; each peer gives one row for it."""
 
-    cell: str  # "lstm" | "gru"
+    cell: str  # a key of CELL_MODULES: "lstm" | "gru" | "rnn_tanh" | "rnn_relu"
     mode: str  # "train" (forward + backward) | "infer" (forward under no_grad)
     dtype: str  # canonical name, e.g. "float32"
     device: str  # "cpu" | "cuda"

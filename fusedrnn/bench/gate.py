@@ -19,7 +19,7 @@ import torch
 
 from fusedrnn.reference import TOLERANCE, low_precision_tolerance
 
-from .configs import SHORT_DTYPE, Config
+from .configs import SHORT_DTYPE, Config, module_class
 from .metrics import finite_or_none, max_abs_diff
 from .peers import BuiltPeer, Peer, built_module
 
@@ -32,8 +32,9 @@ class Case:
         self.cfg = cfg
         dev, dt = cfg.device, cfg.torch_dtype
         torch.manual_seed(seed)
-        cls = torch.nn.LSTM if cfg.cell == "lstm" else torch.nn.GRU
-        base = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional)
+        cls, kwargs = module_class(torch.nn, cfg.cell)
+        base = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional,
+                   **kwargs)
         self.baseline = base.to(device=dev, dtype=dt).train()
         g = torch.Generator(device=dev).manual_seed(seed + 1)
         D, L = cfg.directions, cfg.layers

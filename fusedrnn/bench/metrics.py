@@ -13,14 +13,14 @@ import math
 
 import torch
 
-GATES = {"lstm": 4, "gru": 3}
+from fusedrnn.cost_model import GATES  # the cells' gate counts
 
 DEFINITIONS = {
     "ratio_vs_torch": "torch.nn median time / peer median time (> 1: faster than torch.nn)",
     "time_ms": "per call (forward, or forward+backward in train mode): median, min, max over samples",
     "us_per_step": "median time / T, in microseconds",
     "model_us_per_step": "the analytic model's estimate of us_per_step for fusedrnn's CUDA rows "
-                         "(fusedrnn/bench/model.py, H100 inputs; docs/design.md, CUDA cost model)",
+                         "(fusedrnn/cost_model.py, H100 inputs; docs/design.md, CUDA cost model)",
     "precision": "the arithmetic of the row's GEMMs (fusedrnn: this build's, fp32 following "
                  "torch's matmul TF32 flag on CUDA; torch.nn on CUDA: cuDNN's, following its TF32 flag)",
     "tflops": "FLOPs / median time; forward 2*G*B*H*(I_l+H)*T per layer and direction "

@@ -21,7 +21,7 @@ import torch
 
 from fusedrnn import reference
 
-from .configs import Config
+from .configs import CELL_MODULES, Config, module_class
 
 BASELINE = "torch.nn"  # the name of the baseline's rows: every peer is compared with it
 
@@ -65,26 +65,26 @@ def built_module(module: torch.nn.Module, note: str = "") -> BuiltPeer:
 
 
 class ModulePeer(Peer):
-    """A drop-in module class pair with torch.nn.LSTM/GRU's constructor and
-    state_dict: built, then loaded with the baseline's ``state_dict``.
+    """Drop-in module classes with torch.nn.LSTM/GRU/RNN's constructors and
+    state_dicts: built, then loaded with the baseline's ``state_dict``.
 
-    ``resolve`` (called at build time) returns ``(lstm_cls, gru_cls, note)``;
-    or give the classes directly."""
+    ``resolve`` (called at build time) returns ``(classes, note)``, ``classes`` a
+    dict by torch.nn's class name (``"LSTM"``, ``"GRU"``, ``"RNN"``); or give
+    the classes directly."""
 
-    def __init__(self, name: str, lstm=None, gru=None, resolve: Optional[Callable] = None,
-                 note: str = ""):
+    def __init__(self, name: str, lstm=None, gru=None, rnn=None,
+                 resolve: Optional[Callable] = None, note: str = ""):
         self.name = name
-        self._lstm, self._gru, self._resolve, self._note = lstm, gru, resolve, note
+        self._classes = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
+        self._resolve, self._note = resolve, note
 
     def build(self, cfg: Config, baseline: torch.nn.Module) -> BuiltPeer:
-        if self._resolve is not None:
-            lstm, gru, note = self._resolve()
-        else:
-            lstm, gru, note = self._lstm, self._gru, self._note
-        cls = lstm if cfg.cell == "lstm" else gru
+        classes, note = self._resolve() if self._resolve is not None else (self._classes,
+                                                                            self._note)
+        cls, kwargs = module_class(classes, cfg.cell)
         if cls is None:
-            raise RuntimeError(f"{self.name}: no {cfg.cell.upper()} class")
-        m = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional)
+            raise RuntimeError(f"{self.name}: no {CELL_MODULES[cfg.cell][0]} class")
+        m = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional, **kwargs)
         m = m.to(device=cfg.device, dtype=cfg.torch_dtype)
         m.load_state_dict(baseline.state_dict())
         return built_module(m.train(), note)
@@ -92,7 +92,7 @@ class ModulePeer(Peer):
 
 def _resolve_fusedrnn(module: str = "fusedrnn"):
     fr = importlib.import_module(module)
-    lstm, gru = getattr(fr, "LSTM"), getattr(fr, "GRU")
+    classes = {name: getattr(fr, name, None) for name in ("LSTM", "GRU", "RNN")}
     try:
         note = f"backend {fr.backend()}"
     except Exception as e:  # noqa: BLE001  (the row still runs; the note says why it is unknown)
@@ -101,7 +101,7 @@ def _resolve_fusedrnn(module: str = "fusedrnn"):
         note += f" ({fr.build_info()})"
     except Exception:  # noqa: BLE001  (build_info is optional: stand-ins in tests lack it)
         pass
-    return lstm, gru, note
+    return classes, note
 
 
 class FusedRNNPeer(ModulePeer):

@@ -18,7 +18,7 @@ NO_MATPLOTLIB_NOTE = ("plots skipped: matplotlib is not installed "
                       "(pip install 'fusedrnn[bench]' or pip install matplotlib to get "
                       + " and ".join(PLOT_FILES) + ")")
 
-_PANEL_ORDER = {"lstm": 0, "gru": 1, "train": 0, "infer": 1}
+_PANEL_ORDER = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3, "train": 0, "infer": 1}
 
 
 def load_pyplot():

@@ -16,7 +16,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from . import metrics, model
+from .. import cost_model as model
+from . import metrics
 from .configs import Config
 from .gate import Case, GateResult, check_peer, torch_error
 from .peers import BASELINE, BuiltPeer, Peer

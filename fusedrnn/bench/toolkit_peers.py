@@ -22,19 +22,16 @@ from typing import Optional
 
 import torch
 
-from .configs import Config
+from .configs import Config, module_class
 from .gate import GateResult, evaluate, gate_check
 from .peers import BuiltPeer, Peer
 
 
-def _fusedrnn_class(cell: str):
-    return getattr(importlib.import_module("fusedrnn"), "LSTM" if cell == "lstm" else "GRU")
-
-
 def _module(cfg: Config, baseline: torch.nn.Module, train: bool = True,
             **features) -> torch.nn.Module:
-    cls = _fusedrnn_class(cfg.cell)
-    m = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional, **features)
+    cls, kwargs = module_class(importlib.import_module("fusedrnn"), cfg.cell)
+    m = cls(cfg.I, cfg.H, num_layers=cfg.layers, bidirectional=cfg.bidirectional, **kwargs,
+            **features)
     m = m.to(device=cfg.device, dtype=cfg.torch_dtype)
     # torch.nn's weights; layer_norm's own parameters, the only ones a feature adds,
     # keep their initial gain 1 and bias 0

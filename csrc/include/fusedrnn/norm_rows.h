@@ -7,19 +7,18 @@
 //   SerialRow (here): one thread owns the whole row (the CPU kernels);
 //   BlockRow (cuda/step_kernels.cuh): a CUDA block shares the row out.
 // Every thread of a row calls the function (a block's threads all reach the
-// same sums and syncs). The gate math is cells.h's, so the CPU tests check
-// the arithmetic the GPU runs.
+// same sums and syncs). The CPU tests check the arithmetic the GPU runs.
 //
-// LSTM (haste's layer-norm LSTM):
-//   pre = xproj + LN_hh(W_hh h_{t-1})         xproj = LN_ih(W_ih x_t) + b
-//   c~ = clip(f * c_{t-1} + i * g)            h~ = o * tanh(LN_c(c~))
-// GRU: hh = LN_hh(W_hh h_{t-1}) + b_hh, then the usual gates.
+// The gate math is the cell's (cells/*.h), on
+//   x = LN_ih(W_ih x_t) + b         hh = LN_hh(W_hh h_{t-1}) (+ b_hh, GRU)
+// and, for a cell with a cell state (the LSTM, haste's layer-norm LSTM),
+// h~ = o * tanh(LN_c(c~)): LN_c needs the row's whole c~ between the cell's
+// two halves (cells/lstm.h).
 // LN(v) = gain * (v - mean) / sqrt(var + eps) + bias, over the row's vector.
 #pragma once
 
 #include <cstdint>
 
-#include "fusedrnn/cells.h"
 #include "fusedrnn/params.h"
 
 namespace fusedrnn {
@@ -77,171 +76,183 @@ FUSEDRNN_HD void norm_backward_row(const Row& row, const T* dy, const T* gain, c
     dx[j] = rstd * (dy[j] * gain[j] - mean_d - x_hat[j] * mean_dx);
 }
 
-// ---------------------------------------------------------------- LSTM
+// How many norms' 1/sigma a row saves: the recurrent product's, and the
+// candidate cell's for cells with a cell state.
+template <class Cell>
+constexpr int kNorms = Cell::kCellState ? 2 : 1;
 
-template <typename T, typename Row>
-FUSEDRNN_HD void lstm_norm_forward_row(const Row& row, const LstmNormForwardStep<T>& p,
-                                       int64_t b) {
-  const int64_t H = p.hidden, G = 4 * H;
-  T* hh = p.hh + b * G;
-  T* c = p.c + b * H;
-  T* c_norm = p.c_norm + b * H;
-  T* gates = p.gates + b * G;
-  const int64_t r = b * H;  // this row in the (B, H) buffers
-  if (!row_active(p.lengths, p.t, b)) {
-    // Finished sequence: state carried, zero output and zero saved values.
-    for (int64_t j = row.first(); j < G; j += row.stride()) hh[j] = gates[j] = T(0);
-    for (int64_t j = row.first(); j < H; j += row.stride()) {
-      c_norm[j] = T(0);
-      if (p.cells != nullptr) p.cells[r + j] = c[j];
-      p.h_out[r + j] = T(0);
+// ------------------------------------------------------------ forward
+
+// A finished sequence's row: state carried, zero output and zero saved values.
+template <class Cell, typename T, typename Row>
+FUSEDRNN_HD void norm_forward_carry(const Row& row, const NormForwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden, r = b * H;
+  for (int64_t k = row.first(); k < Cell::kGates * H; k += row.stride()) p.hh[b * Cell::kGates * H + k] = T(0);
+  for (int64_t k = row.first(); k < Cell::kSaved * H; k += row.stride()) p.saved[b * Cell::kSaved * H + k] = T(0);
+  for (int64_t j = row.first(); j < H; j += row.stride()) {
+    if constexpr (Cell::kCellState) {
+      p.c_norm[r + j] = T(0);
+      if (p.cells != nullptr) p.cells[r + j] = p.c[r + j];
     }
-    if (p.rstd != nullptr && row.first() == 0) p.rstd[2 * b] = p.rstd[2 * b + 1] = T(0);
-    return;
+    p.h_out[r + j] = T(0);
   }
-  const T hh_rstd = normalise_row(row, hh, G);
-  const T* x = p.xproj + b * G;
-  auto pre = [&](int64_t k) { return x[k] + p.hh_weight[k] * hh[k] + p.hh_bias[k]; };
-  const Clip<T> cell_clip = Clip<T>::make(p.cell_clip);
-  for (int64_t j = row.first(); j < H; j += row.stride()) {
-    gates[j] = fusedrnn::sigmoid(pre(j));
-    gates[j + H] = fusedrnn::sigmoid(pre(j + H));
-    gates[j + 2 * H] = fusedrnn::tanh(pre(j + 2 * H));
-    gates[j + 3 * H] = fusedrnn::sigmoid(pre(j + 3 * H));
-    c_norm[j] = lstm_new_cell(gates[j], gates[j + H], gates[j + 2 * H], c[j], cell_clip);
+  if (p.rstd != nullptr && row.first() == 0)
+    for (int n = 0; n < kNorms<Cell>; ++n) p.rstd[kNorms<Cell> * b + n] = T(0);
+}
+
+// The cell's inputs at unit j: xproj and the normalised recurrent product
+// (gain, bias, b_hh), and the state before the step.
+template <class Cell, typename T>
+FUSEDRNN_HD typename Cell::template Inputs<T> norm_inputs(const NormForwardStep<T>& p, int64_t b,
+                                                          int64_t j) {
+  const int64_t H = p.hidden, GH = Cell::kGates * H;
+  typename Cell::template Inputs<T> in;
+  for (int g = 0; g < Cell::kGates; ++g) {
+    const int64_t k = g * H + j;
+    const T normed = p.hh_weight[k] * p.hh[b * GH + k];
+    if constexpr (Cell::kSumsProducts) {  // the sum as (x + gain * hh) + bias
+      in.x[g] = p.xproj[b * GH + k] + normed;
+      in.hh[g] = p.hh_bias[k];
+    } else {
+      in.x[g] = p.xproj[b * GH + k];
+      in.hh[g] = normed + p.hh_bias[k];
+      if (p.b_hh != nullptr) in.hh[g] += p.b_hh[k];
+    }
   }
-  const T c_rstd = normalise_row(row, c_norm, H);  // c~ until now
-  for (int64_t j = row.first(); j < H; j += row.stride()) {
-    // c~ again, from this thread's own gates, for zoneout's mix.
-    const T candidate = lstm_new_cell(gates[j], gates[j + H], gates[j + 2 * H], c[j], cell_clip);
-    const T h_new_cell =
-        gates[j + 3 * H] * fusedrnn::tanh(p.c_weight[j] * c_norm[j] + p.c_bias[j]);
-    const T c_new = p.zone_c != nullptr ? zoneout_mix(p.zone_c[r + j], c[j], candidate) : candidate;
-    const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[r + j], p.h_state[r + j], h_new_cell)
-                                        : h_new_cell;
-    c[j] = c_new;
-    if (p.cells != nullptr) p.cells[r + j] = c_new;
-    p.h_out[r + j] = h_new;
-    p.h_state[r + j] = h_new;
-    if (p.rec_mask != nullptr) p.h_masked[r + j] = h_new * p.rec_mask[r + j];
+  in.h_prev = p.h_state[b * H + j];
+  if constexpr (Cell::kCellState) in.c_prev = p.c[b * H + j];
+  return in;
+}
+
+// The new state of unit j, and what is saved.
+template <class Cell, typename T>
+FUSEDRNN_HD void norm_commit(const NormForwardStep<T>& p, int64_t b, int64_t j,
+                             const typename Cell::template Outputs<T>& out) {
+  const int64_t H = p.hidden, r = b * H + j;
+  for (int k = 0; k < Cell::kSaved; ++k) p.saved[b * Cell::kSaved * H + k * H + j] = out.saved[k];
+  if constexpr (Cell::kCellState) {
+    p.c[r] = out.c;
+    if (p.cells != nullptr) p.cells[r] = out.c;
+  }
+  p.h_out[r] = out.h;
+  p.h_state[r] = out.h;
+  if (p.toolkit.rec_mask != nullptr) p.toolkit.h_masked[r] = out.h * p.toolkit.rec_mask[r];
+}
+
+template <class Cell, typename T, typename Row>
+FUSEDRNN_HD void norm_forward_row(const Row& row, const NormForwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden, r = b * H;
+  if (!row_active(p.lengths, p.t, b)) return norm_forward_carry<Cell>(row, p, b);
+  const T hh_rstd = normalise_row(row, p.hh + b * Cell::kGates * H, Cell::kGates * H);
+  T c_rstd(0);
+  if constexpr (Cell::kCellState) {
+    // c~ first, for the whole row (the gates saved meanwhile), then its norm.
+    for (int64_t j = row.first(); j < H; j += row.stride()) {
+      const auto a = Cell::gates(norm_inputs<Cell>(p, b, j), element_toolkit(p.toolkit, r + j));
+      for (int k = 0; k < Cell::kSaved; ++k) p.saved[b * Cell::kSaved * H + k * H + j] = a.saved[k];
+      p.c_norm[r + j] = a.candidate;
+    }
+    c_rstd = normalise_row(row, p.c_norm + r, H);
+    for (int64_t j = row.first(); j < H; j += row.stride()) {
+      const auto tk = element_toolkit(p.toolkit, r + j);
+      typename Cell::template Inputs<T> in;  // the state before the step: all finish() reads
+      in.h_prev = p.h_state[r + j];
+      in.c_prev = p.c[r + j];
+      typename Cell::template Gates<T> a;
+      for (int k = 0; k < Cell::kSaved; ++k) a.saved[k] = p.saved[b * Cell::kSaved * H + k * H + j];
+      a.candidate = Cell::candidate_from(a.saved, in.c_prev, tk);
+      const T y = p.c_weight[j] * p.c_norm[r + j] + p.c_bias[j];
+      norm_commit<Cell>(p, b, j, Cell::finish(a, y, in, tk));
+    }
+  } else {
+    for (int64_t j = row.first(); j < H; j += row.stride())
+      norm_commit<Cell>(p, b, j, Cell::forward(norm_inputs<Cell>(p, b, j),
+                                               element_toolkit(p.toolkit, r + j)));
   }
   if (p.rstd != nullptr && row.first() == 0) {
-    p.rstd[2 * b] = hh_rstd;
-    p.rstd[2 * b + 1] = c_rstd;
+    p.rstd[kNorms<Cell> * b] = hh_rstd;
+    if constexpr (Cell::kCellState) p.rstd[kNorms<Cell> * b + 1] = c_rstd;
   }
 }
 
-template <typename T, typename Row>
-FUSEDRNN_HD void lstm_norm_backward_row(const Row& row, const LstmNormBackwardStep<T>& p,
-                                        int64_t b) {
-  const int64_t H = p.hidden, G = 4 * H, r = b * H;
-  T* d_gates = p.d_gates + b * G;
-  T* d_hh = p.d_hh + b * G;
-  const Clip<T> grad_clip = Clip<T>::make(p.grad_clip);
-  if (!row_active(p.lengths, p.t, b)) {
-    // dc passes straight through (clamped by grad_clip); zero gradients elsewhere.
-    for (int64_t k = row.first(); k < G; k += row.stride()) d_gates[k] = d_hh[k] = T(0);
-    for (int64_t j = row.first(); j < H; j += row.stride()) {
+// ----------------------------------------------------------- backward
+
+template <class Cell, typename T, typename Row>
+FUSEDRNN_HD void norm_backward_carry(const Row& row, const NormBackwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden, GH = Cell::kGates * H, r = b * H;
+  const Clip<T> grad_clip = Clip<T>::make(p.toolkit.grad_clip);
+  for (int64_t k = row.first(); k < GH; k += row.stride())
+    p.d_xproj[b * GH + k] = p.d_hh_out[b * GH + k] = p.d_hh[b * GH + k] = T(0);
+  for (int64_t j = row.first(); j < H; j += row.stride()) {
+    if constexpr (Cell::kCellState) {
       p.d_c_norm[r + j] = T(0);
       p.dc[r + j] = grad_clip(p.dc[r + j]);
     }
-    return;
+    p.dh_state[r + j] = p.dh[r + j];
   }
-  const T* gates = p.gates + b * G;
-  const T* c_norm = p.c_norm + r;
-  // h~ = o * tanh(y), y = LN_c(c~): the gradients of o and of y first.
-  for (int64_t j = row.first(); j < H; j += row.stride()) {
-    const T o = gates[j + 3 * H];
-    const T tanh_y = fusedrnn::tanh(p.c_weight[j] * c_norm[j] + p.c_bias[j]);
-    const T dh = p.zone_h != nullptr ? (T(1) - p.zone_h[r + j]) * p.dh[r + j] : p.dh[r + j];
-    d_gates[j + 3 * H] = dh * tanh_y * o * (T(1) - o);
-    p.d_c_norm[r + j] = dh * o * (T(1) - tanh_y * tanh_y);
-  }
-  // d c~ = LN_c's backward (into d_hh's first H as scratch) + what reaches c~ from c_t.
-  norm_backward_row(row, p.d_c_norm + r, p.c_weight, c_norm, p.rstd[2 * b + 1], H, d_hh);
-  const Clip<T> cell_clip = Clip<T>::make(p.cell_clip);
-  for (int64_t j = row.first(); j < H; j += row.stride()) {
-    const T i = gates[j], f = gates[j + H], g = gates[j + 2 * H];
-    const T c_prev = p.c_prev[r + j], dc = p.dc[r + j];
-    const T keep_c = p.zone_c != nullptr ? p.zone_c[r + j] : T(0);
-    const T candidate = lstm_new_cell(i, f, g, c_prev, cell_clip);
-    const T d_cell = cell_clip.gradient(candidate, d_hh[j] + (T(1) - keep_c) * dc);
-    d_gates[j] = d_cell * g * i * (T(1) - i);
-    d_gates[j + H] = d_cell * c_prev * f * (T(1) - f);
-    d_gates[j + 2 * H] = d_cell * i * (T(1) - g * g);
-    p.dc[r + j] = grad_clip(d_cell * f + keep_c * dc);
-  }
-  row.sync();  // d_gates complete, the scratch in d_hh read
-  norm_backward_row(row, d_gates, p.hh_weight, p.hh_norm + b * G, p.rstd[2 * b], G, d_hh);
 }
 
-// ----------------------------------------------------------------- GRU
+template <class Cell, typename T>
+FUSEDRNN_HD typename Cell::template GradInputs<T> norm_grad_inputs(const NormBackwardStep<T>& p,
+                                                                   int64_t b, int64_t j) {
+  const int64_t H = p.hidden, r = b * H + j;
+  typename Cell::template GradInputs<T> in;
+  for (int k = 0; k < Cell::kSaved; ++k) in.saved[k] = p.saved[b * Cell::kSaved * H + k * H + j];
+  if constexpr (Cell::kCellState) {
+    in.c = p.cells[r];
+    in.c_prev = p.c_prev[r];
+    in.dc = p.dc[r];
+  }
+  if constexpr (Cell::kReadsHPrev) in.h_prev = p.h_prev[r];
+  in.dh = p.dh[r];
+  return in;
+}
 
-template <typename T, typename Row>
-FUSEDRNN_HD void gru_norm_forward_row(const Row& row, const GruNormForwardStep<T>& p, int64_t b) {
-  const int64_t H = p.hidden, G = 3 * H, r = b * H;
-  T* hh = p.hh + b * G;
-  T* gates = p.gates != nullptr ? p.gates + b * 4 * H : nullptr;
-  if (!row_active(p.lengths, p.t, b)) {
-    for (int64_t k = row.first(); k < G; k += row.stride()) hh[k] = T(0);
+// The cell's gradients of unit j: of xproj, of LN_hh's output, and the
+// direct paths to h_{t-1} and c_{t-1}.
+template <class Cell, typename T>
+FUSEDRNN_HD void norm_store_grads(const NormBackwardStep<T>& p, int64_t b, int64_t j,
+                                  const typename Cell::template Grads<T>& d) {
+  const int64_t H = p.hidden, GH = Cell::kGates * H, r = b * H + j;
+  for (int g = 0; g < Cell::kGates; ++g) {
+    p.d_xproj[b * GH + g * H + j] = d.d_x[g];
+    p.d_hh_out[b * GH + g * H + j] = d.d_hh[g];
+  }
+  if constexpr (Cell::kCellState) p.dc[r] = d.dc_prev;
+  p.dh_state[r] = d.dh_prev;
+}
+
+template <class Cell, typename T, typename Row>
+FUSEDRNN_HD void norm_backward_row(const Row& row, const NormBackwardStep<T>& p, int64_t b) {
+  const int64_t H = p.hidden, GH = Cell::kGates * H, r = b * H;
+  if (!row_active(p.lengths, p.t, b)) return norm_backward_carry<Cell>(row, p, b);
+  if constexpr (Cell::kCellState) {
+    // y = LN_c(c~): y's gradient for the whole row, then the norm's backward
+    // (into d_hh's first H, as scratch), then the rest of the cell.
     for (int64_t j = row.first(); j < H; j += row.stride()) {
-      if (gates != nullptr) gates[j] = gates[j + H] = gates[j + 2 * H] = gates[j + 3 * H] = T(0);
-      p.h_out[r + j] = T(0);
+      const T y = p.c_weight[j] * p.c_norm[r + j] + p.c_bias[j];
+      p.d_c_norm[r + j] = Cell::output_backward(norm_grad_inputs<Cell>(p, b, j), y,
+                                                element_toolkit(p.toolkit, r + j)).d_y;
     }
-    if (p.rstd != nullptr && row.first() == 0) p.rstd[b] = T(0);
-    return;
-  }
-  const T rstd = normalise_row(row, hh, G);
-  const T* x = p.xproj + b * G;
-  auto recurrent = [&](int64_t k) {
-    return p.hh_weight[k] * hh[k] + p.hh_bias[k] + (p.b_hh != nullptr ? p.b_hh[k] : T(0));
-  };
-  for (int64_t j = row.first(); j < H; j += row.stride()) {
-    const T h_prev = p.h_state[r + j];
-    const T hh_n = recurrent(j + 2 * H);
-    const GruGatesAndState<T> s = gru_cell_forward<T>(x[j], x[j + H], x[j + 2 * H], recurrent(j),
-                                                      recurrent(j + H), hh_n, h_prev);
-    if (gates != nullptr) {
-      gates[j] = s.r;
-      gates[j + H] = s.z;
-      gates[j + 2 * H] = s.n;
-      gates[j + 3 * H] = hh_n;
+    norm_backward_row(row, p.d_c_norm + r, p.c_weight, p.c_norm + r, p.rstd[kNorms<Cell> * b + 1],
+                      H, p.d_hh + b * GH);
+    for (int64_t j = row.first(); j < H; j += row.stride()) {
+      const auto tk = element_toolkit(p.toolkit, r + j);
+      const auto in = norm_grad_inputs<Cell>(p, b, j);
+      const T y = p.c_weight[j] * p.c_norm[r + j] + p.c_bias[j];
+      const T candidate = Cell::candidate_from(in.saved, in.c_prev, tk);
+      norm_store_grads<Cell>(p, b, j, Cell::finish_backward(in, candidate,
+                                                            Cell::output_backward(in, y, tk).d_o,
+                                                            p.d_hh[b * GH + j], tk));
     }
-    const T h_new = p.zone_h != nullptr ? zoneout_mix(p.zone_h[r + j], h_prev, s.h) : s.h;
-    p.h_out[r + j] = h_new;
-    p.h_state[r + j] = h_new;
-    if (p.rec_mask != nullptr) p.h_masked[r + j] = h_new * p.rec_mask[r + j];
+  } else {
+    for (int64_t j = row.first(); j < H; j += row.stride())
+      norm_store_grads<Cell>(p, b, j, Cell::backward(norm_grad_inputs<Cell>(p, b, j),
+                                                     element_toolkit(p.toolkit, r + j)));
   }
-  if (p.rstd != nullptr && row.first() == 0) p.rstd[b] = rstd;
-}
-
-template <typename T, typename Row>
-FUSEDRNN_HD void gru_norm_backward_row(const Row& row, const GruNormBackwardStep<T>& p,
-                                       int64_t b) {
-  const int64_t H = p.hidden, G = 3 * H, r = b * H;
-  T* d_x = p.d_xproj + b * G;
-  T* d_out = p.d_hh_out + b * G;
-  T* d_hh = p.d_hh + b * G;
-  if (!row_active(p.lengths, p.t, b)) {
-    for (int64_t k = row.first(); k < G; k += row.stride()) d_x[k] = d_out[k] = d_hh[k] = T(0);
-    for (int64_t j = row.first(); j < H; j += row.stride()) p.dh_state[r + j] = p.dh[r + j];
-    return;
-  }
-  const T* gates = p.gates + b * 4 * H;
-  for (int64_t j = row.first(); j < H; j += row.stride()) {
-    const T keep = p.zone_h != nullptr ? p.zone_h[r + j] : T(0);
-    const T dh = p.dh[r + j];
-    const GruGrads<T> d = gru_cell_backward<T>(gates[j], gates[j + H], gates[j + 2 * H],
-                                               gates[j + 3 * H], p.h_prev[r + j],
-                                               (T(1) - keep) * dh);
-    d_x[j] = d_out[j] = d.dx_r;
-    d_x[j + H] = d_out[j + H] = d.dx_z;
-    d_x[j + 2 * H] = d.dx_n;
-    d_out[j + 2 * H] = d.dh_n;
-    p.dh_state[r + j] = d.dh_prev + keep * dh;
-  }
-  row.sync();
-  norm_backward_row(row, d_out, p.hh_weight, p.hh_norm + b * G, p.rstd[b], G, d_hh);
+  row.sync();  // the gradients of LN_hh's output complete, the scratch in d_hh read
+  norm_backward_row(row, p.d_hh_out + b * GH, p.hh_weight, p.hh_norm + b * GH,
+                    p.rstd[kNorms<Cell> * b], GH, p.d_hh + b * GH);
 }
 
 }  // namespace fusedrnn

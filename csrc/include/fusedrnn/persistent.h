@@ -3,9 +3,9 @@
 // held in shared memory for the whole sequence (see cuda/persistent.cuh and
 // cuda/persistent_backward.cuh for the design).
 //
-// Plain declarations, no CUDA headers, so the orchestration (recurrence.cpp)
-// can include this file. Implemented in cuda/persistent_*.cu for float and
-// double (fp16/bf16 tensors are computed in fp32 by the caller).
+// Plain declarations, no CUDA headers, so the layer driver (csrc/layer/)
+// can include this file. Implemented in cuda/persistent_{float,double}.cu for
+// every cell (fp16/bf16 tensors are computed in fp32 by the caller).
 #pragma once
 
 #include <cstdint>
@@ -25,23 +25,19 @@ namespace fusedrnn::cuda::persistent {
 //
 // Requirements on the struct (unchecked): all tensors on the current device,
 // dense in the layout documented in params.h; `lengths` is a device pointer
-// to `batch` int64 values or nullptr; `gates` (and LSTM `cells`) may be
+// to `batch` int64 values or nullptr; `saved` (and `cells`) may be
 // nullptr to skip saving them (inference); `h_n` must not alias `h0` (other
 // blocks may still be reading h0 when h_n is written if steps == 1);
 // `c_n` may alias `c0`.
-template <typename T>
-bool lstm_forward(const LstmSequence<T>& p);
-template <typename T>
-bool gru_forward(const GruSequence<T>& p);
+template <class Cell, typename T>
+bool forward(const Sequence<T>& p);
 
 // The backward of such a layer in one cooperative launch (persistent_backward.cuh):
-// fills the gate gradients of every step and leaves the gradients reaching
-// h0 (and c0) in dh (dc). Returns false, having launched nothing, as above
-// (the staged rows are G*H wide, so it fits fewer rows per tile).
-template <typename T>
-bool lstm_backward(const LstmBackwardSequence<T>& p);
-template <typename T>
-bool gru_backward(const GruBackwardSequence<T>& p);
+// fills the gradients of every step and leaves the gradients reaching h0 (and
+// c0) in dh (dc). Returns false, having launched nothing, as above (the
+// staged rows are G*H wide, so it fits fewer rows per tile).
+template <class Cell, typename T>
+bool backward(const BackwardSequence<T>& p);
 
 // Debug override of the tiling plan (fusedrnn_debug.set_persistent_tiling),
 // so that tests reach every path of the kernel at small sizes: several units
@@ -66,7 +62,7 @@ template <typename T>
 Plan plan_for(int64_t hidden, int64_t batch, int num_gates);
 
 // Largest hidden size the persistent path accepts on the current device for
-// this dtype: num_gates = 4 for LSTM (the stricter bound), 3 for GRU.
+// this dtype and a cell of num_gates gates (4 LSTM, 3 GRU, 1 RNN).
 // From shared memory, SM count and the tiling override only; the launch
 // also checks occupancy.
 // On an H100 (132 SMs, 227 KB): LSTM 1320 (float) / 908 (double),

@@ -10,7 +10,7 @@ model", explains each term.
 
 Paths (:data:`PATHS`):
 
-* ``standard``            the step loop of csrc/recurrence.cpp as built today;
+* ``standard``            the step loop of csrc/layer/ as built today;
 * ``persistent``          today's persistent forward (csrc/cuda/persistent.cuh),
                           with the standard backward in training;
 * ``persistent-designed`` the designed persistent forward (W_hh in registers,
@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}  # the cells' kGates (tested)
 BYTES = {"float64": 8, "float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -90,7 +90,7 @@ def gemm_mode(dtype: str, allow_tf32: bool, half_on_tensor_cores: bool) -> str:
 @dataclass(frozen=True)
 class StepWork:
     """Host and device work of one step of the standard loop (one layer,
-    one direction), from csrc/recurrence.cpp."""
+    one direction), from csrc/layer/forward.cpp and backward.cpp."""
 
     kernels: int       # pointwise kernel launches
     gemms: int         # per-step cuBLAS calls (ATen mm/addmm)
@@ -318,7 +318,7 @@ def with_figures(**changes) -> Figures:
 
 # Whether the standard path's GEMMs take bf16/fp16 operands on the tensor
 # cores (fp32 accumulation) rather than converting them to fp32 first: they
-# do, for layers without projection (csrc/recurrence.cpp, half_gemms).
+# do, for layers without projection (csrc/layer/plan.cpp).
 HALF_GEMMS_NATIVE = True
 
 
@@ -349,7 +349,7 @@ def precision_mode(peer: str, cfg, tf32_matmul: bool, tf32_cudnn: bool) -> str |
 
 def model_us_per_step(peer: str, cfg, persistent: bool, tf32_matmul: bool) -> float | None:
     """The model's us/step for a fusedrnn row on CUDA (None otherwise), on
-    the path the op takes (``persistent``: fusedrnn.ops.use_persistent)."""
+    the path the op takes (``persistent``: the ops' plan, under ``path="persistent"``)."""
     if peer != "fusedrnn" or cfg.device != "cuda":
         return None
     path = "persistent" if persistent else "standard"
@@ -360,7 +360,7 @@ def choose_path(cell: str, mode: str, dtype: str, T: int, B: int, I: int, H: int
                 allow_tf32: bool = False, fig: Figures = H100) -> str:
     """The automatic rule between the built paths, from the model: the
     persistent forward where it is estimated faster than the standard step
-    loop. fusedrnn.ops.use_persistent calls it under the opt-in mode
+    loop. fusedrnn.ops calls it under the opt-in mode
     ``"model"``; the default keeps the standard path until a GPU run confirms
     the model."""
     def cost(path):

@@ -1,6 +1,5 @@
-// What the step loops of recurrence.cpp and norm_recurrence.cpp share:
-// the kernels of a tensor's device, views of (T, B, W) buffers, the
-// toolkit's arguments, and the GEMMs over all steps.
+// What the step loops share: views of (T, B, W) buffers, the kernels of a
+// tensor's device, and the per-step product h @ W^T.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,43 +7,66 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <optional>
-#include <vector>
 
 #include "cpu/gemm.h"
 #include "fusedrnn/step_kernels.h"
-#include "op_checks.h"
 
-namespace fusedrnn {
+namespace fusedrnn::layer {
 
 using at::Tensor;
 
-// Whether CPU tensors run the C++ CPU kernels (cpu/): all but the SIMT build.
+// The CUDA kernels are built for CUDA tensors (FUSEDRNN_WITH_CUDA), or in the
+// SIMT build (FUSEDRNN_SIMT, csrc/simt/) for CPU tensors: there the CUDA
+// sources run on the CPU and stand in for a GPU, with ATen's GEMMs in
+// cuBLAS's place.
+#if defined(FUSEDRNN_WITH_CUDA) || defined(FUSEDRNN_SIMT)
+#define FUSEDRNN_CUDA_KERNELS 1
+#endif
+
+// Whether CPU tensors run the C++ CPU kernels (cpu/): all but the SIMT build,
+// where the CUDA kernel sources run on CPU tensors in their place.
 #ifdef FUSEDRNN_SIMT
 constexpr bool kCpuKernels = false;
 #else
 constexpr bool kCpuKernels = true;
 #endif
 
+// Whether `t` is where this build's CUDA kernels run: CUDA tensors, or CPU
+// tensors in the SIMT build.
+inline bool on_cuda_kernels(const Tensor& t) { return kCpuKernels ? t.is_cuda() : t.is_cpu(); }
+
 // Every op computes in its inputs' dtypes: the caller (fusedrnn/ops.py) casts
 // for torch.autocast as torch.nn would, and no ATen call inside an op is
 // autocast again.
 using NoAutocast = c10::impl::ExcludeDispatchKeyGuard;
 
-template <typename T>
-StepKernels<T> kernels_for(const Tensor& t) {
+template <class Cell, typename T>
+CellKernels<Cell, T> cell_kernels_for(const Tensor& t) {
 #ifdef FUSEDRNN_SIMT
   TORCH_CHECK(t.is_cpu(), "fusedrnn (SIMT build): CPU tensors only, got a tensor on ", t.device());
-  return cuda::step_kernels<T>();
+  return cuda::cell_kernels<Cell, T>();
 #else
   if (t.is_cuda()) {
 #ifdef FUSEDRNN_WITH_CUDA
-    return cuda::step_kernels<T>();
+    return cuda::cell_kernels<Cell, T>();
 #else
     TORCH_CHECK(false, "fusedrnn: this build has no CUDA kernels (built without a CUDA toolkit)");
 #endif
   }
   TORCH_CHECK(t.is_cpu(), "fusedrnn: unsupported device ", t.device());
-  return cpu::step_kernels<T>();
+  return cpu::cell_kernels<Cell, T>();
+#endif
+}
+
+template <typename T>
+StateKernels<T> state_kernels_for(const Tensor& t) {
+#ifdef FUSEDRNN_SIMT
+  return cuda::state_kernels<T>();
+#else
+#ifdef FUSEDRNN_WITH_CUDA
+  if (t.is_cuda()) return cuda::state_kernels<T>();
+#endif
+  return cpu::state_kernels<T>();
 #endif
 }
 
@@ -67,6 +89,10 @@ T* saved_at(const Tensor& seq, int64_t t) {
 template <typename T>
 T* data_or_null(const std::optional<Tensor>& t) {
   return t ? t->data_ptr<T>() : nullptr;
+}
+template <typename T>
+T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
 // Step t of an optional (T, B, W) tensor, or nullptr.
@@ -139,63 +165,30 @@ class StepProduct {
   bool few_rows_;
 };
 
-// An operand over all steps as blocks of whole steps, (steps_i, B, W) each,
-// in order: h before each step is h0 and then the output's first T - 1
-// steps (previous_state_blocks), never joined into a copy of its own.
-using StepBlocks = std::vector<Tensor>;
+// ------------------------------------------------------ 16-bit operands
 
-inline Tensor joined(const std::vector<Tensor>& blocks, int64_t dim) {
-  return blocks.size() == 1 ? blocks.front() : at::cat(blocks, dim);
+inline HalfType half_type_of(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 ? HalfType::bf16 : HalfType::fp16;
 }
 
-// (T, B, W) as (T * B, W) rows.
-inline Tensor rows_of(const Tensor& seq) {
-  return seq.reshape({seq.size(0) * seq.size(1), seq.size(2)});
+inline std::uint16_t* half_bits(const Tensor& t) {
+  return t.defined() ? reinterpret_cast<std::uint16_t*>(t.data_ptr()) : nullptr;
 }
 
-// State before each step: init at the first step a sequence processes,
-// else the state after the step processed just before. seq: (T, B, W),
-// init: (B, W); the result in step blocks, mostly views of seq.
-StepBlocks previous_state_blocks(const Tensor& seq, const Tensor& init,
-                                 const std::optional<Tensor>& lengths, bool reverse);
-// The same as one (T, B, W) tensor.
-Tensor previous_states(const Tensor& seq, const Tensor& init,
-                       const std::optional<Tensor>& lengths, bool reverse);
+// a @ b for 16-bit a, b into fp32 `out`. cuBLAS multiplies on the tensor
+// cores and accumulates in fp32; in the SIMT build ATen's CPU GEMM stands in,
+// on the same operands (their products are exact in fp32).
+inline void mm_f32_out(Tensor& out, const Tensor& a, const Tensor& b) {
+  if (a.is_cuda())
+    at::mm_out(out, a, b, at::kFloat);
+  else
+    at::mm_out(out, a.to(at::kFloat), b.to(at::kFloat));
+}
 
-// a^T @ b for a (T, B, M), given as blocks of its columns, and each b of
-// `bs`, over all steps: the weight gradients. The products may be views into
-// one buffer; owned() copies them out (recurrence.cpp says when).
-std::vector<Tensor> gemm_tn_over_steps(const std::vector<Tensor>& a,
-                                       const std::vector<StepBlocks>& bs);
-std::vector<Tensor> owned(std::vector<Tensor> products);
+inline Tensor mm_f32(const Tensor& a, const Tensor& b) {
+  Tensor out = at::empty({a.size(0), b.size(1)}, a.options().dtype(at::kFloat));
+  mm_f32_out(out, a, b);
+  return out;
+}
 
-// ------------------------------------------------------------- toolkit
-// The toolkit arguments of one call (csrc/ops.cpp documents them), checked
-// and in the compute dtype. The persistent paths take none of them: with any
-// one on, the step loop runs.
-
-struct Toolkit {
-  std::optional<Tensor> rec_mask, zone_h, zone_c;
-  double cell_clip = 0, grad_clip = 0;
-  bool any() const { return rec_mask || zone_h || zone_c || cell_clip > 0 || grad_clip > 0; }
-};
-
-struct ToolkitShape {
-  int64_t steps, batch, hidden, h_size;
-  bool projected;
-};
-
-Toolkit check_toolkit(const checks::OpArgs& args, const ToolkitShape& s, at::ScalarType dtype,
-                      const std::optional<Tensor>& rec_mask, const std::optional<Tensor>& zone_h,
-                      const std::optional<Tensor>& zone_c, double cell_clip, double grad_clip);
-
-// h_prev (T, B, P) as the recurrent product took it: times the recurrent
-// dropout mask, the same at every step.
-StepBlocks recurrent_operands(StepBlocks h_prev, const Toolkit& toolkit);
-
-// W_hh's gradient d_hh^T @ h_prev, h_prev as the recurrent product took it;
-// d_hh (T, B, G*H) as blocks of its columns (gemm_tn_over_steps' a).
-Tensor recurrent_weight_grad(const std::vector<Tensor>& d_hh, const StepBlocks& h_prev,
-                             const Toolkit& toolkit);
-
-}  // namespace fusedrnn
+}  // namespace fusedrnn::layer
