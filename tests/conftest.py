@@ -13,12 +13,15 @@ kernel sources run on the CPU) and ``cuda``.
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import fusedrnn
-from fusedrnn import reference
+from fusedrnn import ops, reference
 from fusedrnn.reference import module_forward as reference_forward  # noqa: F401  (used by tests)
 
 from devices import (SANITIZER, device, device_path, kernel_device,  # noqa: F401 (fixtures)
@@ -38,10 +41,32 @@ def pytest_configure(config):
         torch.set_num_threads(1)  # the kernels' own threads are what the sanitizers watch
 
 
+# tests/run_sanitized.sh runs the slow sanitizer builds in shards, one process per core:
+# FUSEDRNN_TEST_SHARD="k/n" keeps every n-th test from the k-th (the coverage check runs
+# afterwards, on the launches the shards logged to FUSEDRNN_SIMT_LAUNCH_LOG).
+SHARD = os.environ.get("FUSEDRNN_TEST_SHARD", "")
+LAUNCH_LOG = os.environ.get("FUSEDRNN_SIMT_LAUNCH_LOG", "")
+
+
 def pytest_collection_modifyitems(config, items):
-    """The SIMT kernel-coverage check reads what the tests before it launched: run it last."""
+    """The SIMT kernel-coverage check reads what the tests before it launched: run it last
+    (a shard leaves it out: tests/run_sanitized.sh runs it after the shards)."""
     last = [item for item in items if item.name == COVERAGE_TEST]
-    items[:] = [item for item in items if item.name != COVERAGE_TEST] + last
+    items[:] = [item for item in items if item.name != COVERAGE_TEST]
+    if SHARD:
+        k, n = (int(v) for v in SHARD.split("/"))
+        items[:] = items[k::n]
+    else:
+        items += last
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A shard logs the SIMT launches it made, for the coverage check after the shards."""
+    if LAUNCH_LOG:
+        with ops.using_backend("simt"):  # loaded by the shard's tests already
+            offsets, counts = torch.ops.fusedrnn_simt_debug.launch_counts()
+        with open(LAUNCH_LOG, "w") as log:
+            json.dump(dict(zip(offsets, counts)), log)
 
 
 @pytest.fixture(autouse=True)
