@@ -16,6 +16,8 @@
 //   <cell>_norm_forward / <cell>_norm_backward: the same for layer_norm (below)
 //   fusedrnn_debug::<cell>_plan(<the forward's arguments>, bool backward=False) -> str:
 //                  the path a call runs and why (layer/plan.h)
+//   fusedrnn_debug::cpu_persistent_threads, cpu_tiles_taken_over: the CPU
+//                  persistent loop's threads (cpu/step_team.h), for tests
 //
 //   input    (T, B, I)    the layer's input, time-major
 //   w_ih     (G*H, I)     input weights; G the cell's gates (4 LSTM, 3 GRU, 1 RNN)
@@ -66,6 +68,7 @@
 #include <vector>
 
 #include "cpu/persistent.h"
+#include "cpu/step_team.h"
 #include "fusedrnn/persistent.h"
 #include "fusedrnn/step_kernels.h"
 #include "layer/driver.h"
@@ -271,6 +274,7 @@ TORCH_LIBRARY(fusedrnn_debug, m) {
         [](int64_t steps, int64_t batch, int64_t hidden, int64_t gates) {
           return static_cast<int64_t>(cpu::persistent_threads(steps, batch, hidden, gates));
         });
+  m.def("cpu_tiles_taken_over() -> int", [] { return cpu::tiles_taken_over(); });
   define_plan_ops(m);
 #ifdef FUSEDRNN_WITH_CUDA
   define_persistent_debug_ops(m);

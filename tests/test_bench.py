@@ -3,6 +3,7 @@ handling, the correctness gate (a wrong kernel is marked failed and never
 timed), the timing rows, and the files it writes, with or without matplotlib.
 Tiny shapes, one or two reps; nothing here asserts on a speed."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -14,6 +15,8 @@ import pytest
 import torch
 
 from fusedrnn import bench, reference
+from fusedrnn.bench.load import busy_processes
+from fusedrnn.bench.onnx_peers import ONNX_PEERS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +93,8 @@ def module_peer(name, **kw):
     (["--shape", "10,2,3"], "T,B,I,H"),
     (["--shape", "10,2,3,0"], ">= 1"),
     (["--layers", "0"], "--layers"),
+    (["--peers", "onnxruntime,tensorrt"], "unknown peers"),
+    (["--load", "-1"], "--load"),
     (["--bogus"], "unrecognized"),
 ])
 def test_bad_arguments_exit_2(argv, needle, capsys):
@@ -322,6 +327,32 @@ def test_real_fusedrnn_rows_pass_the_gate():
         row = bench.gate_and_time(c, [bench.FusedRNNPeer()], **FAST)[1]
         assert row["status"] == "ok", row["note"]
         assert row["ratio_vs_torch"] > 0
+
+
+@pytest.mark.parametrize("peer", sorted(ONNX_PEERS))
+def test_onnx_runtime_peers_pass_the_gate_in_inference_and_skip_training(peer):
+    """ONNX Runtime and OpenVINO run the fusedrnn module's ONNX export (states in and
+    out as separate tensors, the LSTM's h0 and c0 distinct), gated before timing."""
+    runtime = ONNX_PEERS[peer]()
+    assert runtime.skip_reason(cfg(mode="train")) is not None
+    if importlib.util.find_spec(runtime.package) is None:  # an optional extra
+        assert "not installed" in runtime.skip_reason(cfg(mode="infer"))
+        return
+    both_ways = runtime.skip_reason(cfg(mode="infer", bidirectional=True)) is None
+    for c in (cfg(cell="lstm", mode="infer", layers=2, bidirectional=both_ways),
+              cfg(cell="gru", mode="infer"), cfg(cell="rnn_relu", mode="infer")):
+        row = bench.gate_and_time(c, [runtime], **FAST)[1]
+        assert row["status"] == "ok", row["note"]
+        assert row["max_abs_diff_vs_torch"] < 1e-5
+
+
+def test_load_runs_busy_processes_for_the_run_and_stops_them(capsys):
+    with busy_processes(2) as procs:
+        assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    assert bench.main(["--device", "cpu", "--shape", "4,2,3,4", "--cell", "gru", "--mode",
+                       "infer", "--load", "1", "--no-progress"], peers=[]) == 0
+    assert "1 busy processes (--load)" in capsys.readouterr().out
 
 
 # --- command line, files ---------------------------------------------------

@@ -5,6 +5,7 @@ standard and persistent kernels). Also: gradcheck in fp64, torch.compile with
 fullgraph=True, and the clear error for second-order gradients.
 """
 
+import contextlib
 import functools
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 import fusedrnn
 from fusedrnn import ops, reference, registration
+from fusedrnn.bench.load import busy_processes
 
 pytestmark = pytest.mark.skipif(not ops.HAVE_EXTENSION, reason="needs the compiled extension")
 
@@ -468,6 +470,68 @@ def test_persistent_cpu_loop_splits_the_units_over_threads():
         assert threads(1, 1, 128, 4) == 1  # a streaming call stays on one thread
     finally:
         torch.set_num_threads(saved)
+
+
+# The persistent CPU loop on 1, 2 and 3 threads (3 on this 2-core machine: more threads
+# than cores, so tiles are taken over), at a size that is worth 3 threads to every cell.
+THREADS_CASE = dict(T=12, B=8, H=96)
+
+
+@contextlib.contextmanager
+def torch_threads(n):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def persistent_on_threads(cell, dtype, lengths, reverse, threads, calls=1):
+    """The persistent loop's results and gradients on ``threads`` threads (each of
+    ``calls`` calls checked against the reference), after checking that it takes them."""
+    T, B, H = THREADS_CASE.values()
+    gates = {"lstm": 4, "gru": 3}.get(cell, 1)
+    inputs, lens, layer, expected_layer = layer_case(cell, T, B, H, dtype, lengths)
+    # W_hh at H ** -0.5 (the op tests' small-H scale would make the gradients grow
+    # with the steps at this H: a test of conditioning, not of the threads).
+    g = torch.Generator().manual_seed(1)
+    w_hh = torch.randn(inputs[3].shape, generator=g, dtype=dtype) * H ** -0.5
+    inputs = (*inputs[:3], w_hh.requires_grad_(), *inputs[4:])
+    expected = expected_layer(*inputs, lens, reverse)
+    expected_grads = grads_of(expected, inputs)
+    ops.set_persistent("on")
+    try:
+        with torch_threads(threads):
+            assert torch.ops.fusedrnn_debug.cpu_persistent_threads(T, B, H, gates) == threads
+            for _ in range(calls):
+                fused = layer(*inputs, lens, reverse)
+                assert_close_all(fused, expected, TOL[dtype])
+                assert_close_all(grads_of(fused, inputs), expected_grads, TOL[dtype])
+    finally:
+        ops.set_persistent("auto")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("lengths,reverse", [(None, False), ([12, 3, 11, 0, 12, 7, 1, 9], True)],
+                         ids=["full", "lengths-reverse"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_persistent_cpu_loop_matches_reference_on_any_thread_count(cell, dtype, lengths,
+                                                                    reverse, threads):
+    persistent_on_threads(cell, dtype, lengths, reverse, threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_persistent_cpu_loop_under_contention(dtype):
+    """Two busy processes on the cores, three threads: threads are descheduled in the
+    middle of a sequence, other threads take over their tiles (the debug counter shows
+    it), and every call still matches the reference, forward and backward."""
+    before = torch.ops.fusedrnn_debug.cpu_tiles_taken_over()
+    with busy_processes(2):
+        persistent_on_threads("lstm", dtype, [12, 3, 11, 0, 12, 7, 1, 9], True, threads=3,
+                              calls=20)
+    assert torch.ops.fusedrnn_debug.cpu_tiles_taken_over() > before
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -1,30 +1,32 @@
 // Persistent CPU loops (see persistent.h for the design).
 //
-// Threads are OpenMP's, the same pool ATen uses (this file is built with
-// -fopenmp and binds to the libgomp torch loaded). The team runs the whole
-// sequence; `omp barrier` separates the steps. Each thread's small GEMM is
-// oneDNN's micro-kernel (cpu/gemm.h), called without the dispatcher.
+// The steps run as rounds of tiles on the library's own threads
+// (step_team.h): a tile is any thread's to take, so a thread the OS
+// deschedules does not stall the steps. Each tile's small GEMM is oneDNN's
+// micro-kernel (cpu/gemm.h), called without the dispatcher.
 #include "cpu/persistent.h"
 
-#include <c10/util/Exception.h>
-#include <omp.h>
-
 #include <algorithm>
-#include <exception>
 #include <memory>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "cpu/gemm.h"
 #include "cpu/row_kernels.h"
+#include "cpu/step_team.h"
 
 namespace fusedrnn::cpu {
 namespace {
 
-// Hidden units per thread come in multiples of this (a 256-bit fp32
-// vector): fine enough to balance the threads (H = 200 on two threads splits
-// 104/96, where whole 512-bit vectors would give 112/88, measured 10% slower).
+// Tiles are whole multiples of this many hidden units (a 256-bit fp32
+// vector), placed evenly: fine enough to balance the threads (H = 200 on two
+// threads splits 104/96, where whole 512-bit vectors would give 112/88,
+// measured 10% slower).
 constexpr int64_t kUnitAlign = 8;
+// Tiles per thread: a thread that comes back from being descheduled still
+// finds half of its share to take back.
+constexpr int kTilesPerThread = 2;
 // Below this many multiply-adds per step, a barrier per step costs more than
 // a second thread saves; below this many per call, waking a second thread does
 // (a short call, T = 1 in streaming use, stays on the calling thread).
@@ -33,16 +35,28 @@ constexpr int64_t kMinCallFmasPerThread = 256 * 1024;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// The hidden units [begin, begin + units) thread `tid` of `threads` owns.
+// The hidden units [begin, begin + units) of one tile.
 struct UnitSlice {
   int64_t begin, units;
 };
 
-UnitSlice slice_of(int64_t hidden, int threads, int tid) {
-  const int64_t per_thread = ceil_div(ceil_div(hidden, threads), kUnitAlign) * kUnitAlign;
-  const int64_t begin = std::min<int64_t>(hidden, tid * per_thread);
-  return {begin, std::min<int64_t>(hidden, begin + per_thread) - begin};
-}
+// A layer's hidden units as `count` tiles of whole vectors, none empty
+// (step_team.h: the unit of work a thread claims per step).
+struct TileGrid {
+  int64_t hidden, vectors;
+  int count;
+
+  TileGrid(int64_t hidden, int threads)
+      : hidden(hidden), vectors(ceil_div(hidden, kUnitAlign)),
+        count(static_cast<int>(
+            std::min<int64_t>(vectors, threads == 1 ? 1 : int64_t(threads) * kTilesPerThread))) {}
+
+  UnitSlice slice(int tile) const {
+    const int64_t begin = tile * vectors / count * kUnitAlign;
+    const int64_t end = std::min(hidden, (tile + 1) * vectors / count * kUnitAlign);
+    return {begin, end - begin};
+  }
+};
 
 // How many threads a layer is worth: enough units and work for each.
 int threads_for(int64_t steps, int64_t batch, int64_t hidden, int gates, int available) {
@@ -53,66 +67,6 @@ int threads_for(int64_t steps, int64_t batch, int64_t hidden, int gates, int ava
   return static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>({available, by_units, by_step, by_call})));
 }
-
-// Runs `body(tid, threads, team)` on a team of `threads` OpenMP threads
-// (fewer if OpenMP gives fewer, e.g. inside another parallel region), each
-// calling `team.step_barrier()` `barriers` times. An exception in one thread
-// does not strand the others at a barrier: the thread records it, stops
-// computing, and keeps arriving at the barriers until the count is reached;
-// it is rethrown after the region.
-class Team {
- public:
-  template <typename Body>
-  static void run(int threads, int64_t barriers, const Body& body) {
-    bool failed = false;
-    if (threads == 1) {  // no parallel region to open: a short call stays cheap
-      Team self(&failed, barriers);
-      body(0, 1, self);
-      release_gemm_thread();
-      return;
-    }
-    std::exception_ptr error;
-#pragma omp parallel num_threads(threads)
-    {
-      const int team = omp_get_num_threads(), tid = omp_get_thread_num();
-      Team self(&failed, barriers);
-      try {
-        body(tid, team, self);
-      } catch (...) {
-#pragma omp critical(fusedrnn_team_error)
-        if (!error) error = std::current_exception();
-      }
-      self.drain();
-      release_gemm_thread();
-    }
-    if (error) std::rethrow_exception(error);
-  }
-
-  // The end of a step: every thread of the team arrives before any leaves.
-  void step_barrier() {
-#pragma omp barrier
-    ++barriers_;
-  }
-  // Whether a thread has failed: the others skip their work from then on.
-  bool failed() const {
-    bool f;
-#pragma omp atomic read
-    f = *failed_;
-    return f;
-  }
- private:
-  Team(bool* failed, int64_t barriers) : failed_(failed), expected_(barriers) {}
-  // After an exception, arrive at the barriers the others still wait at.
-  void drain() {
-    if (barriers_ == expected_) return;
-#pragma omp atomic write
-    *failed_ = true;
-    while (barriers_ < expected_) step_barrier();
-  }
-
-  bool* failed_;
-  int64_t expected_, barriers_ = 0;
-};
 
 // An uninitialised buffer (every element is written before it is read).
 template <typename T>
@@ -187,51 +141,55 @@ class ChunkedProjection {
   int64_t first_time_ = 0;
 };
 
-// Forward: per step, the input projection x_t (ChunkedProjection) and the
-// recurrent product h_{t-1} @ panel of this thread's units, then
+// Forward: round 0 packs each tile's panels; round 1 + s runs step s: the
+// input projection x_t (ChunkedProjection) and the recurrent product
+// h_{t-1} @ panel of the tile's units, then
 // `row(t, b, j0, U, x_row, hh_row, h_prev_row, h_next_row)` for every batch
-// row, then the barrier. With `sum_products` (LSTM, RNN: kSumsProducts) the recurrent product is
+// row. With `sum_products` (LSTM, RNN: kSumsProducts) the recurrent product is
 // added to the projection in place and x_row == hh_row holds the sum.
 template <typename T, typename Row>
 void forward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse,
                   const InputProjection<T>& in, bool sum_products, const T* w_hh, const T* h0,
                   T* h_n, const Row& row) {
-  // Per-thread panels of W_hh^T (H x G*U) and W_ih^T (I x G*U), side by side;
-  // products (B x G*U); the double-buffered h all threads read. One
+  if (steps == 0) {
+    std::copy_n(h0, B * H, h_n);
+    return;
+  }
+  // Per-tile panels of W_hh^T (H x G*U) and W_ih^T (I x G*U), side by side;
+  // products (B x G*U); the double-buffered h all tiles read. One
   // allocation: one hole, not four, for what the caller allocates next.
   const auto scratch = buffer<T>((H + in.input_size + B) * G * H + 2 * B * H);
   T* const panels = scratch.get();
   T* const input_panels = panels + H * G * H;
   T* const products = input_panels + in.input_size * G * H;
   T* const h_work = products + B * G * H;
-  Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
-    const UnitSlice slice = slice_of(H, team, tid);
-    const int64_t j0 = slice.begin, U = slice.units;
-    // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: this thread's rows of W_hh^T.
+  const int threads = persistent_threads(steps, B, H, G);
+  const TileGrid grid(H, threads);
+  std::vector<std::optional<ChunkedProjection<T>>> projections(grid.count);
+  run_rounds(threads, steps + 1, grid.count, [&](int64_t round, int tile) {
+    const auto [j0, U] = grid.slice(tile);
+    // panel[k, g*U + u] = W_hh[g*H + j0 + u, k]: the tile's rows of W_hh^T.
     BlockedPanel<T> panel(panels + H * G * j0, H, G * U);
-    for (int g = 0; g < G; ++g)
-      for (int64_t u = 0; u < U; ++u) panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
-    ChunkedProjection<T> projection(in, input_panels + in.input_size * G * j0, steps, B, H,
-                                    G, j0, U, reverse);
-
-    for (int64_t s = 0; s < steps; ++s) {
-      if (U > 0 && !sync.failed()) {
-        const int64_t t = step_time(s, steps, reverse);
-        const T* h_prev = s == 0 ? h0 : h_work + ((s - 1) & 1) * B * H;
-        T* h_next = h_work + (s & 1) * B * H;
-        T* x_part = projection.at_step(s, t);
-        T* hh = sum_products ? x_part : products + B * G * j0;
-        panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/sum_products);
-        for (int64_t b = 0; b < B; ++b)
-          row(t, b, j0, U, x_part + b * G * U, hh + b * G * U, h_prev + b * H + j0,
-              h_next + b * H + j0);
-        if (s == steps - 1)
-          for (int64_t b = 0; b < B; ++b) std::copy_n(h_next + b * H + j0, U, h_n + b * H + j0);
-      }
-      sync.step_barrier();
+    if (round == 0) {
+      for (int g = 0; g < G; ++g)
+        for (int64_t u = 0; u < U; ++u)
+          panel.set_column(g * U + u, w_hh + (g * H + j0 + u) * H, 1);
+      projections[tile].emplace(in, input_panels + in.input_size * G * j0, steps, B, H, G, j0,
+                                U, reverse);
+      return;
     }
+    const int64_t s = round - 1, t = step_time(s, steps, reverse);
+    const T* h_prev = s == 0 ? h0 : h_work + ((s - 1) & 1) * B * H;
+    T* h_next = h_work + (s & 1) * B * H;
+    T* x_part = projections[tile]->at_step(s, t);
+    T* hh = sum_products ? x_part : products + B * G * j0;
+    panel.multiply(B, h_prev, H, hh, G * U, /*accumulate=*/sum_products);
+    for (int64_t b = 0; b < B; ++b)
+      row(t, b, j0, U, x_part + b * G * U, hh + b * G * U, h_prev + b * H + j0,
+          h_next + b * H + j0);
+    if (s == steps - 1)
+      for (int64_t b = 0; b < B; ++b) std::copy_n(h_next + b * H + j0, U, h_n + b * H + j0);
   });
-  if (steps == 0) std::copy_n(h0, B * H, h_n);
 }
 
 // The recurrent gradient d_rec (T, B, G*H) as blocks of its columns, in
@@ -243,36 +201,42 @@ struct ColumnBlock {
   int64_t ld, width;
 };
 
-// Backward: per step (in reverse), `row(t, b, j0, U)` for every batch row
-// (it writes the recurrent gradient d_rec[t] of its units and leaves in dh
-// the part of h_{t-1}'s gradient that skips W_hh), the barrier, then
-// dh[:, j0:j0+U] += d_rec[t] @ W_hh[:, j0:j0+U], one product per block.
+// Backward, steps in reverse: `row(t, b, j0, U)` for every batch row of a
+// tile (it writes the recurrent gradient d_rec[t] of the tile's units and
+// leaves in dh the part of h_{t-1}'s gradient that skips W_hh); once every
+// tile's d_rec[t] is written, dh[:, j0:j0+U] += d_rec[t] @ W_hh[:, j0:j0+U],
+// one product per block. Round r runs that product for the step of round
+// r - 1, then the rows of the next step, which read only the tile's own dh:
+// one round per step (round 0 packs the tile's panels instead).
 template <typename T, typename Row>
 void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, const T* w_hh,
                    const std::vector<ColumnBlock<T>>& d_rec, T* dh, const Row& row) {
+  if (steps == 0) return;
   const auto panels = buffer<T>(G * H * H);
-  Team::run(persistent_threads(steps, B, H, G), steps, [&](int tid, int team, Team& sync) {
-    const UnitSlice slice = slice_of(H, team, tid);
-    const int64_t j0 = slice.begin, U = slice.units;
-    // Block i's panel[k, u] = W_hh[k0 + k, j0 + u], k0 its first column in d_rec.
-    std::vector<BlockedPanel<T>> block_panels;
-    int64_t k0 = 0;
-    for (const ColumnBlock<T>& block : d_rec) {
-      BlockedPanel<T>& panel =
-          block_panels.emplace_back(panels.get() + G * H * j0 + k0 * U, block.width, U);
-      for (int64_t k = 0; k < block.width; ++k) panel.set_row(k, w_hh + (k0 + k) * H + j0);
-      k0 += block.width;
+  const int threads = persistent_threads(steps, B, H, G);
+  const TileGrid grid(H, threads);
+  std::vector<std::vector<BlockedPanel<T>>> tile_panels(grid.count);
+  run_rounds(threads, steps + 1, grid.count, [&](int64_t round, int tile) {
+    const auto [j0, U] = grid.slice(tile);
+    std::vector<BlockedPanel<T>>& block_panels = tile_panels[tile];
+    if (round == 0) {
+      // Block i's panel[k, u] = W_hh[k0 + k, j0 + u], k0 its first column in d_rec.
+      int64_t k0 = 0;
+      for (const ColumnBlock<T>& block : d_rec) {
+        BlockedPanel<T>& panel =
+            block_panels.emplace_back(panels.get() + G * H * j0 + k0 * U, block.width, U);
+        for (int64_t k = 0; k < block.width; ++k) panel.set_row(k, w_hh + (k0 + k) * H + j0);
+        k0 += block.width;
+      }
+    } else {
+      const int64_t t = step_time(steps - round, steps, reverse);
+      for (size_t i = 0; i < d_rec.size(); ++i)
+        block_panels[i].multiply(B, d_rec[i].data + t * B * d_rec[i].ld, d_rec[i].ld, dh + j0,
+                                 H, /*accumulate=*/true);
     }
-
-    for (int64_t s = steps - 1; s >= 0; --s) {
-      const int64_t t = step_time(s, steps, reverse);
-      if (U > 0 && !sync.failed())
-        for (int64_t b = 0; b < B; ++b) row(t, b, j0, U);
-      sync.step_barrier();  // every thread's d_rec[t] is written
-      if (U > 0 && !sync.failed())
-        for (size_t i = 0; i < d_rec.size(); ++i)
-          block_panels[i].multiply(B, d_rec[i].data + t * B * d_rec[i].ld, d_rec[i].ld, dh + j0,
-                                   H, /*accumulate=*/true);
+    if (round < steps) {
+      const int64_t t = step_time(steps - 1 - round, steps, reverse);
+      for (int64_t b = 0; b < B; ++b) row(t, b, j0, U);
     }
   });
 }
@@ -280,7 +244,7 @@ void backward_loop(int64_t steps, int64_t B, int64_t H, int G, bool reverse, con
 }  // namespace
 
 int persistent_threads(int64_t steps, int64_t batch, int64_t hidden, int gates) {
-  return threads_for(steps, batch, hidden, gates, omp_in_parallel() ? 1 : omp_get_max_threads());
+  return threads_for(steps, batch, hidden, gates, max_team_threads());
 }
 
 template <typename T>

@@ -1,16 +1,17 @@
 // Persistent CPU loops: the CPU analogue of cuda/persistent.cuh.
 //
-// One parallel region runs every step of one layer (no projection, no
-// toolkit) in one direction. Thread k owns a slice of hidden units
-// [j0, j0 + U) and, for the whole sequence, the matching W_hh rows of all G
-// gates packed as an (H, G*U) panel that stays in its own cache. Per step it
+// One call runs every step of one layer (no projection, no toolkit) in one
+// direction. The hidden units are split into tiles [j0, j0 + U), each with
+// the matching W_hh rows of all G gates packed as an (H, G*U) panel; a thread
+// keeps taking the same tiles, so a panel stays in its cache. Per step a tile
 // multiplies h_{t-1} by its panel (one small GEMM, no dispatcher, no
 // fork/join), applies the gate math to its units straight away and writes its
-// part of h_t; one barrier per step publishes h_t. The backward runs the same
-// way over column panels of W_hh (G*H, U): each thread computes the gate
-// gradients of its units, a barrier publishes them, and each thread then adds
-// its slice of (gate gradients) @ W_hh to dh_{t-1}. No reduction across
-// threads is needed.
+// part of h_t; the step ends when every tile has (step_team.h: tiles are not
+// bound to threads, so a descheduled thread does not stall the step). The
+// backward runs the same way over column panels of W_hh (G*H, U): each tile
+// computes the gate gradients of its units, and once all have, adds its
+// slice of (gate gradients) @ W_hh to dh_{t-1}. No reduction across threads
+// is needed.
 #pragma once
 
 #include <cstdint>

@@ -20,7 +20,9 @@ import torch
 from . import plots
 from .configs import CELL_MODULES, PRESETS, Shape, make_configs, parse_dtypes, unique_shapes
 from .gate import tolerance_rule
+from .load import busy_processes
 from .metrics import DEFINITIONS
+from .onnx_peers import ONNX_PEERS
 from .peers import BASELINE, Peer, default_peers
 from .report import collect_env, format_table, summarize, write_results
 from .run import Progress, run_benchmark
@@ -52,6 +54,14 @@ def _dtype_list(s: str) -> tuple:
         return parse_dtypes(s)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _peer_list(s: str) -> tuple:
+    names = tuple(n for n in s.split(",") if n)
+    unknown = [n for n in names if n not in ONNX_PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peers {unknown}: known are {list(ONNX_PEERS)}")
+    return names
 
 
 def _shape(s: str) -> Shape:
@@ -100,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_positive_int, default=None,
                    help="number of layers for every shape (default: the preset's, 1)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional for every shape")
+    p.add_argument("--peers", type=_peer_list, default=(), metavar="NAMES",
+                   help="add CPU inference runtimes on the module's ONNX export, "
+                        "comma-separated: " + ",".join(ONNX_PEERS) + " (fusedrnn[bench])")
+    p.add_argument("--load", type=_nonneg_int, default=0, metavar="N",
+                   help="N busy processes (one spinning loop each) for the whole run, "
+                        "stopped at its end: a busy machine")
     p.add_argument("--reference", action="store_true",
                    help="add the pure-Python reference as a peer (slow)")
     p.add_argument("--no-flashrnn", action="store_true", help="leave FlashRNN out")
@@ -182,14 +198,16 @@ def main(argv: Optional[Sequence[str]] = None, peers: Optional[Sequence[Peer]] =
     if peers is None:
         peers = default_peers(args.device, reference=args.reference, flashrnn=not args.no_flashrnn)
         peers += toolkit_peers(configs, features=args.preset == "features")
+        peers += [ONNX_PEERS[name]() for name in args.peers]
     names = [p.name for p in peers]
     if BASELINE in names or len(set(names)) != len(names):
         raise ValueError(f"peer names must be unique and not {BASELINE!r}: {names}")
 
-    with _TorchSettings(args.threads, args.allow_tf32):
+    with _TorchSettings(args.threads, args.allow_tf32), busy_processes(args.load):
         env = collect_env(args.device)
         meta = {"preset": args.preset if not args.shape else f"{args.preset} (--shape)",
-                "reps": args.reps, "warmup": args.warmup, "min_sample_ms": args.min_sample_ms,
+                "load": args.load, "reps": args.reps, "warmup": args.warmup,
+                "min_sample_ms": args.min_sample_ms,
                 "seed": args.seed, "peers": [BASELINE] + names,
                 "argv": list(argv if argv is not None else sys.argv[1:]),
                 "gate_rules": {d: tolerance_rule(d) for d in args.dtypes}}
@@ -203,7 +221,8 @@ def main(argv: Optional[Sequence[str]] = None, peers: Optional[Sequence[Peer]] =
 
     stdout.write(f"\nfusedrnn benchmark: {env['device']} ({env['device_name']}), "
                  f"{env['threads']} threads, torch {env['torch']}, "
-                 f"fusedrnn backend {env['fusedrnn_backend']}\n\n")
+                 f"fusedrnn backend {env['fusedrnn_backend']}"
+                 + (f", {args.load} busy processes (--load)" if args.load else "") + "\n\n")
     stdout.write(format_table(rows) + "\n\n")
     stdout.write(f"vs torch = {DEFINITIONS['ratio_vs_torch']}\n")
     stdout.write(summarize(rows) + "\n")
