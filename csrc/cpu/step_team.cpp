@@ -33,12 +33,12 @@ using Clock = std::chrono::steady_clock;
 
 // A waiting thread spins this long before it sleeps. On a quiet machine the
 // thread it waits for is microseconds behind. On a busy one, a thread that
-// sleeps waits to be scheduled again when it is woken (measured: with 50 us
-// here, 2-6x slower at small shapes with two busy processes on two cores
-// than with libgomp's own barrier, which spins for milliseconds); 2 ms of
-// spinning matches that barrier, and sleeping after it bounds what a
-// waiter takes from the machine's other work.
-constexpr auto kSpinFor = std::chrono::microseconds(2000);
+// sleeps waits for the scheduler when it is woken: with two busy processes
+// on two cores, small rows (T=200 B=1, T=32 B=8) ran 2-6x slower than on
+// libgomp's own barrier with 50 us here and up to 2x slower with 2 ms, and
+// matched it with 20 ms. Sleeping after that bounds what a waiter takes
+// from the machine's other work.
+constexpr auto kSpinFor = std::chrono::microseconds(20000);
 // A thread done with its home tiles takes over the tiles nobody has started
 // after this long: on a quiet machine their own thread claims them first,
 // and their weights stay in its cache.

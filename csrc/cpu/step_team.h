@@ -8,7 +8,7 @@
 // tiles, whose weights stay in that thread's cache): a thread done with its
 // own takes over the tiles nobody has started after a short grace, so a
 // descheduled thread costs its share of the work, not a time slice per step.
-// A waiting thread spins for a bounded time, then sleeps.
+// A waiting thread spins for a bounded time (20 ms), then sleeps.
 //
 // The threads are OpenMP's, the team ATen uses (its threads spin for a while
 // after each of ATen's parallel regions; a pool of our own would compete
