@@ -1,8 +1,8 @@
 // Persistent CPU loops (see persistent.h for the design).
 //
-// The steps run as rounds of tiles on the library's own threads
-// (step_team.h): a tile is any thread's to take, so a thread the OS
-// deschedules does not stall the steps. Each tile's small GEMM is oneDNN's
+// The steps run as rounds of tiles on OpenMP's team (step_team.h): a tile
+// is any thread's to take, so a thread the OS deschedules does not stall the
+// steps. Each tile's small GEMM is oneDNN's
 // micro-kernel (cpu/gemm.h), called without the dispatcher.
 #include "cpu/persistent.h"
 
@@ -50,8 +50,7 @@ struct TileGrid {
 
   TileGrid(int64_t hidden, int threads)
       : hidden(hidden), vectors(ceil_div(hidden, kUnitAlign)),
-        count(static_cast<int>(
-            std::min<int64_t>(vectors, threads == 1 ? 1 : int64_t(threads) * kTilesPerThread))) {}
+        count(static_cast<int>(std::min<int64_t>(vectors, int64_t(threads) * kTilesPerThread))) {}
 
   UnitSlice slice(int tile) const {
     const int64_t begin = tile * vectors / count * kUnitAlign;
